@@ -1,0 +1,58 @@
+//! How devices and vCPUs tell the VMM that the machine is done.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+/// Why the virtual machine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// ACPI S5 written to the sleep control register (guest `poweroff`).
+    PowerOff,
+    /// Reset through the i8042, a triple fault, or KVM_EXIT_SHUTDOWN (guest `reboot`).
+    Reset,
+    /// The guest kernel panicked and said so through pvpanic.
+    GuestPanic,
+    /// A vCPU hit something the VMM cannot continue from; the text names the vCPU and cause.
+    Fault(String),
+}
+
+/// A cloneable handle to report the machine's end; the first report wins.
+#[derive(Clone)]
+pub struct ExitSignal {
+    tx: Arc<Mutex<Option<Sender<VmExit>>>>,
+}
+
+impl ExitSignal {
+    pub fn new() -> (Self, Receiver<VmExit>) {
+        let (tx, rx) = channel();
+        (
+            Self {
+                tx: Arc::new(Mutex::new(Some(tx))),
+            },
+            rx,
+        )
+    }
+
+    /// Reports `exit` unless another reason was reported before.
+    pub fn signal(&self, exit: VmExit) {
+        if let Some(tx) = crate::bus::lock(&self.tx).take() {
+            // The receiver is gone only when the VMM is already shutting down.
+            let _ = tx.send(exit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let (sig, rx) = ExitSignal::new();
+        let other = sig.clone();
+        sig.signal(VmExit::GuestPanic);
+        other.signal(VmExit::PowerOff);
+        assert_eq!(rx.recv().unwrap(), VmExit::GuestPanic);
+        assert!(rx.try_recv().is_err());
+    }
+}

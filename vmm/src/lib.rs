@@ -1,1 +1,21 @@
+//! netvmm's machine: a KVM VM with vCPUs, guest memory, a Linux boot (linux-loader), ACPI
+//! tables, the legacy devices and the console. The `netvmm` binary is a thin layer over
+//! [`Vmm`]; tests drive the same library.
 
+pub mod acpi;
+pub mod boot;
+pub mod cmdline;
+pub mod config;
+pub mod console;
+pub mod cpu;
+pub mod kvm_kind;
+pub mod layout;
+pub mod memory;
+pub mod report;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use devices::exit::VmExit;
+pub use vm::{Outcome, Vmm, VmmError};

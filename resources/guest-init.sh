@@ -1,0 +1,116 @@
+#!/bin/sh
+# /init of the netvmm guest initramfs (busybox ash, POSIX sh only).
+#
+# Contract with the VMM and the tests (see resources/README.md):
+#   kernel cmdline keys  netvmm.ip=ADDR/PREFIX netvmm.iface=NAME (eth0)
+#                        netvmm.gw=ADDR netvmm.hostname=NAME
+#                        netvmm.run="shell command"
+#                        netvmm.exit=poweroff|reboot (poweroff)
+#   console output       exactly one "netvmm-guest: ready ..." line, then for
+#                        netvmm.run "netvmm-guest: command exited with status N"
+#
+# This is PID 1: if it exits, the kernel panics. So no `set -e`, every step
+# tolerates failure, and the end is always a power-off.
+
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+HOME=/root
+export PATH HOME
+
+say() { echo "netvmm-guest: $*"; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+# The kernel opened the console before /dev was replaced by devtmpfs; reopen
+# it so everything below (and the user's command) writes to the real device.
+[ -c /dev/console ] && exec </dev/console >/dev/console 2>&1
+
+# Load drivers dependency-first, as listed by the image builder. A module that
+# is already loaded or built in is not an error worth a line on the console.
+if [ -r /etc/netvmm-modules ]; then
+	while read -r mod; do
+		case $mod in '' | \#*) continue ;; esac
+		if ! out=$(insmod "$mod" 2>&1); then
+			case $out in
+			*"File exists"* | *"already"*) ;;
+			*) say "insmod $mod failed: $out" ;;
+			esac
+		fi
+	done </etc/netvmm-modules
+fi
+
+ip_addr=
+iface=eth0
+gw=
+host_name=
+run=
+exit_mode=poweroff
+# eval honours the quotes of netvmm.run="a b; c". An unbalanced quote would
+# be a syntax error that kills PID 1, so try it in a subshell first.
+cmdline=$(cat /proc/cmdline)
+if (eval "set -- $cmdline") >/dev/null 2>&1; then
+	eval "set -- $cmdline"
+else
+	say "cannot parse /proc/cmdline (unbalanced quotes?); ignoring netvmm.* keys"
+	set --
+fi
+for arg in "$@"; do
+	case $arg in
+	netvmm.ip=*) ip_addr=${arg#netvmm.ip=} ;;
+	netvmm.iface=*) iface=${arg#netvmm.iface=} ;;
+	netvmm.gw=*) gw=${arg#netvmm.gw=} ;;
+	netvmm.hostname=*) host_name=${arg#netvmm.hostname=} ;;
+	netvmm.run=*) run=${arg#netvmm.run=} ;;
+	netvmm.exit=*) exit_mode=${arg#netvmm.exit=} ;;
+	esac
+done
+
+[ -n "$host_name" ] && hostname "$host_name"
+
+# Debian's busybox-static runs its own applets before anything in PATH; the
+# explicit /bin/busybox makes that visible rather than surprising.
+/bin/busybox ip link set lo up
+
+if [ -n "$ip_addr" ]; then
+	# virtio_net binds asynchronously after insmod: give it up to 5 s.
+	i=0
+	while [ ! -e "/sys/class/net/$iface" ] && [ "$i" -lt 50 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	if [ -e "/sys/class/net/$iface" ]; then
+		/bin/busybox ip addr add "$ip_addr" dev "$iface" || say "cannot add $ip_addr to $iface"
+		/bin/busybox ip link set "$iface" up || say "cannot bring $iface up"
+	else
+		say "interface $iface did not appear within 5 s"
+	fi
+fi
+if [ -n "$gw" ]; then
+	/bin/busybox ip route add default via "$gw" || say "cannot add default route via $gw"
+fi
+
+read -r uptime _ </proc/uptime
+cpus=$(grep -c '^processor' /proc/cpuinfo)
+mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)
+echo "netvmm-guest: ready uptime=$uptime cpus=$cpus mem_kb=$mem_kb" >/dev/console
+
+if [ -n "$run" ]; then
+	/bin/sh -c "$run"
+	say "command exited with status $?"
+else
+	setsid cttyhack /bin/sh
+fi
+
+sync
+# reboot -f is for VMMs that turn an i8042 reset into an exit but offer no
+# ACPI power-off; poweroff -f is the default.
+if [ "$exit_mode" = reboot ]; then
+	reboot -f
+fi
+poweroff -f
+# Only reached if the power-off request itself failed; never let PID 1 exit.
+while :; do sleep 3600; done

@@ -1,0 +1,283 @@
+//! Loading a Linux kernel (bzImage or ELF vmlinux), its initrd and command line, and the
+//! zero page with the e820 map, following Documentation/arch/x86/boot.rst.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
+use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use crate::layout::{
+    CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIGH_RAM_START, HIMEM_START, MMIO_HOLE_START,
+    ZERO_PAGE_START,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot open kernel {path}: {source}")]
+    OpenKernel {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot load kernel {path}: {reason}")]
+    LoadKernel { path: PathBuf, reason: String },
+    #[error("cannot read initrd {path}: {source}")]
+    ReadInitrd {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initrd {path} ({size} bytes) does not fit in guest RAM above the kernel; give the VM more --memory")]
+    InitrdTooLarge { path: PathBuf, size: u64 },
+    #[error("kernel command line is invalid or longer than {CMDLINE_MAX_SIZE} bytes: {0}")]
+    Cmdline(String),
+    #[error("cannot write {what} into guest memory: {reason}")]
+    Memory { what: &'static str, reason: String },
+    #[error("too many e820 entries for the zero page")]
+    E820Full,
+}
+
+/// What the boot vCPU needs to start the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelEntry {
+    /// 64-bit entry point (startup_64).
+    pub entry: u64,
+    /// First guest address after the kernel image.
+    pub kernel_end: u64,
+}
+
+/// 64-bit entry is 0x200 bytes into the protected-mode part of a bzImage.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+/// "HdrS", the setup header magic.
+const HDRS_MAGIC: u32 = 0x5372_6448;
+const BOOT_FLAG_MAGIC: u16 = 0xaa55;
+/// Loader type "undefined": we are not one of the boot loaders with an assigned ID.
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+const KERNEL_ALIGNMENT: u32 = 0x100_0000;
+const E820_RAM: u32 = 1;
+
+/// Loads the kernel, choosing the format by its magic bytes, and returns its setup header
+/// (bzImage) or a default one (ELF) together with the entry point.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+) -> Result<(KernelEntry, boot_params), BootError> {
+    let open = |p: &Path| {
+        File::open(p).map_err(|source| BootError::OpenKernel {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let mut magic = [0u8; 4];
+    let mut probe = open(path)?;
+    let is_elf = probe.read_exact(&mut magic).is_ok() && &magic == ELF_MAGIC;
+    let mut image = open(path)?;
+    let load_err = |e: loader::Error| BootError::LoadKernel {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut params = boot_params::default();
+    let entry = if is_elf {
+        let r = Elf::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
+            .map_err(load_err)?;
+        params.hdr.boot_flag = BOOT_FLAG_MAGIC;
+        params.hdr.header = HDRS_MAGIC;
+        params.hdr.kernel_alignment = KERNEL_ALIGNMENT;
+        KernelEntry {
+            entry: r.kernel_load.0,
+            kernel_end: r.kernel_end,
+        }
+    } else {
+        let r = BzImage::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
+            .map_err(load_err)?;
+        if let Some(hdr) = r.setup_header {
+            params.hdr = hdr;
+        }
+        KernelEntry {
+            entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
+            kernel_end: r.kernel_end,
+        }
+    };
+    Ok((entry, params))
+}
+
+/// The e820 map: low RAM below the EBDA, RAM from 1 MiB to the hole, RAM above 4 GiB.
+/// The legacy area in between (where the ACPI tables live) stays reserved by omission.
+pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<boot_e820_entry> {
+    let end = mem.last_addr().0 + 1;
+    let mut map = vec![
+        boot_e820_entry {
+            addr: 0,
+            size: EBDA_START,
+            r#type: E820_RAM,
+        },
+        boot_e820_entry {
+            addr: HIMEM_START,
+            size: end.min(MMIO_HOLE_START) - HIMEM_START,
+            r#type: E820_RAM,
+        },
+    ];
+    if end > HIGH_RAM_START {
+        map.push(boot_e820_entry {
+            addr: HIGH_RAM_START,
+            size: end - HIGH_RAM_START,
+            r#type: E820_RAM,
+        });
+    }
+    map
+}
+
+/// Where an initrd of `size` bytes goes: page-aligned at the top of low RAM, below the
+/// kernel's `initrd_addr_max`, and above the kernel image.
+pub fn initrd_address(
+    mem_end: u64,
+    initrd_addr_max: u32,
+    kernel_end: u64,
+    size: u64,
+) -> Option<u64> {
+    // Old headers leave initrd_addr_max at 0: the protocol then says 0x37ffffff.
+    let max = if initrd_addr_max == 0 {
+        0x37ff_ffff
+    } else {
+        u64::from(initrd_addr_max)
+    };
+    let top = mem_end.min(MMIO_HOLE_START).min(max + 1);
+    let addr = top.checked_sub(size)? & !0xfff;
+    (addr >= kernel_end).then_some(addr)
+}
+
+/// Loads the initrd file and records it in `params`.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+    params: &mut boot_params,
+) -> Result<(), BootError> {
+    let data = std::fs::read(path).map_err(|source| BootError::ReadInitrd {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let size = data.len() as u64;
+    let too_large = || BootError::InitrdTooLarge {
+        path: path.to_path_buf(),
+        size,
+    };
+    let mem_end = mem.last_addr().0 + 1;
+    let addr = initrd_address(mem_end, params.hdr.initrd_addr_max, kernel_end, size)
+        .ok_or_else(too_large)?;
+    mem.write_slice(&data, GuestAddress(addr))
+        .map_err(|e| BootError::Memory {
+            what: "initrd",
+            reason: e.to_string(),
+        })?;
+    params.hdr.ramdisk_image = u32::try_from(addr).map_err(|_| too_large())?;
+    params.hdr.ramdisk_size = u32::try_from(size).map_err(|_| too_large())?;
+    Ok(())
+}
+
+/// Writes the command line and the zero page.
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    mut params: boot_params,
+    cmdline: &str,
+    rsdp: GuestAddress,
+) -> Result<(), BootError> {
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cl.insert_str(cmdline)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| {
+        BootError::Memory {
+            what: "command line",
+            reason: e.to_string(),
+        }
+    })?;
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+    params.acpi_rsdp_addr = rsdp.0;
+    let map = e820_map(mem);
+    if map.len() > params.e820_table.len() {
+        return Err(BootError::E820Full);
+    }
+    for (slot, e) in params.e820_table.iter_mut().zip(&map) {
+        *slot = *e;
+    }
+    params.e820_entries = map.len() as u8;
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
+        mem,
+    )
+    .map_err(|e| BootError::Memory {
+        what: "zero page",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem(mib: u64) -> GuestMemoryMmap {
+        crate::memory::create_guest_memory(mib).unwrap()
+    }
+
+    #[test]
+    fn e820_skips_legacy_area_and_hole() {
+        let m = e820_map(&mem(64));
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].addr, m[0].size), (0, EBDA_START));
+        assert_eq!((m[1].addr, m[1].addr + m[1].size), (HIMEM_START, 64 << 20));
+        assert!(m.iter().all(|e| e.r#type == E820_RAM));
+    }
+
+    #[test]
+    fn initrd_goes_high_aligned_and_above_kernel() {
+        let a = initrd_address(256 << 20, 0x7fff_ffff, 0x200_0000, 10_000).unwrap();
+        assert_eq!(a % 4096, 0);
+        assert!(a + 10_000 <= 256 << 20);
+        // initrd_addr_max caps it below the top of RAM.
+        let b = initrd_address(256 << 20, 0x00ff_ffff, 0x20_0000, 4096).unwrap();
+        assert!(b + 4096 <= 0x100_0000);
+        // Does not fit above the kernel.
+        assert!(initrd_address(16 << 20, 0x7fff_ffff, 15 << 20, 2 << 20).is_none());
+        assert!(initrd_address(1 << 20, 0, 0, 2 << 20).is_none());
+    }
+
+    #[test]
+    fn zero_page_carries_cmdline_rsdp_and_e820() {
+        let m = mem(64);
+        let params = boot_params::default();
+        write_boot_params(&m, params, "console=ttyS0 quiet", GuestAddress(0xe0000)).unwrap();
+        let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!(p.acpi_rsdp_addr, 0xe0000);
+        assert_eq!(p.e820_entries, 2);
+        assert_eq!(p.hdr.cmd_line_ptr as u64, CMDLINE_START);
+        let mut buf = [0u8; 19];
+        m.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        assert_eq!(&buf, b"console=ttyS0 quiet");
+        assert_eq!(p.hdr.type_of_loader, LOADER_TYPE_UNDEFINED);
+    }
+
+    #[test]
+    fn garbage_kernel_is_a_named_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("netvmm-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("garbage");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = load_kernel(&mem(64), &path).unwrap_err();
+        assert!(err.to_string().contains("garbage"), "{err}");
+        let elf = dir.join("bad-elf");
+        std::fs::write(&elf, b"\x7fELF not really").unwrap();
+        assert!(matches!(
+            load_kernel(&mem(64), &elf),
+            Err(BootError::LoadKernel { .. })
+        ));
+        let missing = load_kernel(&mem(64), &dir.join("nope")).unwrap_err();
+        assert!(matches!(missing, BootError::OpenKernel { .. }));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

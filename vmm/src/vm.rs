@@ -1,0 +1,388 @@
+//! The VMM: builds a KVM VM from a [`VmConfig`] and runs it to its end.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use devices::bus::{Bus, BusDevice};
+use devices::exit::{ExitSignal, VmExit};
+use devices::legacy::{AcpiPmControl, I8042Reset, IrqTrigger, PvPanic, SerialConsole};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::acpi::{self, AcpiConfig};
+use crate::boot::{self, BootError};
+use crate::config::{ConfigError, VmConfig};
+use crate::console::{self, ConsoleSink, RawTerminal};
+use crate::cpu::{self, CpuError};
+use crate::kvm_kind::{self, KvmKind};
+use crate::layout;
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{self, Buses};
+
+/// Where KVM may put its three-page TSS for real-mode emulation: just below the BIOS area
+/// at the top of 4 GiB, inside our MMIO hole, never RAM.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// Entries we ask KVM for when reading the supported CPUID.
+const CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+/// Environment switch that lets `netvmm run` try a PVM /dev/kvm anyway (for PVM-built kernels).
+pub const ALLOW_PVM_ENV: &str = "NETVMM_ALLOW_PVM";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("kernel {0} does not exist")]
+    KernelMissing(std::path::PathBuf),
+    #[error("initrd {0} does not exist")]
+    InitrdMissing(std::path::PathBuf),
+    #[error("{0}")]
+    KvmUnusable(String),
+    #[error("cannot {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error("cannot wire {0}")]
+    Bus(#[from] devices::bus::BusError),
+    #[error("cannot create serial log {path}: {source}")]
+    SerialLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+/// How a run ended, from the VMM's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(VmExit),
+    TimedOut,
+    Signalled(i32),
+}
+
+/// Exit status for a guest panic: distinct from errors (1), usage (1) and timeouts (124).
+pub const EXIT_GUEST_PANIC: i32 = 3;
+/// Exit status when `--timeout` expired, as timeout(1) uses.
+pub const EXIT_TIMEOUT: i32 = 124;
+
+impl Outcome {
+    /// The process exit status a CI job should see.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Exited(VmExit::PowerOff | VmExit::Reset) => 0,
+            Outcome::Exited(VmExit::GuestPanic) => EXIT_GUEST_PANIC,
+            Outcome::Exited(VmExit::Fault(_)) => 1,
+            Outcome::TimedOut => EXIT_TIMEOUT,
+            Outcome::Signalled(sig) => 128 + sig,
+        }
+    }
+
+    /// One line for stderr, or None when the outcome speaks for itself (clean exit).
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::Exited(VmExit::PowerOff | VmExit::Reset) => None,
+            Outcome::Exited(VmExit::GuestPanic) => Some("the guest kernel panicked".into()),
+            Outcome::Exited(VmExit::Fault(why)) => Some(why.clone()),
+            Outcome::TimedOut => Some("timeout expired: the VM was stopped".into()),
+            Outcome::Signalled(sig) => Some(format!("stopped by signal {sig}")),
+        }
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    config: VmConfig,
+    _kvm: Kvm,
+    _vm: VmFd,
+    guest_memory: GuestMemoryMmap,
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    buses: Arc<Buses>,
+    serial: Arc<Mutex<SerialConsole<ConsoleSink>>>,
+    exit_rx: std::sync::mpsc::Receiver<VmExit>,
+    exit: ExitSignal,
+    started: Instant,
+    ready_at: Arc<OnceLock<Instant>>,
+}
+
+/// Refuses a KVM that will hang on a stock kernel, unless the user insists.
+pub fn check_kvm(kind: &KvmKind) -> Result<(), VmmError> {
+    let insist = std::env::var_os(ALLOW_PVM_ENV).is_some();
+    match kind {
+        KvmKind::Missing(_) => Err(VmmError::KvmUnusable(kind.describe())),
+        KvmKind::Pvm if !insist => Err(VmmError::KvmUnusable(kind.describe())),
+        _ => Ok(()),
+    }
+}
+
+impl Vmm {
+    /// Builds the VM: memory, kernel, ACPI, devices, vCPUs. Nothing runs yet.
+    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+        let started = Instant::now();
+        config.validate()?;
+        if !config.kernel.is_file() {
+            return Err(VmmError::KernelMissing(config.kernel.clone()));
+        }
+        if let Some(initrd) = config.initrd.as_ref().filter(|p| !p.is_file()) {
+            return Err(VmmError::InitrdMissing(initrd.clone()));
+        }
+        check_kvm(&kvm_kind::detect())?;
+
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(kvm_err("create a KVM VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+
+        let guest_memory = memory::create_guest_memory(config.memory_mib)?;
+        register_memory(&vm, &guest_memory)?;
+
+        let (exit, exit_rx) = ExitSignal::new();
+        let ready_at = Arc::new(OnceLock::new());
+        let log = match &config.serial_log {
+            Some(path) => Some(File::create(path).map_err(|source| VmmError::SerialLog {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
+        vm.register_irqfd(&com1_irq, layout::COM1_GSI)
+            .map_err(kvm_err("register the COM1 irqfd"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            IrqTrigger(com1_irq),
+            ConsoleSink::new(log, exit.clone(), ready_at.clone()),
+        )));
+        let buses = Arc::new(legacy_buses(serial.clone(), &exit)?);
+
+        let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;
+        if let Some(initrd) = &config.initrd {
+            boot::load_initrd(&guest_memory, initrd, entry.kernel_end, &mut params)?;
+        }
+        let rsdp = acpi::create_acpi_tables(
+            &guest_memory,
+            &AcpiConfig {
+                cpus: config.cpus,
+                virtio_mmio: Vec::new(),
+            },
+        )?;
+        let cmdline = crate::cmdline::build(&config.cmdline);
+        boot::write_boot_params(&guest_memory, params, &cmdline, rsdp)?;
+
+        let supported = kvm
+            .get_supported_cpuid(CPUID_ENTRIES)
+            .map_err(kvm_err("read the supported CPUID"))?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
+        for id in 0..config.cpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("create a vCPU"))?;
+            cpu::configure_common(&vcpu, id, config.cpus, &supported)?;
+            if id == 0 {
+                cpu::configure_boot_cpu(&vcpu, &guest_memory, entry.entry)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        Ok(Self {
+            config,
+            _kvm: kvm,
+            _vm: vm,
+            guest_memory,
+            vcpus,
+            buses,
+            serial,
+            exit_rx,
+            exit,
+            started,
+            ready_at,
+        })
+    }
+
+    /// Runs the VM until it powers off, resets, panics, faults, times out or is signalled.
+    pub fn run(mut self) -> Result<Outcome, VmmError> {
+        crate::signals::install().map_err(io_err("install signal handlers"))?;
+        let mut terminal = RawTerminal::enter();
+        console::spawn_stdin_forwarder(self.serial.clone(), terminal.is_raw())
+            .map_err(io_err("start the console thread"))?;
+        let first_run = Arc::new(OnceLock::new());
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            let (buses, exit, first) = (self.buses.clone(), self.exit.clone(), first_run.clone());
+            let id = id as u8;
+            std::thread::Builder::new()
+                .name(format!("netvmm-vcpu{id}"))
+                .spawn(move || vcpu::run_loop(id, vcpu, buses, exit, first))
+                .map_err(io_err("start a vCPU thread"))?;
+        }
+
+        let deadline = self.config.timeout.map(|t| self.started + t);
+        let outcome = loop {
+            if let Some(sig) = crate::signals::pending() {
+                break Outcome::Signalled(sig);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Outcome::TimedOut;
+            }
+            match self.exit_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(end) => break Outcome::Exited(end),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    break Outcome::Exited(VmExit::Fault("all vCPUs stopped".into()))
+                }
+            }
+        };
+        terminal.restore();
+        if std::env::var_os(crate::report::REPORT_ENV).is_some() {
+            eprintln!("{}", self.boot_report(first_run.get().copied()));
+        }
+        Ok(outcome)
+    }
+
+    /// One line of figures for the boot benchmark.
+    fn boot_report(&self, first_run: Option<Instant>) -> String {
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
+        let since = |t: Option<Instant>, from: Instant| {
+            t.map(|t| ms(t.saturating_duration_since(from)))
+                .unwrap_or_else(|| "null".into())
+        };
+        let guest_ranges: Vec<(usize, usize)> = self
+            .guest_memory
+            .iter()
+            .filter_map(|r| {
+                let host = self.guest_memory.get_host_address(r.start_addr()).ok()?;
+                Some((host as usize, r.len() as usize))
+            })
+            .collect();
+        let rss = crate::report::vmm_rss_kib(&guest_ranges)
+            .map(|k| k.to_string())
+            .unwrap_or_else(|_| "null".into());
+        let cpu = crate::report::setup_cpu_time()
+            .map(ms)
+            .unwrap_or_else(|| "null".into());
+        let ready = self.ready_at.get().copied();
+        format!(
+            "netvmm-report: setup_ms={} setup_cpu_ms={cpu} guest_boot_ms={} total_to_ready_ms={} vmm_rss_kib={rss} guest_ram_mib={}",
+            since(first_run, self.started),
+            match (first_run, ready) {
+                (Some(f), Some(r)) => ms(r.saturating_duration_since(f)),
+                _ => "null".into(),
+            },
+            since(ready, self.started),
+            self.config.memory_mib,
+        )
+    }
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|_| VmmError::KvmUnusable("guest memory region has no host mapping".into()))?;
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region's host mapping belongs to `mem`, which the Vmm owns and keeps
+        // alive (and never unmaps) for as long as the VM and its vCPUs exist; slots are unique.
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
+    }
+    Ok(())
+}
+
+fn legacy_buses(
+    serial: Arc<Mutex<SerialConsole<ConsoleSink>>>,
+    exit: &ExitSignal,
+) -> Result<Buses, VmmError> {
+    let mut pio = Bus::new();
+    let dev = |d: Arc<Mutex<dyn BusDevice>>| d;
+    pio.insert("COM1", u64::from(layout::COM1_PORT), 8, dev(serial))?;
+    pio.insert(
+        "i8042",
+        u64::from(layout::I8042_DATA_PORT),
+        u64::from(layout::I8042_COMMAND_PORT - layout::I8042_DATA_PORT) + 1,
+        dev(Arc::new(Mutex::new(I8042Reset::new(exit.clone())))),
+    )?;
+    pio.insert(
+        "pvpanic",
+        u64::from(layout::PVPANIC_PORT),
+        1,
+        dev(Arc::new(Mutex::new(PvPanic::new(exit.clone())))),
+    )?;
+    pio.insert(
+        "ACPI sleep registers",
+        u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
+        2,
+        dev(Arc::new(Mutex::new(AcpiPmControl::new(
+            layout::ACPI_S5_SLEEP_TYPE,
+            exit.clone(),
+        )))),
+    )?;
+    Ok(Buses {
+        pio,
+        mmio: Bus::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct_per_outcome() {
+        assert_eq!(Outcome::Exited(VmExit::PowerOff).exit_code(), 0);
+        assert_eq!(Outcome::Exited(VmExit::Reset).exit_code(), 0);
+        assert_eq!(Outcome::Exited(VmExit::GuestPanic).exit_code(), 3);
+        assert_eq!(Outcome::Exited(VmExit::Fault("x".into())).exit_code(), 1);
+        assert_eq!(Outcome::TimedOut.exit_code(), 124);
+        assert_eq!(Outcome::Signalled(libc::SIGTERM).exit_code(), 143);
+        assert!(Outcome::Exited(VmExit::PowerOff).message().is_none());
+    }
+
+    #[test]
+    fn pvm_is_refused_with_a_pointer_to_the_lab() {
+        let err = check_kvm(&KvmKind::Pvm).unwrap_err().to_string();
+        assert!(err.contains("PVM") && err.contains("lab"), "{err}");
+        assert!(check_kvm(&KvmKind::Hardware("kvm_amd")).is_ok());
+        assert!(check_kvm(&KvmKind::Missing("gone".into())).is_err());
+    }
+
+    #[test]
+    fn missing_kernel_is_named_before_touching_kvm() {
+        let err = Vmm::new(VmConfig::new("/nonexistent/bzImage".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(err, "kernel /nonexistent/bzImage does not exist");
+    }
+}

@@ -1,1 +1,51 @@
-fn main() {}
+//! `netvmm`: parse the command line into typed configs and call the vmm and lab libraries.
+//! Every failure ends as one line on stderr and a non-zero status, never a panic.
+
+mod args;
+mod doctor;
+mod lab_cmd;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            // clap's first line names the bad argument; the usage block after it is noise
+            // for a CI log, and a bad argument is an error like any other (status 1).
+            eprintln!("netvmm: {}", args::one_line_error(&e.render().to_string()));
+            std::process::exit(1);
+        }
+    };
+    let code = match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netvmm: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
+    match command {
+        Command::Run(a) => {
+            let config = a.into_config()?;
+            let outcome = vmm::Vmm::new(config)?.run()?;
+            if let Some(msg) = outcome.message() {
+                eprintln!("netvmm: {msg}");
+            }
+            Ok(outcome.exit_code())
+        }
+        Command::Doctor => Ok(doctor::run()),
+        Command::Image(a) => lab_cmd::image(a),
+        Command::Lab(a) => lab_cmd::lab(a),
+    }
+}

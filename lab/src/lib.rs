@@ -1,1 +1,15 @@
+//! The emulated lab host: a QEMU TCG machine (`-cpu max`, so it has SVM) running Debian's
+//! cloud kernel with kvm_amd, inside which netvmm gets a hardware-style /dev/kvm. Used when
+//! the real host's KVM cannot boot a stock kernel (PVM), and by the integration tests.
+//!
+//! One lab run: the cached lab image (resources/build-lab.sh) plus an appended cpio holding
+//! `/lab/scenario`, the netvmm binary with its libraries, the guest image and any files the
+//! scenario names. The lab's init runs the scenario on its console (our stdout) and writes
+//! `netvmm-lab-exit=N` to its second serial port (a file we read back).
 
+pub mod cpio;
+pub mod images;
+pub mod runner;
+
+pub use images::{ImageError, Images};
+pub use runner::{LabError, LabRun};

@@ -82,8 +82,8 @@ pub fn load_kernel(
     };
     let mut params = boot_params::default();
     let entry = if is_elf {
-        let r = Elf::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
-            .map_err(load_err)?;
+        let r =
+            Elf::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
         params.hdr.boot_flag = BOOT_FLAG_MAGIC;
         params.hdr.header = HDRS_MAGIC;
         params.hdr.kernel_alignment = KERNEL_ALIGNMENT;
@@ -189,11 +189,9 @@ pub fn write_boot_params(
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
     cl.insert_str(cmdline)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| {
-        BootError::Memory {
-            what: "command line",
-            reason: e.to_string(),
-        }
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Memory {
+        what: "command line",
+        reason: e.to_string(),
     })?;
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
@@ -253,13 +251,15 @@ mod tests {
         let params = boot_params::default();
         write_boot_params(&m, params, "console=ttyS0 quiet", GuestAddress(0xe0000)).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
-        assert_eq!(p.acpi_rsdp_addr, 0xe0000);
-        assert_eq!(p.e820_entries, 2);
-        assert_eq!(p.hdr.cmd_line_ptr as u64, CMDLINE_START);
+        let (rsdp, entries, cmd) = (p.acpi_rsdp_addr, p.e820_entries, p.hdr.cmd_line_ptr);
+        assert_eq!(rsdp, 0xe0000);
+        assert_eq!(entries, 2);
+        assert_eq!(u64::from(cmd), CMDLINE_START);
         let mut buf = [0u8; 19];
         m.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
         assert_eq!(&buf, b"console=ttyS0 quiet");
-        assert_eq!(p.hdr.type_of_loader, LOADER_TYPE_UNDEFINED);
+        let loader = p.hdr.type_of_loader;
+        assert_eq!(loader, LOADER_TYPE_UNDEFINED);
     }
 
     #[test]

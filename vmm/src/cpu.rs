@@ -234,7 +234,12 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
-fn write_u64s(mem: &GuestMemoryMmap, what: &'static str, at: u64, v: &[u64]) -> Result<(), CpuError> {
+fn write_u64s(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    at: u64,
+    v: &[u64],
+) -> Result<(), CpuError> {
     for (i, value) in v.iter().enumerate() {
         let addr = at + (i as u64) * 8;
         mem.write_obj(*value, GuestAddress(addr))
@@ -250,9 +255,7 @@ pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), CpuError>
     const HUGE: u64 = 0x80;
     write_u64s(mem, "PML4", PML4_START, &[PDPTE_START | PRESENT_RW])?;
     write_u64s(mem, "PDPTE", PDPTE_START, &[PDE_START | PRESENT_RW])?;
-    let pdes: Vec<u64> = (0..512u64)
-        .map(|i| (i << 21) | PRESENT_RW | HUGE)
-        .collect();
+    let pdes: Vec<u64> = (0..512u64).map(|i| (i << 21) | PRESENT_RW | HUGE).collect();
     write_u64s(mem, "PDE", PDE_START, &pdes)
 }
 
@@ -281,11 +284,17 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
 
 /// Boot CPU: GDT/IDT and page tables in guest memory, long mode on, RIP at the kernel's
 /// 64-bit entry and RSI at the zero page, as the 64-bit boot protocol asks.
-pub fn configure_boot_cpu(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Result<(), CpuError> {
+pub fn configure_boot_cpu(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    entry: u64,
+) -> Result<(), CpuError> {
     write_u64s(mem, "GDT", BOOT_GDT_START, &BOOT_GDT)?;
     write_u64s(mem, "IDT", BOOT_IDT_START, &[0])?;
     write_identity_page_tables(mem)?;
-    let sregs = vcpu.get_sregs().map_err(kvm_err(0, "read special registers"))?;
+    let sregs = vcpu
+        .get_sregs()
+        .map_err(kvm_err(0, "read special registers"))?;
     vcpu.set_sregs(&long_mode_sregs(sregs))
         .map_err(kvm_err(0, "set special registers"))?;
     let regs = kvm_regs {
@@ -307,10 +316,16 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_long_mode_segments() {
         let code = segment_from_gdt(BOOT_GDT[1], 1);
-        assert_eq!((code.selector, code.l, code.present, code.type_), (8, 1, 1, 0xb));
+        assert_eq!(
+            (code.selector, code.l, code.present, code.type_),
+            (8, 1, 1, 0xb)
+        );
         assert_eq!((code.base, code.limit, code.g), (0, 0xffff_ffff, 1));
         let data = segment_from_gdt(BOOT_GDT[2], 2);
-        assert_eq!((data.selector, data.db, data.l, data.type_), (16, 1, 0, 0x3));
+        assert_eq!(
+            (data.selector, data.db, data.l, data.type_),
+            (16, 1, 0, 0x3)
+        );
         let null = segment_from_gdt(BOOT_GDT[0], 0);
         assert_eq!(null.unusable, 1);
         assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);

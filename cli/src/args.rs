@@ -1,0 +1,230 @@
+//! The command-line grammar, and its conversion into typed configs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use vmm::config::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB};
+use vmm::VmConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netvmm",
+    version,
+    about = "A small KVM VMM for comparing tap, bridge and macvtap guest networking"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a Linux kernel on this host's KVM.
+    Run(RunArgs),
+    /// Report what this host offers: KVM kind, tun, modules, privileges, lab tools.
+    Doctor,
+    /// Build (once) and show the guest image: a Debian kernel and a busybox+iperf3 initramfs.
+    Image(ImageArgs),
+    /// Run in the emulated lab host (QEMU TCG with nested KVM), for hosts whose KVM cannot
+    /// boot a stock kernel.
+    Lab(LabArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RunArgs {
+    /// Kernel image: a bzImage or an ELF vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (cpio, optionally compressed).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel arguments; netvmm puts its own device arguments in front of them
+    /// ("console=ttyS0 reboot=k panic=1 pci=off"), so yours win.
+    #[arg(
+        long,
+        value_name = "ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CPUS)]
+    pub cpus: u8,
+    /// Also write the guest console to this file.
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Stop the VM after this many seconds and exit with status 124.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
+    pub timeout: Option<Duration>,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<VmConfig, vmm::config::ConfigError> {
+        let mut c = VmConfig::new(self.kernel);
+        c.initrd = self.initrd;
+        c.cmdline = self.cmdline;
+        c.memory_mib = self.memory;
+        c.cpus = self.cpus;
+        c.serial_log = self.serial_log;
+        c.timeout = self.timeout;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// clap's rendered error as one line: its first paragraph (which names the argument),
+/// without the usage block and the hint after it.
+pub fn one_line_error(rendered: &str) -> String {
+    let para: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = para.join(" ");
+    let line = line.trim_start_matches("error: ");
+    if line.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        line.to_string()
+    }
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build the guest image if needed and print its paths.
+    Build,
+    /// Print the path of one part: kernel, vmlinux or initrd (building it if needed).
+    Path {
+        #[arg(value_parser = ["kernel", "vmlinux", "initrd"])]
+        part: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Lab host RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = lab::runner::DEFAULT_LAB_MEMORY_MIB, global = true)]
+    pub lab_memory: u64,
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// `netvmm run` inside the lab host; files named by the arguments are carried in.
+    Run(RunArgs),
+    /// Run a shell script inside the lab host (netvmm on PATH, guest image in /lab/guest).
+    Exec {
+        /// The script file to run.
+        script: PathBuf,
+        /// Stop the lab host after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
+    },
+    /// Build the guest and lab images if needed.
+    Build,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        let mut v = vec!["netvmm"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map_err(|e| one_line_error(&e.render().to_string()))
+    }
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        match parse(args).unwrap().command {
+            Command::Run(r) => r,
+            other => panic!("not run: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_defaults_and_values() {
+        let r = run_args(&["run", "--kernel", "/k"]);
+        assert_eq!((r.memory, r.cpus, r.timeout), (256, 1, None));
+        let r = run_args(&[
+            "run",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "quiet -- x",
+            "--memory",
+            "512",
+            "--cpus",
+            "2",
+            "--timeout",
+            "1.5",
+            "--serial-log",
+            "/tmp/l",
+        ]);
+        assert_eq!(r.timeout, Some(Duration::from_millis(1500)));
+        let c = r.into_config().unwrap();
+        assert_eq!((c.memory_mib, c.cpus), (512, 2));
+        assert_eq!(c.cmdline, "quiet -- x");
+        assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+    }
+
+    #[test]
+    fn bad_input_names_the_argument() {
+        let e = parse(&["run"]).unwrap_err();
+        assert!(e.contains("--kernel"), "{e}");
+        let e = parse(&["run", "--kernel", "/k", "--memory", "lots"]).unwrap_err();
+        assert!(e.contains("--memory"), "{e}");
+        let e = parse(&["run", "--kernel", "/k", "--timeout", "-3"]).unwrap_err();
+        assert!(e.contains("--timeout"), "{e}");
+        let e = parse(&["run", "--kernel", "/k", "--cpus", "300"]).unwrap_err();
+        assert!(e.contains("--cpus"), "{e}");
+        let e = run_args(&["run", "--kernel", "/k", "--cpus", "0"])
+            .into_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("--cpus 0"));
+    }
+
+    #[test]
+    fn lab_run_takes_the_same_arguments() {
+        let cli = parse(&[
+            "lab",
+            "--lab-memory",
+            "1024",
+            "run",
+            "--kernel",
+            "/k",
+            "--cpus",
+            "2",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Lab(l) => {
+                assert_eq!(l.lab_memory, 1024);
+                assert!(matches!(l.command, LabCommand::Run(ref r) if r.cpus == 2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

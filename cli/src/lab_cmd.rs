@@ -1,0 +1,145 @@
+//! `netvmm image ...` and `netvmm lab ...`.
+
+use std::path::Path;
+
+use lab::runner::shell_quote;
+use lab::{Images, LabRun};
+
+use crate::args::{ImageArgs, ImageCommand, LabArgs, LabCommand, RunArgs};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+pub fn image(a: ImageArgs) -> Result<i32> {
+    let i = Images::guest()?;
+    match a.command {
+        ImageCommand::Build => {
+            println!("kernel  {}", i.guest_kernel.display());
+            println!("vmlinux {}", i.guest_vmlinux.display());
+            println!("initrd  {}", i.guest_initrd.display());
+        }
+        ImageCommand::Path { part } => {
+            let p = match part.as_str() {
+                "kernel" => &i.guest_kernel,
+                "vmlinux" => &i.guest_vmlinux,
+                _ => &i.guest_initrd,
+            };
+            println!("{}", p.display());
+        }
+    }
+    Ok(0)
+}
+
+pub fn lab(a: LabArgs) -> Result<i32> {
+    match a.command {
+        LabCommand::Build => {
+            let i = Images::all()?;
+            println!("lab kernel {}", i.lab_kernel.display());
+            println!("lab initrd {}", i.lab_initrd.display());
+            Ok(0)
+        }
+        LabCommand::Exec { script, timeout } => {
+            let text = std::fs::read_to_string(&script)
+                .map_err(|e| format!("cannot read scenario {}: {e}", script.display()))?;
+            let mut run = LabRun::new(text);
+            run.memory_mib = a.lab_memory;
+            if let Some(t) = timeout {
+                run.timeout = t;
+            }
+            Ok(run.run()?)
+        }
+        LabCommand::Run(r) => {
+            let mut run = lab_run_for(&r)?;
+            run.memory_mib = a.lab_memory;
+            Ok(run.run()?)
+        }
+    }
+}
+
+/// Turns `netvmm run` arguments into a lab scenario: host files go in under /lab/files and
+/// the serial log comes back out through the lab's status port.
+fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
+    // Fail here, with the host path, rather than inside the lab.
+    r.clone().into_config()?;
+    let mut files = Vec::new();
+    let mut args = vec!["netvmm".to_string(), "run".to_string()];
+    let mut carry = |flag: &str, host: &Path, name: &str, args: &mut Vec<String>| -> Result<()> {
+        if !host.is_file() {
+            return Err(format!("{flag} {} does not exist", host.display()).into());
+        }
+        let at = format!("/lab/files/{name}");
+        files.push((host.to_path_buf(), at.clone()));
+        args.push(flag.to_string());
+        args.push(at);
+        Ok(())
+    };
+    carry("--kernel", &r.kernel, "kernel", &mut args)?;
+    if let Some(i) = &r.initrd {
+        carry("--initrd", i, "initrd", &mut args)?;
+    }
+    args.extend(["--cmdline".into(), r.cmdline.clone()]);
+    args.extend(["--memory".into(), r.memory.to_string()]);
+    args.extend(["--cpus".into(), r.cpus.to_string()]);
+    if let Some(t) = r.timeout {
+        args.extend(["--timeout".into(), t.as_secs_f64().to_string()]);
+    }
+    let mut run = LabRun::new(String::new());
+    if let Some(log) = &r.serial_log {
+        args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);
+        run.outputs.push(("/tmp/serial.log".into(), log.clone()));
+    }
+    run.script = args
+        .iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    run.files = files;
+    if let Some(t) = r.timeout {
+        run.timeout = t;
+    }
+    Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn lab_run_carries_files_and_rewrites_paths() {
+        let dir = std::env::temp_dir().join(format!("netvmm-labcmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let k = dir.join("bzImage");
+        std::fs::write(&k, b"k").unwrap();
+        let cli = crate::args::Cli::try_parse_from([
+            "netvmm",
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            "a 'b'",
+            "--timeout",
+            "5",
+            "--serial-log",
+            "/tmp/x.log",
+        ])
+        .unwrap();
+        let crate::args::Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        let run = lab_run_for(&r).unwrap();
+        assert_eq!(
+            run.files,
+            vec![(k.clone(), "/lab/files/kernel".to_string())]
+        );
+        assert!(run
+            .script
+            .starts_with("'netvmm' 'run' '--kernel' '/lab/files/kernel'"));
+        assert!(run.script.contains(r#"'a '\''b'\'''"#), "{}", run.script);
+        assert_eq!(run.outputs[0].1, Path::new("/tmp/x.log"));
+        let mut missing = r.clone();
+        missing.initrd = Some(dir.join("nope"));
+        let err = lab_run_for(&missing).unwrap_err().to_string();
+        assert!(err.contains("--initrd") && err.contains("nope"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,365 @@
+//! Running one scenario in the emulated lab host and bringing its output and status back.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cpio::CpioWriter;
+use crate::images::{ImageError, Images};
+
+/// The lab's init writes this to its second serial port when the scenario ends.
+const EXIT_PREFIX: &str = "netvmm-lab-exit=";
+/// Kernel arguments for the lab host: console on the first serial port, and quiet, so that
+/// what reaches our stdout is the scenario's own output.
+const LAB_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
+/// Lab host RAM when the caller does not say: room for two 256 MiB guests and the images.
+pub const DEFAULT_LAB_MEMORY_MIB: u64 = 2048;
+/// How long a lab run may take when the scenario has no timeout of its own.
+pub const DEFAULT_LAB_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// What the lab host itself needs on top of the scenario's time (its boot, the images).
+const LAB_BOOT_ALLOWANCE: Duration = Duration::from_secs(180);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot find qemu-system-x86_64 (install Debian's qemu-system-x86): {0}")]
+    NoQemu(std::io::Error),
+    #[error("cannot {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot list the libraries of {exe} with ldd: {reason}")]
+    Ldd { exe: PathBuf, reason: String },
+    #[error("the lab host did not finish within {0:?}; it was stopped")]
+    Timeout(Duration),
+    #[error("the lab host stopped without reporting a status (its console output is above)")]
+    NoStatus,
+    #[error("interrupted by signal {0}; the lab host was stopped")]
+    Signalled(i32),
+}
+
+fn file_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> LabError + 'a {
+    move |source| LabError::File {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One scenario for the lab host.
+#[derive(Debug, Clone)]
+pub struct LabRun {
+    /// Shell commands run by the lab's /bin/sh with netvmm on PATH, the guest image in
+    /// /lab/guest, and `$NETVMM_GUEST_KERNEL`, `$NETVMM_GUEST_VMLINUX`, `$NETVMM_GUEST_INITRD` set.
+    pub script: String,
+    /// Host files copied into the lab at the given absolute paths.
+    pub files: Vec<(PathBuf, String)>,
+    /// Environment variables exported to the scenario.
+    pub env: Vec<(String, String)>,
+    /// Files the scenario leaves in the lab (lab path) to copy back to the host (host path).
+    pub outputs: Vec<(String, PathBuf)>,
+    pub memory_mib: u64,
+    pub timeout: Duration,
+}
+
+impl LabRun {
+    pub fn new(script: impl Into<String>) -> Self {
+        Self {
+            script: script.into(),
+            files: Vec::new(),
+            env: Vec::new(),
+            outputs: Vec::new(),
+            memory_mib: DEFAULT_LAB_MEMORY_MIB,
+            timeout: DEFAULT_LAB_TIMEOUT,
+        }
+    }
+
+    /// Boots the lab host, runs the scenario, returns the scenario's exit status.
+    pub fn run(&self) -> Result<i32, LabError> {
+        let images = Images::all()?;
+        let work = WorkDir::create()?;
+        let initrd = work.path.join("lab-initrd");
+        self.write_initrd(&images, &initrd)?;
+        let status_path = work.path.join("status");
+        File::create(&status_path).map_err(file_err("create", &status_path))?;
+
+        eprintln!("netvmm-lab: booting the emulated lab host (QEMU TCG, -cpu max)");
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-nodefaults", "-no-reboot", "-display", "none"])
+            .args(["-serial", "stdio"])
+            .arg("-serial")
+            .arg(format!("file:{}", status_path.display()))
+            .arg("-kernel")
+            .arg(&images.lab_kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", LAB_CMDLINE])
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .spawn()
+            .map_err(LabError::NoQemu)?;
+        let limit = self.timeout + LAB_BOOT_ALLOWANCE;
+        wait_or_kill(&mut child, limit)?;
+        let status =
+            std::fs::read_to_string(&status_path).map_err(file_err("read", &status_path))?;
+        for (idx, (_, host)) in self.outputs.iter().enumerate() {
+            if let Some(data) = parse_output(&status, idx) {
+                std::fs::write(host, data).map_err(file_err("write", host))?;
+            }
+        }
+        parse_status(&status).ok_or(LabError::NoStatus)
+    }
+
+    fn write_initrd(&self, images: &Images, out: &Path) -> Result<(), LabError> {
+        let mut base =
+            std::fs::read(&images.lab_initrd).map_err(file_err("read", &images.lab_initrd))?;
+        // The kernel looks for a following archive only at a 4-byte boundary; zeros between
+        // archives are skipped.
+        base.resize(base.len().next_multiple_of(512), 0);
+
+        let mut c = CpioWriter::new();
+        let exe = std::env::current_exe().map_err(file_err("locate", Path::new("netvmm")))?;
+        add_host_file(&mut c, &exe, "/lab/bin/netvmm", 0o755)?;
+        for lib in shared_libraries(&exe)? {
+            let at = lib.to_string_lossy().into_owned();
+            add_host_file(&mut c, &lib, &at, 0o755)?;
+        }
+        add_host_file(&mut c, &images.guest_kernel, "/lab/guest/vmlinuz", 0o644)?;
+        add_host_file(&mut c, &images.guest_vmlinux, "/lab/guest/vmlinux", 0o644)?;
+        add_host_file(
+            &mut c,
+            &images.guest_initrd,
+            "/lab/guest/initrd.cpio.gz",
+            0o644,
+        )?;
+        for (host, at) in &self.files {
+            add_host_file(&mut c, host, at, 0o644)?;
+        }
+        c.add_file("/lab/scenario", 0o755, self.scenario().as_bytes())
+            .map_err(file_err("archive", Path::new("/lab/scenario")))?;
+
+        let f = File::create(out).map_err(file_err("create", out))?;
+        let mut w = BufWriter::new(f);
+        w.write_all(&base).map_err(file_err("write", out))?;
+        c.finish(&mut w).map_err(file_err("write", out))?;
+        w.flush().map_err(file_err("write", out))
+    }
+
+    /// The scenario file: environment first, then the caller's commands.
+    pub fn scenario(&self) -> String {
+        let mut s = String::from("#!/bin/sh\nexport PATH=/lab/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n");
+        s.push_str("export NETVMM_GUEST_KERNEL=/lab/guest/vmlinuz NETVMM_GUEST_VMLINUX=/lab/guest/vmlinux NETVMM_GUEST_INITRD=/lab/guest/initrd.cpio.gz\n");
+        for (k, v) in &self.env {
+            s.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+        // A subshell, so that an `exit` in the script still lets the outputs go back.
+        s.push_str("(\n");
+        s.push_str(&self.script);
+        s.push_str("\n)\nnetvmm_status=$?\n");
+        for (idx, (lab_path, _)) in self.outputs.iter().enumerate() {
+            let p = shell_quote(lab_path);
+            s.push_str(&format!(
+                "if [ -f {p} ]; then {{ echo {OUTPUT_BEGIN}{idx}; base64 {p}; echo {OUTPUT_END}; }} > /dev/ttyS1; fi\n"
+            ));
+        }
+        s.push_str("exit $netvmm_status\n");
+        s
+    }
+}
+
+fn add_host_file(c: &mut CpioWriter, host: &Path, at: &str, mode: u32) -> Result<(), LabError> {
+    let data = std::fs::read(host).map_err(file_err("read", host))?;
+    c.add_file(at, mode, &data)
+        .map_err(file_err("archive", host))
+}
+
+/// The shared libraries (and loader) a dynamically linked binary needs, from ldd.
+fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>, LabError> {
+    let out = Command::new("ldd")
+        .arg(exe)
+        .output()
+        .map_err(|e| LabError::Ldd {
+            exe: exe.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Paths from ldd's output lines (`name => /path (addr)` or `/path (addr)`).
+pub fn parse_ldd(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim(),
+                None => l,
+            };
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// Single-quotes a string for /bin/sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r#"'\''"#))
+}
+
+/// Output files travel back on the status port as base64 between these lines.
+const OUTPUT_BEGIN: &str = "netvmm-lab-file=";
+const OUTPUT_END: &str = "netvmm-lab-file-end";
+
+/// The bytes of output file number `idx` in the status port's text.
+pub fn parse_output(text: &str, idx: usize) -> Option<Vec<u8>> {
+    let begin = format!("{OUTPUT_BEGIN}{idx}");
+    let mut lines = text.lines().skip_while(|l| l.trim() != begin).skip(1);
+    let mut b64 = String::new();
+    for l in lines.by_ref() {
+        if l.trim() == OUTPUT_END {
+            return base64_decode(&b64);
+        }
+        b64.push_str(l.trim());
+    }
+    None
+}
+
+/// Standard base64 (busybox `base64` output), padding optional.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Reads `netvmm-lab-exit=N` from the lab's status port.
+pub fn parse_status(text: &str) -> Option<i32> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(EXIT_PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .last()
+}
+
+fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<(), LabError> {
+    vmm::signals::install().map_err(file_err("install signal handlers for", Path::new("qemu")))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(file_err("wait for", Path::new("qemu-system-x86_64"))(e)),
+        }
+        if let Some(sig) = vmm::signals::pending() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::Signalled(sig));
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::Timeout(limit));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A private temporary directory, removed when dropped.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create() -> Result<Self, LabError> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "netvmm-lab-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).map_err(file_err("create", &path))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_yields_library_paths() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        let libs = parse_ldd(text);
+        assert_eq!(
+            libs,
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn status_line_is_found_and_garbage_is_not_a_status() {
+        assert_eq!(parse_status("noise\nnetvmm-lab-exit=7\n"), Some(7));
+        assert_eq!(parse_status("netvmm-lab-exit=x\n"), None);
+        assert_eq!(parse_status(""), None);
+    }
+
+    #[test]
+    fn scenario_quotes_environment() {
+        let mut r = LabRun::new("netvmm doctor");
+        r.env.push(("A".into(), "it's".into()));
+        let s = r.scenario();
+        assert!(s.starts_with("#!/bin/sh\n"));
+        assert!(s.contains("export A='it'\\''s'\n"));
+        assert!(s.contains("(\nnetvmm doctor\n)\n"));
+        assert!(s.ends_with("exit $netvmm_status\n"));
+    }
+
+    #[test]
+    fn outputs_come_back_decoded() {
+        assert_eq!(base64_decode("aGVsbG8gd29ybGQK").unwrap(), b"hello world\n");
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert!(base64_decode("a*b").is_none());
+        let text = "netvmm-lab-file=1\naGk=\nnetvmm-lab-file-end\nnetvmm-lab-exit=0\n";
+        assert_eq!(parse_output(text, 1).unwrap(), b"hi");
+        assert!(parse_output(text, 0).is_none());
+        let mut r = LabRun::new("true");
+        r.outputs.push(("/tmp/a b".into(), PathBuf::from("/x")));
+        assert!(r.scenario().contains("base64 '/tmp/a b'"));
+    }
+}

@@ -1,0 +1,97 @@
+//! End-to-end boot tests: the real Debian guest image booted by netvmm inside the emulated
+//! lab host (QEMU TCG with nested KVM), so that they run on hosts whose own KVM cannot boot
+//! a stock kernel. All cases share one lab boot; each case is one `netvmm run`.
+
+mod common;
+
+const SCENARIO: &str = r#"
+G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD"
+ready() { grep -a 'netvmm-guest: ready' "$1" | tr -d '\r' | sed 's/^.*netvmm-guest: ready//' | head -n 1; }
+
+netvmm run $G --cpus 2 --memory 384 --timeout 300 --serial-log /tmp/smp.log \
+  --cmdline 'netvmm.run="echo guest-says-hello"'
+s=$?; echo "case=smp status=$s $(ready /tmp/smp.log) hello=$(grep -c guest-says-hello /tmp/smp.log)"
+
+netvmm run $G --timeout 300 --serial-log /tmp/up.log --cmdline 'netvmm.run="true"'
+s=$?; echo "case=up status=$s $(ready /tmp/up.log)"
+
+netvmm run --kernel $NETVMM_GUEST_VMLINUX --initrd $NETVMM_GUEST_INITRD --timeout 300 \
+  --serial-log /tmp/elf.log --cmdline 'netvmm.run="true"'
+s=$?; echo "case=elf status=$s $(ready /tmp/elf.log)"
+
+netvmm run $G --timeout 300 --serial-log /tmp/reboot.log --cmdline 'netvmm.run="reboot -f"'
+s=$?; echo "case=reboot status=$s $(ready /tmp/reboot.log)"
+
+netvmm run $G --timeout 300 --serial-log /tmp/panic.log \
+  --cmdline 'netvmm.run="echo c > /proc/sysrq-trigger"'
+s=$?; echo "case=panic status=$s $(ready /tmp/panic.log)"
+
+start=$(date +%s)
+netvmm run $G --timeout 25 --serial-log /tmp/timeout.log --cmdline 'netvmm.run="sleep 100000"'
+s=$?; end=$(date +%s)
+echo "case=timeout status=$s elapsed=$((end - start)) $(ready /tmp/timeout.log)"
+"#;
+
+#[test]
+fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
+    let out = common::lab(SCENARIO, 1500);
+    let dump = out.dump();
+    assert_eq!(out.status, 0, "{dump}");
+
+    // --cpus 2 --memory 384: the guest sees both CPUs (MADT) and about 384 MiB.
+    assert_eq!(out.field("smp", "status").as_deref(), Some("0"), "{dump}");
+    assert_eq!(out.field("smp", "cpus").as_deref(), Some("2"), "{dump}");
+    let mem_kb: u64 = out
+        .field("smp", "mem_kb")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (300_000..=393_216).contains(&mem_kb),
+        "MemTotal {mem_kb} kB\n{dump}"
+    );
+    assert_eq!(out.field("smp", "hello").as_deref(), Some("1"), "{dump}");
+
+    // Defaults: one CPU, 256 MiB; poweroff is status 0.
+    assert_eq!(out.field("up", "status").as_deref(), Some("0"), "{dump}");
+    assert_eq!(out.field("up", "cpus").as_deref(), Some("1"), "{dump}");
+    let mem_kb: u64 = out
+        .field("up", "mem_kb")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (180_000..=262_144).contains(&mem_kb),
+        "MemTotal {mem_kb} kB\n{dump}"
+    );
+
+    // An ELF vmlinux boots too.
+    assert_eq!(out.field("elf", "status").as_deref(), Some("0"), "{dump}");
+    assert!(
+        out.field("elf", "cpus").is_some(),
+        "ELF guest never got ready\n{dump}"
+    );
+
+    // reboot is a clean end as well.
+    assert_eq!(
+        out.field("reboot", "status").as_deref(),
+        Some("0"),
+        "{dump}"
+    );
+    assert!(out.field("reboot", "cpus").is_some(), "{dump}");
+
+    // A kernel panic is status 3, after the guest had booted.
+    assert!(out.field("panic", "cpus").is_some(), "{dump}");
+    assert_eq!(out.field("panic", "status").as_deref(), Some("3"), "{dump}");
+
+    // The timeout kills a running guest with 124, and not much later than asked.
+    assert!(out.field("timeout", "cpus").is_some(), "{dump}");
+    assert_eq!(
+        out.field("timeout", "status").as_deref(),
+        Some("124"),
+        "{dump}"
+    );
+    let elapsed: u64 = out
+        .field("timeout", "elapsed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(999);
+    assert!(elapsed < 60, "timeout took {elapsed} s\n{dump}");
+}

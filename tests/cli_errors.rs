@@ -1,0 +1,94 @@
+//! Bad input ends with status 1 and exactly one line on stderr naming the cause; never a
+//! panic. These run on the host itself (no lab needed).
+
+mod common;
+
+use common::netvmm;
+
+fn one_line_error(args: &[&str], must_contain: &[&str]) {
+    let out = netvmm(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("netvmm: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for m in must_contain {
+        assert!(stderr.contains(m), "{args:?}: {stderr:?} lacks {m:?}");
+    }
+}
+
+#[test]
+fn missing_kernel_is_one_line() {
+    one_line_error(
+        &["run", "--kernel", "/nonexistent/vmlinuz"],
+        &["/nonexistent/vmlinuz", "does not exist"],
+    );
+}
+
+#[test]
+fn missing_initrd_is_one_line() {
+    one_line_error(
+        &[
+            "run",
+            "--kernel",
+            "/proc/self/exe",
+            "--initrd",
+            "/no/initrd",
+        ],
+        &["/no/initrd"],
+    );
+}
+
+#[test]
+fn bad_arguments_are_one_line() {
+    one_line_error(&["run"], &["--kernel"]);
+    one_line_error(
+        &["run", "--kernel", "/k", "--memory", "lots"],
+        &["--memory"],
+    );
+    one_line_error(
+        &["run", "--kernel", "/k", "--memory", "1"],
+        &["--memory 1 MiB"],
+    );
+    one_line_error(&["run", "--kernel", "/k", "--cpus", "0"], &["--cpus 0"]);
+    one_line_error(
+        &["run", "--kernel", "/k", "--timeout", "soon"],
+        &["--timeout"],
+    );
+    one_line_error(&["frobnicate"], &["frobnicate"]);
+}
+
+#[test]
+fn unbootable_kvm_or_kernel_is_one_line() {
+    // On a PVM host this is the PVM refusal; on a hardware host, a file that is no kernel.
+    let dir = std::env::temp_dir().join(format!("netvmm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("not-a-kernel");
+    std::fs::write(&fake, vec![0u8; 4096]).unwrap();
+    let out = netvmm(&["run", "--kernel", fake.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if pvm {
+        assert!(stderr.contains("PVM") && stderr.contains("lab"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("not-a-kernel") || stderr.contains("/dev/kvm"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn doctor_names_the_kvm_kind() {
+    let out = netvmm(&["doctor"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    let kvm = stdout.lines().find(|l| l.starts_with("kvm:")).unwrap();
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(kvm.contains("PVM"), "{kvm}");
+    }
+    assert!(stdout.contains("verdict:"));
+}

@@ -1,0 +1,68 @@
+//! Shared helpers for the end-to-end tests: running netvmm, and running scenarios in the
+//! emulated lab host one at a time (one lab host keeps both cores busy).
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+pub const NETVMM: &str = env!("CARGO_BIN_EXE_netvmm");
+
+static LAB: Mutex<()> = Mutex::new(());
+
+/// Runs netvmm with `args`, no stdin.
+pub fn netvmm(args: &[&str]) -> Output {
+    Command::new(NETVMM)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("netvmm binary runs")
+}
+
+/// What a lab scenario printed and its exit status.
+pub struct LabOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl LabOutput {
+    /// Value of `key=` on the scenario line that starts with `case=<case>`.
+    pub fn field(&self, case: &str, key: &str) -> Option<String> {
+        let line = self
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("case={case} ")))?;
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+    }
+
+    pub fn dump(&self) -> String {
+        format!(
+            "lab status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `script` inside the lab host with `netvmm lab exec`, one lab at a time.
+pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
+    let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = std::env::temp_dir().join(format!("netvmm-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("scenario.sh");
+    std::fs::write(&path, script).unwrap();
+    let out = Command::new(NETVMM)
+        .args(["lab", "exec", "--timeout", &timeout_s.to_string()])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("netvmm lab exec runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    LabOutput {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

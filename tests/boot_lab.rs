@@ -9,8 +9,11 @@ G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD"
 ready() { grep -a 'netvmm-guest: ready' "$1" | tr -d '\r' | sed 's/^.*netvmm-guest: ready//' | head -n 1; }
 
 netvmm run $G --cpus 2 --memory 384 --timeout 300 --serial-log /tmp/smp.log \
-  --cmdline 'netvmm.run="echo guest-says-hello"'
-s=$?; echo "case=smp status=$s $(ready /tmp/smp.log) hello=$(grep -c guest-says-hello /tmp/smp.log)"
+  --cmdline 'netvmm.run="echo guest-says-hello; ls /sys/bus/platform/drivers/pvpanic-mmio"'
+s=$?
+hello=$(tr -d '\r' < /tmp/smp.log | grep -c '^guest-says-hello$')
+pvpanic=$(grep -c 'QEMU0001' /tmp/smp.log)
+echo "case=smp status=$s $(ready /tmp/smp.log) hello=$hello pvpanic=$pvpanic"
 
 netvmm run $G --timeout 300 --serial-log /tmp/up.log --cmdline 'netvmm.run="true"'
 s=$?; echo "case=up status=$s $(ready /tmp/up.log)"
@@ -50,6 +53,8 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
         "MemTotal {mem_kb} kB\n{dump}"
     );
     assert_eq!(out.field("smp", "hello").as_deref(), Some("1"), "{dump}");
+    // The pvpanic device from the DSDT is bound by the guest's pvpanic-mmio driver.
+    assert_eq!(out.field("smp", "pvpanic").as_deref(), Some("1"), "{dump}");
 
     // Defaults: one CPU, 256 MiB; poweroff is status 0.
     assert_eq!(out.field("up", "status").as_deref(), Some("0"), "{dump}");

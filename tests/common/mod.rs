@@ -32,7 +32,8 @@ impl LabOutput {
         let line = self
             .stdout
             .lines()
-            .find(|l| l.trim_start().starts_with(&format!("case={case} ")))?;
+            .find_map(|l| l.find(&format!("case={case} ")).map(|at| &l[at..]))?;
+        // A guest's last console line may lack its newline, so the case can start mid-line.
         line.split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
             .map(str::to_string)

@@ -52,9 +52,16 @@ pub struct ConsoleSink {
     ready: MarkerWatch,
     ready_at: Arc<OnceLock<Instant>>,
     exit: ExitSignal,
+    mid_line: bool,
 }
 
 impl ConsoleSink {
+    /// Whether the guest's last output left the cursor mid-line: the VMM's own closing
+    /// message then starts on a fresh line.
+    pub fn mid_line(&self) -> bool {
+        self.mid_line
+    }
+
     pub fn new(log: Option<File>, exit: ExitSignal, ready_at: Arc<OnceLock<Instant>>) -> Self {
         Self {
             stdout: std::io::stdout(),
@@ -63,6 +70,7 @@ impl ConsoleSink {
             ready: MarkerWatch::new(READY_MARKER),
             ready_at,
             exit,
+            mid_line: false,
         }
     }
 }
@@ -76,6 +84,9 @@ impl Write for ConsoleSink {
             if self.ready.feed(b) {
                 let _ = self.ready_at.set(Instant::now());
             }
+        }
+        if let Some(&last) = buf.last() {
+            self.mid_line = last != b'\n';
         }
         // A closed stdout (reader went away) must not take the log or the guest down.
         let _ = self.stdout.write_all(buf).and_then(|_| self.stdout.flush());

@@ -260,6 +260,9 @@ impl Vmm {
             }
         };
         terminal.restore();
+        if devices::bus::lock(&self.serial).writer().mid_line() {
+            println!();
+        }
         if std::env::var_os(crate::report::REPORT_ENV).is_some() {
             eprintln!("{}", self.boot_report(first_run.get().copied()));
         }

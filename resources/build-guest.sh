@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Build the netvmm test guest: Debian 12's cloud kernel (bzImage and ELF
+# vmlinux) and a busybox + iperf3 initramfs whose /init is guest-init.sh.
+#
+# Usage: build-guest.sh [OUT_DIR]
+#   OUT_DIR defaults to ${NETVMM_CACHE:-$HOME/.cache/netvmm}/guest.
+#   NETVMM_IMAGE_REBUILD=1 forces a rebuild; NETVMM_KERNEL_PACKAGE picks a
+#   different linux-image-* package.
+#
+# Host packages (Debian 12): apt dpkg coreutils findutils grep sed util-linux
+#   libc-bin cpio gzip xz-utils zstd lz4 kmod
+# (lz4: Debian's cloud kernel is LZ4-compressed; kmod: depmod, optional, the
+# script falls back to Debian's kmod package.)
+set -euo pipefail
+
+HOST_PACKAGES="apt dpkg coreutils findutils grep sed util-linux libc-bin cpio gzip xz-utils zstd lz4 kmod"
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=resources/lib.sh
+. "$HERE/lib.sh"
+
+case ${1:-} in
+-h | --help)
+	sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"
+	exit 0
+	;;
+--host-packages)
+	echo "$HOST_PACKAGES"
+	exit 0
+	;;
+esac
+
+OUT_DIR=${1:-$NETVMM_CACHE_ROOT/guest}
+OUTPUTS=(vmlinuz vmlinux kernel-release initrd.cpio.gz)
+# Modules the guest needs: the virtio-mmio transport (found through ACPI),
+# the NIC, and the pvpanic device so a guest panic reaches the VMM.
+GUEST_MODULES=(virtio_mmio virtio_net pvpanic pvpanic_mmio)
+
+STAMP=$(sources_hash "$HERE/build-guest.sh" "$HERE/lib.sh" "$HERE/guest-init.sh")
+if image_up_to_date "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"; then
+	log "guest image is up to date in $OUT_DIR"
+	exit 0
+fi
+
+require_tools apt-get apt-cache dpkg-deb ldd cpio gzip od dd sha256sum flock
+mkdir -p "$OUT_DIR" "$NETVMM_DEBS_DIR"
+lock_path "$OUT_DIR/.lock"
+# Someone else may have finished the same build while we waited.
+if image_up_to_date "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"; then
+	log "guest image is up to date in $OUT_DIR"
+	exit 0
+fi
+
+# Leftovers of a killed build; nobody else can be using them while we hold
+# the lock.
+rm -rf "$OUT_DIR"/.build.*
+# Work next to the output so the final moves are renames on one filesystem.
+WORK=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+log "building guest image in $OUT_DIR"
+KPKG=$(kernel_package)
+lock_path "$NETVMM_DEBS_DIR/.lock"
+DEBS_LOCK=$LOCK_FD
+KDEB=$(fetch_deb "$KPKG")
+USER_DEBS=$(fetch_with_libs busybox-static iperf3 libiperf0 libsctp1)
+log "extracting $KPKG"
+# Still under the deb lock: without a host depmod this downloads kmod.
+REL=$(prepare_kernel "$KDEB" "$WORK/kernel")
+unlock_fd "$DEBS_LOCK"
+log "kernel release $REL"
+
+PKGROOT=$WORK/pkgs
+mkdir -p "$PKGROOT"
+for deb in $USER_DEBS; do
+	dpkg-deb -x "$deb" "$PKGROOT"
+done
+LIBPATH=$PKGROOT/lib/$NETVMM_MULTIARCH:$PKGROOT/usr/lib/$NETVMM_MULTIARCH
+
+ROOT=$WORK/root
+new_root "$ROOT"
+stage_busybox "$ROOT" "$PKGROOT"
+stage_elf "$ROOT" "$PKGROOT/usr/bin/iperf3" usr/bin/iperf3 "$LIBPATH"
+stage_modules "$ROOT" "$WORK/kernel" "$REL" "${GUEST_MODULES[@]}"
+install -m 0755 "$HERE/guest-init.sh" "$ROOT/init"
+printf 'netvmm-guest\n' >"$ROOT/etc/hostname"
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOT/etc/passwd"
+printf 'root:x:0:\n' >"$ROOT/etc/group"
+
+STAGE=$WORK/out
+mkdir -p "$STAGE"
+log "writing initrd.cpio.gz"
+make_cpio "$ROOT" "$STAGE/initrd.cpio.gz"
+cp "$WORK/kernel/boot/vmlinuz-$REL" "$STAGE/vmlinuz"
+printf '%s\n' "$REL" >"$STAGE/kernel-release"
+log "extracting vmlinux from the bzImage"
+extract_vmlinux "$STAGE/vmlinuz" "$STAGE/vmlinux"
+
+install_outputs "$STAGE" "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"
+log "guest image ready in $OUT_DIR (kernel $REL):"
+for f in "${OUTPUTS[@]}"; do
+	log "  $f $(human_size "$OUT_DIR/$f")"
+done

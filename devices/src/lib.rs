@@ -6,3 +6,4 @@
 pub mod bus;
 pub mod exit;
 pub mod legacy;
+pub mod virtio;

@@ -1,0 +1,393 @@
+//! The virtio-mmio transport (virtio 1.2, 4.2.2), modern (version 2) registers only.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{status, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use crate::bus::{lock, BusDevice};
+
+const MAGIC_VALUE: u64 = 0x000;
+const VERSION: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const VENDOR_ID: u64 = 0x00c;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+/// Offset of the notify register: ioeventfds are registered at `base + QUEUE_NOTIFY`.
+pub const QUEUE_NOTIFY: u64 = 0x050;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC_LOW: u64 = 0x080;
+const QUEUE_DESC_HIGH: u64 = 0x084;
+const QUEUE_DRIVER_LOW: u64 = 0x090;
+const QUEUE_DRIVER_HIGH: u64 = 0x094;
+const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
+const MMIO_VERSION_MODERN: u32 = 2;
+/// "NVMM", little-endian: not a PCI vendor, just recognisable.
+const VENDOR: u32 = 0x4d4d_564e;
+/// InterruptStatus bits.
+pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// A virtio device as seen through its MMIO window.
+pub struct MmioTransport<D: VirtioDevice> {
+    device: D,
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+    /// Clones of the queue notification eventfds (the same ones KVM signals through
+    /// ioeventfd): a notify that reaches us as an MMIO exit is forwarded there, so queue
+    /// work always happens on the event thread.
+    queue_evts: Vec<EventFd>,
+    activate_evt: EventFd,
+    irq: EventFd,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    status: u32,
+    interrupt_status: u32,
+    config_generation: u32,
+    active: bool,
+}
+
+/// Errors building a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot create virtio queue of size {size}: {reason}")]
+    Queue { size: u16, reason: String },
+    #[error("cannot create or clone an eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+impl<D: VirtioDevice> MmioTransport<D> {
+    /// `irq` is the eventfd KVM injects as this device's interrupt.
+    pub fn new(device: D, mem: GuestMemoryMmap, irq: EventFd) -> Result<Self, TransportError> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &size in device.queue_max_sizes() {
+            queues.push(Queue::new(size).map_err(|e| TransportError::Queue {
+                size,
+                reason: e.to_string(),
+            })?);
+            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?);
+        }
+        Ok(Self {
+            device,
+            mem,
+            queues,
+            queue_evts,
+            activate_evt: EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?,
+            irq,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            status: 0,
+            interrupt_status: 0,
+            config_generation: 0,
+            active: false,
+        })
+    }
+
+    /// The queue notification eventfds, in queue order, for KVM ioeventfd registration.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// Runs device work for `wake` and raises the interrupt if the device asks for it.
+    /// Called on the event thread.
+    pub fn wake(&mut self, wake: Wake) {
+        if !self.active {
+            return;
+        }
+        if self.device.process(wake, &mut self.queues, &self.mem) {
+            self.raise(INT_VRING);
+        }
+    }
+
+    fn raise(&mut self, bit: u32) {
+        self.interrupt_status |= bit;
+        // A full eventfd counter still means "interrupt pending": nothing is lost.
+        let _ = self.irq.write(1);
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt_status = 0;
+        self.active = false;
+    }
+
+    /// Features the driver may accept: VERSION_1 is mandatory (no legacy interface here).
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.features();
+        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        let mut value = value;
+        let newly = value & !self.status;
+        if newly & status::FEATURES_OK != 0 && !self.features_acceptable() {
+            value &= !status::FEATURES_OK;
+        }
+        self.status = value;
+        if newly & status::DRIVER_OK != 0 && !self.active {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let ready_and_valid = self.status & status::FEATURES_OK != 0
+            && self
+                .queues
+                .iter()
+                .all(|q| !q.ready() || q.is_valid(&self.mem));
+        let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let outcome = if ready_and_valid {
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+            }
+            self.device.activate(self.driver_features)
+        } else {
+            Err("queues are not valid in guest memory or features were not accepted".into())
+        };
+        match outcome {
+            Ok(()) => {
+                self.active = true;
+                let _ = self.activate_evt.write(1);
+            }
+            Err(_) => {
+                self.status |= status::DEVICE_NEEDS_RESET;
+                self.config_generation = self.config_generation.wrapping_add(1);
+                self.raise(INT_CONFIG);
+            }
+        }
+    }
+
+    fn read_reg(&mut self, offset: u64) -> u32 {
+        match offset {
+            MAGIC_VALUE => MMIO_MAGIC,
+            VERSION => MMIO_VERSION_MODERN,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR_ID => VENDOR,
+            DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            INTERRUPT_STATUS => self.interrupt_status,
+            STATUS => self.status,
+            CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        // Queue layout may change only while the driver has not said DRIVER_OK.
+        let configuring = self.status & status::DRIVER_OK == 0;
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            QUEUE_SEL => self.queue_sel = v,
+            QUEUE_NUM if configuring => {
+                // virtio-queue refuses sizes that are zero, too large or not a power of two.
+                if let (Some(q), Ok(size)) = (self.selected_queue(), u16::try_from(v)) {
+                    q.set_size(size);
+                }
+            }
+            QUEUE_READY if configuring => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+            | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH
+                if configuring =>
+            {
+                let (low, high) = if offset & 4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
+                if let Some(q) = self.selected_queue() {
+                    match offset & !4 {
+                        QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+                        QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
+                        _ => q.set_used_ring_address(low, high),
+                    }
+                }
+            }
+            QUEUE_NOTIFY if self.active => {
+                if let Some(evt) = self.queue_evts.get(v as usize) {
+                    let _ = evt.write(1);
+                }
+            }
+            INTERRUPT_ACK => self.interrupt_status &= !v,
+            STATUS => self.set_status(v),
+            _ => {}
+        }
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        // Registers are 32 bits wide and accessed as such; anything else reads as zero.
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            // Our devices' configuration spaces are read-only.
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if offset % 4 == 0 {
+            self.write_reg(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+/// Event-loop side of a transport: wakes the device on queue notifications, backend
+/// readiness and activation.
+pub struct MmioEvents<D: VirtioDevice> {
+    transport: Arc<Mutex<MmioTransport<D>>>,
+    queue_evts: Vec<EventFd>,
+    activate_evt: EventFd,
+    backend_fd: Option<std::os::fd::RawFd>,
+}
+
+const TOKEN_BACKEND: u32 = u32::MAX;
+const TOKEN_ACTIVATE: u32 = u32::MAX - 1;
+
+impl<D: VirtioDevice> MmioEvents<D> {
+    pub fn new(transport: Arc<Mutex<MmioTransport<D>>>) -> Result<Self, TransportError> {
+        let t = lock(&transport);
+        let queue_evts = t
+            .queue_evts
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(TransportError::EventFd)?;
+        let activate_evt = t.activate_evt.try_clone().map_err(TransportError::EventFd)?;
+        let backend_fd = t.device.backend_fd();
+        drop(t);
+        Ok(Self {
+            transport,
+            queue_evts,
+            activate_evt,
+            backend_fd,
+        })
+    }
+}
+
+impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.queue_evts.iter().enumerate() {
+            let _ = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
+        }
+        let _ = ops.add(Events::with_data(
+            &self.activate_evt,
+            TOKEN_ACTIVATE,
+            EventSet::IN,
+        ));
+        if let Some(fd) = self.backend_fd {
+            // Edge-triggered: the device reads until the backend is empty or the guest has
+            // no buffers, and a queue notification resumes it; level-triggered would spin
+            // while the guest's RX ring is full.
+            let _ = ops.add(Events::with_data_raw(
+                fd,
+                TOKEN_BACKEND,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            ));
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let wake = match events.data() {
+            TOKEN_BACKEND => Wake::Backend,
+            TOKEN_ACTIVATE => {
+                let _ = self.activate_evt.read();
+                Wake::Activated
+            }
+            i => {
+                if let Some(evt) = self.queue_evts.get(i as usize) {
+                    let _ = evt.read();
+                }
+                Wake::Queue(i as u16)
+            }
+        };
+        lock(&self.transport).wake(wake);
+    }
+}
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;

@@ -1,0 +1,58 @@
+//! virtio 1.x devices over the virtio-mmio transport.
+//!
+//! The transport ([`mmio::MmioTransport`]) owns the queues, the feature negotiation and the
+//! interrupt; a device ([`VirtioDevice`]) only says what it offers and does the queue work.
+//! vCPU threads touch the transport's registers; queue work runs on the event-loop thread,
+//! woken by ioeventfds and the backend fd ([`mmio::MmioEvents`]).
+
+pub mod mmio;
+pub mod net;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 0x40;
+    pub const FAILED: u32 = 0x80;
+}
+
+/// Feature bits common to all devices.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// What woke the device up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The driver notified queue N.
+    Queue(u16),
+    /// The backend has something (an incoming frame).
+    Backend,
+    /// The device was just activated: catch up on whatever is pending.
+    Activated,
+}
+
+/// The device-specific half of a virtio device.
+pub trait VirtioDevice: Send {
+    /// virtio device ID (1 = network).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the number of entries is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// Reads the device configuration space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver accepted `features` and set DRIVER_OK. An error refuses activation
+    /// (the transport then asks the driver for a reset).
+    fn activate(&mut self, features: u64) -> Result<(), String>;
+    /// The driver reset the device.
+    fn reset(&mut self);
+    /// Does the queue work `wake` calls for. Returns true when the driver must be interrupted.
+    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// The backend descriptor the event loop should watch, if any.
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd>;
+}

@@ -1,0 +1,352 @@
+//! virtio-net (virtio 1.2, 5.1): one RX and one TX queue, mergeable receive buffers,
+//! checksum and TSO offloads passed straight through to the backend.
+
+pub mod backend;
+
+use std::io;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+pub use backend::{NetBackend, Offloads};
+
+use super::{VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+
+pub const VIRTIO_ID_NET: u32 = 1;
+
+// Feature bits (virtio 1.2, 5.1.3).
+pub const F_CSUM: u64 = 1 << 0;
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+pub const F_MAC: u64 = 1 << 5;
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+pub const F_GUEST_TSO6: u64 = 1 << 8;
+pub const F_HOST_TSO4: u64 = 1 << 11;
+pub const F_HOST_TSO6: u64 = 1 << 12;
+pub const F_MRG_RXBUF: u64 = 1 << 15;
+pub const F_STATUS: u64 = 1 << 16;
+
+/// What this device offers.
+pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
+    | VIRTIO_RING_F_EVENT_IDX
+    | F_CSUM
+    | F_GUEST_CSUM
+    | F_MAC
+    | F_GUEST_TSO4
+    | F_GUEST_TSO6
+    | F_HOST_TSO4
+    | F_HOST_TSO6
+    | F_MRG_RXBUF
+    | F_STATUS;
+
+/// `struct virtio_net_hdr_v1`: with VERSION_1 the header always has `num_buffers`.
+pub const VNET_HDR_LEN: usize = 12;
+const NUM_BUFFERS_OFFSET: u64 = 10;
+/// Largest frame either way: a 64 KiB TSO frame, its Ethernet header and the vnet header.
+pub const MAX_FRAME_LEN: usize = 65550 + VNET_HDR_LEN;
+/// Queue size offered for both queues.
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+const STATUS_LINK_UP: u16 = 1;
+
+/// Counters for what was moved and what was dropped (and why, roughly).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames from the guest with a bad chain (wrong direction, out of memory, too long).
+    pub tx_invalid: u64,
+    /// Frames the backend refused.
+    pub tx_backend_errors: u64,
+    /// Frames for the guest that its buffers could not hold.
+    pub rx_dropped: u64,
+}
+
+pub struct Net<B: NetBackend> {
+    backend: B,
+    mac: [u8; 6],
+    acked: u64,
+    rx_buf: Vec<u8>,
+    rx_pending: usize,
+    rx_used: Vec<(u16, u32)>,
+    tx_iovs: Vec<libc::iovec>,
+    stats: NetStats,
+}
+
+// SAFETY: the raw pointers in `tx_iovs` are only meaningful during one TX frame on the
+// thread that built them; between frames the vector is cleared and never dereferenced.
+unsafe impl<B: NetBackend> Send for Net<B> {}
+
+impl<B: NetBackend> Net<B> {
+    pub fn new(backend: B, mac: [u8; 6]) -> Self {
+        Self {
+            backend,
+            mac,
+            acked: 0,
+            rx_buf: vec![0; MAX_FRAME_LEN],
+            rx_pending: 0,
+            rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            stats: NetStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> NetStats {
+        self.stats
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Sends every frame the guest queued. Returns whether the guest needs an interrupt.
+    fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        loop {
+            // A ring the guest corrupted stops this device, not the VMM.
+            if q.disable_notification(mem).is_err() {
+                return false;
+            }
+            while let Some(chain) = q.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                self.tx_iovs.clear();
+                let mut total = 0usize;
+                let mut valid = true;
+                for desc in chain {
+                    let len = desc.len() as usize;
+                    total = total.saturating_add(len);
+                    if desc.is_write_only() || total > MAX_FRAME_LEN {
+                        valid = false;
+                        break;
+                    }
+                    if len == 0 {
+                        continue;
+                    }
+                    match mem.get_slice(desc.addr(), len) {
+                        Ok(slice) => self.tx_iovs.push(libc::iovec {
+                            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                            iov_len: len,
+                        }),
+                        Err(_) => {
+                            valid = false;
+                            break;
+                        }
+                    }
+                }
+                if valid && total >= VNET_HDR_LEN {
+                    // SAFETY: each iovec was built from a guest-memory slice that
+                    // `get_slice` bounds-checked; guest memory stays mapped for the VM's
+                    // life, so the pointers are valid for reads during this call.
+                    match unsafe { self.backend.send(&self.tx_iovs) } {
+                        Ok(_) => {
+                            self.stats.tx_frames += 1;
+                            self.stats.tx_bytes += (total - VNET_HDR_LEN) as u64;
+                        }
+                        Err(_) => self.stats.tx_backend_errors += 1,
+                    }
+                } else {
+                    self.stats.tx_invalid += 1;
+                }
+                self.tx_iovs.clear();
+                if q.add_used(mem, head, 0).is_err() {
+                    return false;
+                }
+            }
+            match q.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(_) => return false,
+            }
+        }
+        q.needs_notification(mem).unwrap_or(false)
+    }
+
+    /// Copies the pending frame into the guest's receive buffers. `Ok(false)`: not enough
+    /// buffers yet (nothing consumed). `Err(())`: the ring is unusable.
+    fn deliver(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, ()> {
+        let mergeable = self.acked & F_MRG_RXBUF != 0;
+        let len = self.rx_pending;
+        let mut written = 0usize;
+        let mut header_at: Option<GuestAddress> = None;
+        let mut fits = true;
+        self.rx_used.clear();
+        while written < len {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                for _ in 0..self.rx_used.len() {
+                    q.go_to_previous_position();
+                }
+                self.rx_used.clear();
+                return Ok(false);
+            };
+            let head = chain.head_index();
+            let mut in_chain = 0u32;
+            for desc in chain {
+                if !desc.is_write_only() {
+                    fits = false;
+                    break;
+                }
+                let n = (desc.len() as usize).min(len - written);
+                if n == 0 {
+                    continue;
+                }
+                if header_at.is_none() {
+                    // num_buffers is patched in place later: it must sit in this descriptor.
+                    if n < VNET_HDR_LEN {
+                        fits = false;
+                        break;
+                    }
+                    header_at = Some(desc.addr());
+                }
+                if mem
+                    .write_slice(&self.rx_buf[written..written + n], desc.addr())
+                    .is_err()
+                {
+                    fits = false;
+                    break;
+                }
+                written += n;
+                in_chain += n as u32;
+                if written == len {
+                    break;
+                }
+            }
+            self.rx_used.push((head, in_chain));
+            if !fits || !mergeable {
+                break;
+            }
+        }
+        let complete = fits && written == len;
+        if complete {
+            let count = self.rx_used.len() as u16;
+            if let Some(at) = header_at {
+                let _ = mem.write_obj(count.to_le(), at.unchecked_add(NUM_BUFFERS_OFFSET));
+            }
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+        } else {
+            // Too big for a non-mergeable buffer, or a broken chain: the frame is lost,
+            // the buffers go back to the guest empty.
+            self.stats.rx_dropped += 1;
+        }
+        for &(head, used_len) in &self.rx_used {
+            let l = if complete { used_len } else { 0 };
+            q.add_used(mem, head, l).map_err(|_| ())?;
+        }
+        self.rx_used.clear();
+        Ok(true)
+    }
+
+    /// Moves frames from the backend into the guest until either runs dry.
+    fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut delivered = false;
+        loop {
+            if self.rx_pending == 0 {
+                match self.backend.recv(&mut self.rx_buf) {
+                    Ok(n) if n >= VNET_HDR_LEN => self.rx_pending = n,
+                    Ok(_) => {
+                        self.stats.rx_dropped += 1;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // WouldBlock: drained. Anything else: the backend is gone; the guest
+                    // simply stops receiving.
+                    Err(_) => break,
+                }
+            }
+            match self.deliver(q, mem) {
+                Ok(true) => {
+                    self.rx_pending = 0;
+                    delivered = true;
+                }
+                // Out of buffers: ask to be told when the guest adds some, unless it just did.
+                Ok(false) => match q.enable_notification(mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                },
+                Err(()) => return false,
+            }
+        }
+        delivered && q.needs_notification(mem).unwrap_or(false)
+    }
+}
+
+impl<B: NetBackend> VirtioDevice for Net<B> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        OFFERED_FEATURES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        for (i, b) in data.iter_mut().enumerate() {
+            if let Some(v) = start.checked_add(i).and_then(|at| config.get(at)) {
+                *b = *v;
+            }
+        }
+    }
+
+    fn activate(&mut self, features: u64) -> Result<(), String> {
+        self.acked = features;
+        self.backend
+            .set_vnet_hdr_len(VNET_HDR_LEN)
+            .map_err(|e| format!("cannot set the vnet header length: {e}"))?;
+        let offloads = Offloads {
+            csum: features & F_GUEST_CSUM != 0,
+            tso4: features & F_GUEST_CSUM != 0 && features & F_GUEST_TSO4 != 0,
+            tso6: features & F_GUEST_CSUM != 0 && features & F_GUEST_TSO6 != 0,
+        };
+        self.backend
+            .set_offloads(offloads)
+            .map_err(|e| format!("cannot set offloads: {e}"))
+    }
+
+    fn reset(&mut self) {
+        self.acked = 0;
+        self.rx_pending = 0;
+        self.rx_used.clear();
+        self.tx_iovs.clear();
+    }
+
+    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let [rxq, txq] = queues else {
+            return false;
+        };
+        let tx = |s: &mut Self, q: &mut Queue| q.ready() && s.process_tx(q, mem);
+        let rx = |s: &mut Self, q: &mut Queue| q.ready() && s.process_rx(q, mem);
+        match wake {
+            Wake::Queue(i) if usize::from(i) == TX => tx(self, txq),
+            Wake::Queue(i) if usize::from(i) == RX => rx(self, rxq),
+            Wake::Queue(_) => false,
+            Wake::Backend => rx(self, rxq),
+            Wake::Activated => {
+                let a = tx(self, txq);
+                rx(self, rxq) || a
+            }
+        }
+    }
+
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.backend.as_raw_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,12 @@
+//! What the host sees of a guest NIC: the backend fd (a tap today) and the interface it
+//! belongs to. Nothing here knows about virtqueues or descriptors; the device side only
+//! sees [`devices::virtio::net::NetBackend`].
 
+pub mod iface;
+pub mod mac;
+pub mod spec;
+pub mod tap;
+
+pub use mac::MacAddr;
+pub use spec::{BackendSpec, NetSpec, SpecError};
+pub use tap::{Tap, TapError};

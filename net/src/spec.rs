@@ -1,0 +1,381 @@
+//! `--net` specifications: a comma list of `key[=value]`, values optionally in double quotes
+//! (with `\"` and `\\` escapes) so that they may contain commas.
+
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use crate::mac::{MacAddr, MacError};
+
+/// Linux interface names hold at most 15 bytes (IFNAMSIZ minus the NUL).
+pub const IFNAME_MAX: usize = 15;
+
+/// An IPv4 address with its prefix length, e.g. 192.0.2.1/24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        Ipv4Addr::from(bits)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("'{s}' needs a prefix length, like 192.0.2.1/24"))?;
+        let addr = a
+            .parse()
+            .map_err(|_| format!("'{a}' is not an IPv4 address"))?;
+        let prefix = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("'{p}' is not a prefix length from 0 to 32"))?;
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// Which host method carries the guest's frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// A tap: created (generated name, or `name` when it does not exist) or attached.
+    Tap {
+        name: Option<String>,
+        host_ip: Option<Ipv4Cidr>,
+    },
+    /// An already open tap or macvtap fd, inherited from the parent process.
+    Fd(i32),
+}
+
+/// One guest NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub backend: BackendSpec,
+    pub mac: Option<MacAddr>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("--net '{spec}': {reason}")]
+    Syntax { spec: String, reason: String },
+    #[error("--net '{spec}': unknown key '{key}' (known keys: {known})")]
+    UnknownKey {
+        spec: String,
+        key: String,
+        known: &'static str,
+    },
+    #[error("--net '{spec}': key '{key}' given twice")]
+    Duplicate { spec: String, key: String },
+    #[error("--net '{spec}': {key}={value}: {reason}")]
+    BadValue {
+        spec: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("--net '{spec}': {0}", spec = .1)]
+    Mac(MacError, String),
+}
+
+/// Splits `spec` into (key, optional value) pairs, honouring double quotes.
+pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> {
+    let mut out = Vec::new();
+    let mut chars = spec.chars().peekable();
+    loop {
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        let key = key.trim().to_string();
+        if key.is_empty() {
+            return Err("empty item (two commas in a row, or a leading/trailing comma?)".into());
+        }
+        let mut value = None;
+        if chars.peek() == Some(&'=') {
+            chars.next();
+            let mut v = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                let mut closed = false;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some(e) => v.push(e),
+                            None => return Err("dangling backslash".into()),
+                        },
+                        '"' => {
+                            closed = true;
+                            break;
+                        }
+                        _ => v.push(c),
+                    }
+                }
+                if !closed {
+                    return Err(format!("unterminated quote in the value of '{key}'"));
+                }
+                if !matches!(chars.peek(), None | Some(',')) {
+                    return Err(format!("text after the closing quote of '{key}'"));
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == ',' {
+                        break;
+                    }
+                    v.push(c);
+                    chars.next();
+                }
+            }
+            value = Some(v);
+        }
+        out.push((key, value));
+        match chars.next() {
+            None => return Ok(out),
+            Some(',') => {
+                if chars.peek().is_none() {
+                    return Err("trailing comma".into());
+                }
+            }
+            Some(c) => return Err(format!("unexpected '{c}'")),
+        }
+    }
+}
+
+const KNOWN_KEYS: &str = "tap, fd, host-ip, mac";
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("an interface name cannot be empty".into());
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(format!(
+            "'{name}' is {} bytes; Linux interface names hold at most {IFNAME_MAX} (IFNAMSIZ)",
+            name.len()
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("'{name}' is not a valid interface name"));
+    }
+    Ok(())
+}
+
+impl FromStr for NetSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let syntax = |reason: String| SpecError::Syntax {
+            spec: spec.to_string(),
+            reason,
+        };
+        let pairs = split_pairs(spec).map_err(syntax)?;
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, _) in &pairs {
+            if seen.contains(&k.as_str()) {
+                return Err(SpecError::Duplicate {
+                    spec: spec.into(),
+                    key: k.clone(),
+                });
+            }
+            seen.push(k);
+        }
+        let bad = |key: &str, value: &str, reason: String| SpecError::BadValue {
+            spec: spec.into(),
+            key: key.into(),
+            value: value.into(),
+            reason,
+        };
+        let (kind, kind_value) = &pairs[0];
+        let mut backend = match kind.as_str() {
+            "tap" => {
+                if let Some(n) = kind_value {
+                    check_ifname(n).map_err(|r| bad("tap", n, r))?;
+                }
+                BackendSpec::Tap {
+                    name: kind_value.clone(),
+                    host_ip: None,
+                }
+            }
+            "fd" => {
+                let v = kind_value.as_deref().unwrap_or("");
+                let fd = v
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|fd| *fd >= 0)
+                    .ok_or_else(|| bad("fd", v, "not a file descriptor number".into()))?;
+                BackendSpec::Fd(fd)
+            }
+            other if KNOWN_KEYS.split(", ").any(|k| k == other) => {
+                return Err(syntax(format!(
+                    "it must start with the backend (tap or fd=N), not '{other}'"
+                )))
+            }
+            other => {
+                return Err(SpecError::UnknownKey {
+                    spec: spec.into(),
+                    key: other.into(),
+                    known: KNOWN_KEYS,
+                })
+            }
+        };
+        let mut mac = None;
+        for (key, value) in &pairs[1..] {
+            let value_of = || {
+                value
+                    .clone()
+                    .ok_or_else(|| bad(key, "", "needs a value".into()))
+            };
+            match key.as_str() {
+                "mac" => {
+                    let v = value_of()?;
+                    mac = Some(v.parse().map_err(|e| SpecError::Mac(e, spec.into()))?);
+                }
+                "host-ip" => {
+                    let v = value_of()?;
+                    let cidr: Ipv4Cidr = v.parse().map_err(|r| bad(key, &v, r))?;
+                    match &mut backend {
+                        BackendSpec::Tap { host_ip, .. } => *host_ip = Some(cidr),
+                        BackendSpec::Fd(_) => {
+                            return Err(bad(
+                                key,
+                                &v,
+                                "only a tap that netvmm opens by name can be given an address"
+                                    .into(),
+                            ))
+                        }
+                    }
+                }
+                "tap" | "fd" => {
+                    return Err(syntax(format!(
+                        "'{key}' names a backend and must come first, once"
+                    )))
+                }
+                other => {
+                    return Err(SpecError::UnknownKey {
+                        spec: spec.into(),
+                        key: other.into(),
+                        known: KNOWN_KEYS,
+                    })
+                }
+            }
+        }
+        Ok(NetSpec { backend, mac })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_forms() {
+        let s: NetSpec = "tap".parse().unwrap();
+        assert_eq!(
+            s.backend,
+            BackendSpec::Tap {
+                name: None,
+                host_ip: None
+            }
+        );
+        let s: NetSpec = "tap=vm0,host-ip=192.0.2.1/24,mac=52:54:00:00:00:01"
+            .parse()
+            .unwrap();
+        let BackendSpec::Tap { name, host_ip } = s.backend else {
+            panic!()
+        };
+        assert_eq!(name.as_deref(), Some("vm0"));
+        let ip = host_ip.unwrap();
+        assert_eq!((ip.addr, ip.prefix), (Ipv4Addr::new(192, 0, 2, 1), 24));
+        assert_eq!(ip.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(s.mac.unwrap().to_string(), "52:54:00:00:00:01");
+        let s: NetSpec = "fd=3".parse().unwrap();
+        assert_eq!(s.backend, BackendSpec::Fd(3));
+    }
+
+    #[test]
+    fn quotes_allow_commas_and_escapes() {
+        assert_eq!(
+            split_pairs(r#"tap="a,b",x="q\"z""#).unwrap(),
+            vec![
+                ("tap".to_string(), Some("a,b".to_string())),
+                ("x".to_string(), Some("q\"z".to_string()))
+            ]
+        );
+        assert!(split_pairs(r#"tap="open"#)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(split_pairs(r#"tap="a"b"#)
+            .unwrap_err()
+            .contains("after the closing quote"));
+        assert!(split_pairs("tap,,mac=1").is_err());
+        assert!(split_pairs("tap,").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_culprit() {
+        let e = "tap=averyveryverylongname"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("averyveryverylongname") && e.contains("IFNAMSIZ"),
+            "{e}"
+        );
+        let e = "tap,mac=52:54:00:zz:00:01"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("52:54:00:zz:00:01"), "{e}");
+        let e = "tap,colour=red".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("unknown key 'colour'"), "{e}");
+        let e = "bogus".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("unknown key 'bogus'"), "{e}");
+        let e = "mac=52:54:00:00:00:01"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with the backend"), "{e}");
+        let e = "tap,mac=52:54:00:00:00:01,mac=52:54:00:00:00:02"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+        let e = "fd=-1".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("fd=-1"), "{e}");
+        let e = "fd=3,host-ip=192.0.2.1/24"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("host-ip"), "{e}");
+        let e = "tap,host-ip=192.0.2.1"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix"), "{e}");
+        let e = "tap,host-ip=192.0.2.1/33"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("33"), "{e}");
+        let e = "tap=a/b".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("not a valid interface name"), "{e}");
+    }
+}

@@ -1,0 +1,246 @@
+//! The tap backend: /dev/net/tun with IFF_VNET_HDR, or an inherited tap/macvtap fd.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use devices::virtio::net::{NetBackend, Offloads};
+
+use crate::iface;
+use crate::spec::Ipv4Cidr;
+
+// <linux/if_tun.h>
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+
+/// Generated tap names: the kernel fills in `%d`; the prefix marks netvmm's own.
+pub const GENERATED_TAP_NAME: &str = "nvtap%d";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("cannot open /dev/net/tun for {name}: {source}")]
+    OpenTun { name: String, source: io::Error },
+    #[error("cannot create or attach tap {name}: {source}")]
+    SetIff { name: String, source: io::Error },
+    #[error("cannot give tap {name} the address {addr}/{prefix}: {source}")]
+    Address {
+        name: String,
+        addr: std::net::Ipv4Addr,
+        prefix: u8,
+        source: io::Error,
+    },
+    #[error("fd {fd} is not a tap: {reason}")]
+    NotATap { fd: RawFd, reason: String },
+    #[error(
+        "fd {fd} is a tap without IFF_VNET_HDR; open it with vnet_hdr (ip tuntap add ... vnet_hdr)"
+    )]
+    NoVnetHdr { fd: RawFd },
+}
+
+/// An open tap (or macvtap) queue, non-blocking.
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+    /// Whether netvmm created the interface: it then disappears with the last fd, since
+    /// netvmm never makes it persistent.
+    created: bool,
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; flags are read before being changed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn name_from(req: &libc::ifreq) -> String {
+    let bytes: Vec<u8> = req
+        .ifr_name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl Tap {
+    /// Creates a tap (generated name when `name` is None) or attaches to an existing one,
+    /// then optionally gives it `host_ip` and brings it up.
+    pub fn open(name: Option<&str>, host_ip: Option<Ipv4Cidr>) -> Result<Self, TapError> {
+        let wanted = name.unwrap_or(GENERATED_TAP_NAME);
+        let existed = name.is_some_and(|n| iface::index_of(n).is_some());
+        let path = c"/dev/net/tun";
+        // SAFETY: opening a constant, NUL-terminated path; the result is checked.
+        let raw = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(TapError::OpenTun {
+                name: wanted.to_string(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: `raw` is a new descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let set_err = |source| TapError::SetIff {
+            name: wanted.to_string(),
+            source,
+        };
+        let mut req = iface::ifreq_for(wanted).map_err(set_err)?;
+        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        // SAFETY: TUNSETIFF reads and updates the ifreq we pass, which lives across the call.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut libc::ifreq) } < 0
+        {
+            return Err(set_err(io::Error::last_os_error()));
+        }
+        let tap = Tap {
+            fd,
+            name: name_from(&req),
+            created: !existed,
+        };
+        if let Some(cidr) = host_ip {
+            iface::set_ipv4_and_up(&tap.name, cidr).map_err(|source| TapError::Address {
+                name: tap.name.clone(),
+                addr: cidr.addr,
+                prefix: cidr.prefix,
+                source,
+            })?;
+        }
+        Ok(tap)
+    }
+
+    /// Takes over an inherited fd that must be a tap or macvtap opened with IFF_VNET_HDR.
+    pub fn from_fd(fd: RawFd) -> Result<Self, TapError> {
+        // SAFETY: F_GETFD only checks that the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(TapError::NotATap {
+                fd,
+                reason: format!("not an open descriptor ({})", io::Error::last_os_error()),
+            });
+        }
+        // SAFETY: ifreq is plain data, zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes into `req`; on a non-tun fd it fails with an error.
+        if unsafe { libc::ioctl(fd, TUNGETIFF as _, &mut req as *mut libc::ifreq) } < 0 {
+            return Err(TapError::NotATap {
+                fd,
+                reason: io::Error::last_os_error().to_string(),
+            });
+        }
+        // SAFETY: TUNGETIFF filled the flags member.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        if flags & IFF_TAP == 0 {
+            return Err(TapError::NotATap {
+                fd,
+                reason: "it is a tun (layer 3) device".into(),
+            });
+        }
+        if flags & IFF_VNET_HDR == 0 {
+            return Err(TapError::NoVnetHdr { fd });
+        }
+        set_nonblocking(fd).map_err(|e| TapError::NotATap {
+            fd,
+            reason: e.to_string(),
+        })?;
+        Ok(Tap {
+            // SAFETY: the caller handed us this inherited descriptor to own from now on.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            name: name_from(&req),
+            created: false,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    fn ioctl_int(&self, request: libc::c_ulong, value: libc::c_uint) -> io::Result<()> {
+        // SAFETY: these tun ioctls take an integer argument (by value or by pointer to
+        // int, per request); both point at valid memory for the call's duration.
+        let rc = match request {
+            TUNSETVNETHDRSZ => {
+                let v = value as libc::c_int;
+                unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, &v as *const libc::c_int) }
+            }
+            _ => unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, value as libc::c_ulong) },
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl NetBackend for Tap {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    unsafe fn send(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller guarantees every iovec is readable for its length.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    fn set_vnet_hdr_len(&mut self, len: usize) -> io::Result<()> {
+        self.ioctl_int(TUNSETVNETHDRSZ, len as libc::c_uint)
+    }
+
+    fn set_offloads(&mut self, o: Offloads) -> io::Result<()> {
+        let mut flags = 0;
+        if o.csum {
+            flags |= TUN_F_CSUM;
+        }
+        if o.tso4 {
+            flags |= TUN_F_TSO4;
+        }
+        if o.tso6 {
+            flags |= TUN_F_TSO6;
+        }
+        self.ioctl_int(TUNSETOFFLOAD, flags)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -60,10 +60,23 @@ pub struct RunArgs {
     /// Stop the VM after this many seconds and exit with status 124.
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
+    /// A guest NIC (repeat for eth1, eth2, ...):
+    /// tap[=NAME][,host-ip=ADDR/PREFIX][,mac=MAC] or fd=N[,mac=MAC].
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
+}
+
+/// Arguments that parse but do not make a valid VM.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgError {
+    #[error(transparent)]
+    Config(#[from] vmm::config::ConfigError),
+    #[error(transparent)]
+    Net(#[from] net::SpecError),
 }
 
 impl RunArgs {
-    pub fn into_config(self) -> Result<VmConfig, vmm::config::ConfigError> {
+    pub fn into_config(self) -> Result<VmConfig, ArgError> {
         let mut c = VmConfig::new(self.kernel);
         c.initrd = self.initrd;
         c.cmdline = self.cmdline;
@@ -71,6 +84,11 @@ impl RunArgs {
         c.cpus = self.cpus;
         c.serial_log = self.serial_log;
         c.timeout = self.timeout;
+        c.nets = self
+            .nets
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
         c.validate()?;
         Ok(c)
     }
@@ -188,6 +206,29 @@ mod tests {
         assert_eq!((c.memory_mib, c.cpus), (512, 2));
         assert_eq!(c.cmdline, "quiet -- x");
         assert_eq!(c.initrd, Some(PathBuf::from("/i")));
+        assert!(c.nets.is_empty());
+    }
+
+    #[test]
+    fn net_options_become_nics_in_order() {
+        let c = run_args(&[
+            "run",
+            "--kernel",
+            "/k",
+            "--net",
+            "tap",
+            "--net",
+            "tap=vm1,mac=52:54:00:00:00:09",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(c.nets.len(), 2);
+        assert_eq!(c.nets[1].mac.unwrap().to_string(), "52:54:00:00:00:09");
+        let e = run_args(&["run", "--kernel", "/k", "--net", "tap,mac=nope"])
+            .into_config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope"), "{e}");
     }
 
     #[test]

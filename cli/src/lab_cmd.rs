@@ -82,6 +82,9 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
     if let Some(t) = r.timeout {
         args.extend(["--timeout".into(), t.as_secs_f64().to_string()]);
     }
+    for n in &r.nets {
+        args.extend(["--net".into(), n.clone()]);
+    }
     let mut run = LabRun::new(String::new());
     if let Some(log) = &r.serial_log {
         args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);

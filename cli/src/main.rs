@@ -38,7 +38,11 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
     match command {
         Command::Run(a) => {
             let config = a.into_config()?;
-            let outcome = vmm::Vmm::new(config)?.run()?;
+            let vm = vmm::Vmm::new(config)?;
+            for nic in vm.nics() {
+                eprintln!("netvmm: {nic}");
+            }
+            let outcome = vm.run()?;
             if let Some(msg) = outcome.message() {
                 eprintln!("netvmm: {msg}");
             }

@@ -25,6 +25,8 @@ pub struct VmConfig {
     pub cpus: u8,
     pub serial_log: Option<PathBuf>,
     pub timeout: Option<Duration>,
+    /// Guest NICs in order: eth0, eth1, ...
+    pub nets: Vec<net::NetSpec>,
 }
 
 impl VmConfig {
@@ -37,6 +39,7 @@ impl VmConfig {
             cpus: DEFAULT_CPUS,
             serial_log: None,
             timeout: None,
+            nets: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod kvm_kind;
 pub mod layout;
 pub mod memory;
+pub mod nics;
 pub mod report;
 pub mod signals;
 pub mod vcpu;

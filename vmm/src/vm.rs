@@ -53,6 +53,8 @@ pub enum VmmError {
     Cpu(#[from] CpuError),
     #[error(transparent)]
     Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Nic(#[from] crate::nics::NicError),
     #[error("cannot wire {0}")]
     Bus(#[from] devices::bus::BusError),
     #[error("cannot create serial log {path}: {source}")]
@@ -125,6 +127,8 @@ pub struct Vmm {
     exit: ExitSignal,
     started: Instant,
     ready_at: Arc<OnceLock<Instant>>,
+    nics: Vec<crate::nics::NicInfo>,
+    net_events: Option<crate::nics::NetEventManager>,
 }
 
 /// Refuses a KVM that will hang on a stock kernel, unless the user insists.
@@ -181,7 +185,11 @@ impl Vmm {
             IrqTrigger(com1_irq),
             ConsoleSink::new(log, exit.clone(), ready_at.clone()),
         )));
-        let buses = Arc::new(legacy_buses(serial.clone(), &exit)?);
+        let pio = legacy_bus(serial.clone(), &exit)?;
+        let mut mmio = Bus::new();
+        let (virtio_mmio, nics, net_events) =
+            crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
+        let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;
         if let Some(initrd) = &config.initrd {
@@ -191,7 +199,7 @@ impl Vmm {
             &guest_memory,
             &AcpiConfig {
                 cpus: config.cpus,
-                virtio_mmio: Vec::new(),
+                virtio_mmio,
             },
         )?;
         let cmdline = crate::cmdline::build(&config.cmdline);
@@ -224,7 +232,14 @@ impl Vmm {
             exit,
             started,
             ready_at,
+            nics,
+            net_events,
         })
+    }
+
+    /// The NICs, for the user's information.
+    pub fn nics(&self) -> &[crate::nics::NicInfo] {
+        &self.nics
     }
 
     /// Runs the VM until it powers off, resets, panics, faults, times out or is signalled.
@@ -233,6 +248,9 @@ impl Vmm {
         let mut terminal = RawTerminal::enter();
         console::spawn_stdin_forwarder(self.serial.clone(), terminal.is_raw())
             .map_err(io_err("start the console thread"))?;
+        if let Some(em) = self.net_events.take() {
+            crate::nics::spawn_event_loop(em).map_err(io_err("start the network thread"))?;
+        }
         let first_run = Arc::new(OnceLock::new());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let (buses, exit, first) = (self.buses.clone(), self.exit.clone(), first_run.clone());
@@ -323,10 +341,10 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     Ok(())
 }
 
-fn legacy_buses(
+fn legacy_bus(
     serial: Arc<Mutex<SerialConsole<ConsoleSink>>>,
     exit: &ExitSignal,
-) -> Result<Buses, VmmError> {
+) -> Result<Bus, VmmError> {
     let mut pio = Bus::new();
     let dev = |d: Arc<Mutex<dyn BusDevice>>| d;
     pio.insert("COM1", u64::from(layout::COM1_PORT), 8, dev(serial))?;
@@ -351,10 +369,7 @@ fn legacy_buses(
             exit.clone(),
         )))),
     )?;
-    Ok(Buses {
-        pio,
-        mmio: Bus::new(),
-    })
+    Ok(pio)
 }
 
 #[cfg(test)]

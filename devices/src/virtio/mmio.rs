@@ -238,7 +238,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             DRIVER_FEATURES if self.status & status::FEATURES_OK == 0 => {
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
                     1 => {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
@@ -336,7 +338,10 @@ impl<D: VirtioDevice> MmioEvents<D> {
             .map(EventFd::try_clone)
             .collect::<Result<Vec<_>, _>>()
             .map_err(TransportError::EventFd)?;
-        let activate_evt = t.activate_evt.try_clone().map_err(TransportError::EventFd)?;
+        let activate_evt = t
+            .activate_evt
+            .try_clone()
+            .map_err(TransportError::EventFd)?;
         let backend_fd = t.device.backend_fd();
         drop(t);
         Ok(Self {

@@ -4,6 +4,7 @@
 pub mod backend;
 
 use std::io;
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -216,7 +217,9 @@ impl<B: NetBackend> Net<B> {
                 }
             }
             self.rx_used.push((head, in_chain));
-            if !fits || !mergeable {
+            // A frame that needs more buffers than the ring can ever hold would wait
+            // forever: drop it instead.
+            if !fits || !mergeable || self.rx_used.len() >= usize::from(q.size()) {
                 break;
             }
         }
@@ -264,7 +267,7 @@ impl<B: NetBackend> Net<B> {
                     delivered = true;
                 }
                 // Out of buffers: ask to be told when the guest adds some, unless it just did.
-                Ok(false) => match q.enable_notification(mem) {
+                Ok(false) => match arm_for_more_buffers(q, mem) {
                     Ok(true) => continue,
                     _ => break,
                 },
@@ -273,6 +276,29 @@ impl<B: NetBackend> Net<B> {
         }
         delivered && q.needs_notification(mem).unwrap_or(false)
     }
+}
+
+/// Asks the driver to notify us when it adds buffers beyond those already in the ring,
+/// which are not enough for the pending frame. Returns true when buffers arrived meanwhile.
+///
+/// `enable_notification` alone would set `avail_event` to our position, and with
+/// EVENT_IDX the driver only notifies when its index crosses that value: buffers already
+/// posted would make it never cross, and the frame would wait forever.
+fn arm_for_more_buffers(q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, ()> {
+    let before = q.avail_idx(mem, Ordering::Acquire).map_err(|_| ())?;
+    q.enable_notification(mem).map_err(|_| ())?;
+    if q.event_idx_enabled() {
+        // avail_event sits right after the used ring's entries (virtio 1.2, 2.7.8).
+        let avail_event = q
+            .used_ring()
+            .checked_add(4 + 8 * u64::from(q.size()))
+            .ok_or(())?;
+        mem.write_obj(before.0.to_le(), GuestAddress(avail_event))
+            .map_err(|_| ())?;
+    }
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let after = q.avail_idx(mem, Ordering::Acquire).map_err(|_| ())?;
+    Ok(after != before)
 }
 
 impl<B: NetBackend> VirtioDevice for Net<B> {

@@ -1,1 +1,1508 @@
-//! Tests of the virtio-net device (see the task given to the helper).
+//! Tests of the virtio-net device through the [`VirtioDevice`] trait: a mock backend that
+//! records what is sent and serves queued frames, a small driver that writes descriptor
+//! tables and rings into real guest memory, and a watchdog so that a device that spins
+//! fails its test instead of hanging the suite.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    NetBackend, NetStats, Offloads, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MRG_RXBUF,
+    MAX_FRAME_LEN, VNET_HDR_LEN,
+};
+use crate::virtio::{VirtioDevice, Wake, VIRTIO_F_VERSION_1};
+
+type Net = super::Net<MockBackend>;
+
+/// `VRING_DESC_F_NEXT` (virtio-bindings is not a direct dependency of this crate).
+const F_NEXT: u16 = 1;
+/// `VRING_DESC_F_WRITE`.
+const F_WRITE: u16 = 2;
+/// `VRING_DESC_F_INDIRECT`.
+const F_INDIRECT: u16 = 4;
+
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// How long one `process` call may take before the device is declared hung.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// Mock backend
+// ---------------------------------------------------------------------------------------
+
+/// What the backend saw and what it will hand out; shared with the test.
+#[derive(Default)]
+struct Shared {
+    sent: Vec<Vec<u8>>,
+    incoming: VecDeque<Vec<u8>>,
+    vnet_hdr_len: Option<usize>,
+    offloads: Option<Offloads>,
+    fail_send: bool,
+    fail_config: bool,
+}
+
+struct MockBackend {
+    shared: Arc<Mutex<Shared>>,
+    /// Only there so that the backend has a real descriptor to report.
+    fd: EventFd,
+}
+
+impl MockBackend {
+    fn new() -> (Self, Arc<Mutex<Shared>>) {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let backend = Self {
+            shared: shared.clone(),
+            fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        };
+        (backend, shared)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap()
+    }
+}
+
+impl AsRawFd for MockBackend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl NetBackend for MockBackend {
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let frame = self
+            .lock()
+            .incoming
+            .pop_front()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
+        // Like a tap: a frame longer than the buffer is truncated.
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+
+    unsafe fn send(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let mut frame = Vec::new();
+        for iov in iovs.iter().filter(|iov| iov.iov_len > 0) {
+            // SAFETY: the caller guarantees that every iovec points at memory valid for
+            // reads of its length for the whole call; the bytes are copied before returning.
+            let bytes = unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
+            frame.extend_from_slice(bytes);
+        }
+        let mut shared = self.lock();
+        if shared.fail_send {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let n = frame.len();
+        shared.sent.push(frame);
+        Ok(n)
+    }
+
+    fn set_vnet_hdr_len(&mut self, len: usize) -> io::Result<()> {
+        let mut shared = self.lock();
+        if shared.fail_config {
+            return Err(io::Error::from_raw_os_error(libc::EBADFD));
+        }
+        shared.vnet_hdr_len = Some(len);
+        Ok(())
+    }
+
+    fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
+        self.lock().offloads = Some(offloads);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Driver side: descriptor tables and rings in guest memory
+// ---------------------------------------------------------------------------------------
+
+/// Where a split virtqueue lives in guest memory, and how the driver fills it.
+#[derive(Clone, Copy, Debug)]
+struct Ring {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    size: u16,
+}
+
+impl Ring {
+    /// Lays out a queue at `start` (descriptor table, then the avail ring, then the used ring
+    /// at the next 4-byte boundary), zeroes the ring headers and returns the layout and a
+    /// ready device-side queue.
+    ///
+    /// Not `virtio_queue::mock::MockSplitQueue::create`: in virtio-queue 0.18 it places the
+    /// used ring at `avail + 4 + size` bytes, inside the avail ring (which is
+    /// `6 + 2 * size` bytes long), so avail entries and used entries overwrite each other
+    /// once a few chains are in flight.
+    fn create(mem: &GuestMemoryMmap, start: u64, size: u16) -> (Ring, Queue) {
+        let avail = start + 16 * u64::from(size);
+        let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+        let ring = Ring {
+            desc: GuestAddress(start),
+            avail: GuestAddress(avail),
+            used: GuestAddress(used),
+            size,
+        };
+        mem.write_slice(&[0; 6], ring.avail).unwrap();
+        mem.write_slice(&[0; 6], ring.used).unwrap();
+        mem.write_slice(&[0; 2], ring.avail.unchecked_add(4 + 2 * u64::from(size)))
+            .unwrap();
+        mem.write_slice(&[0; 2], ring.used.unchecked_add(4 + 8 * u64::from(size)))
+            .unwrap();
+        let mut queue = Queue::new(size).unwrap();
+        queue.set_desc_table_address(Some(start as u32), Some((start >> 32) as u32));
+        queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        queue.set_ready(true);
+        assert!(queue.is_valid(mem));
+        (ring, queue)
+    }
+
+    fn set_desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let desc = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        mem.write_obj(desc, self.desc.unchecked_add(16 * u64::from(i)))
+            .unwrap();
+    }
+
+    /// Writes `descs` (addr, len, flags) at table indices `first..`, linked with NEXT, and
+    /// returns the head index.
+    fn chain(&self, mem: &GuestMemoryMmap, first: u16, descs: &[(u64, u32, u16)]) -> u16 {
+        for (k, &(addr, len, flags)) in descs.iter().enumerate() {
+            let i = first + k as u16;
+            let (flags, next) = if k + 1 < descs.len() {
+                (flags | F_NEXT, i + 1)
+            } else {
+                (flags, 0)
+            };
+            self.set_desc(mem, i, addr, len, flags, next);
+        }
+        first
+    }
+
+    fn avail_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        u16::from_le(mem.read_obj(self.avail.unchecked_add(2)).unwrap())
+    }
+
+    fn set_avail_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+        mem.write_obj(idx.to_le(), self.avail.unchecked_add(2))
+            .unwrap();
+    }
+
+    /// Offers the chain starting at `head`.
+    fn publish(&self, mem: &GuestMemoryMmap, head: u16) {
+        let idx = self.avail_idx(mem);
+        let slot = 4 + 2 * u64::from(idx % self.size);
+        mem.write_obj(head.to_le(), self.avail.unchecked_add(slot))
+            .unwrap();
+        self.set_avail_idx(mem, idx.wrapping_add(1));
+    }
+
+    /// `used_event`, read by the device under EVENT_IDX.
+    fn set_used_event(&self, mem: &GuestMemoryMmap, v: u16) {
+        let at = 4 + 2 * u64::from(self.size);
+        mem.write_obj(v.to_le(), self.avail.unchecked_add(at))
+            .unwrap();
+    }
+
+    fn set_used_idx(&self, mem: &GuestMemoryMmap, idx: u16) {
+        mem.write_obj(idx.to_le(), self.used.unchecked_add(2))
+            .unwrap();
+    }
+
+    fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        u16::from_le(mem.read_obj(self.used.unchecked_add(2)).unwrap())
+    }
+
+    /// `avail_event`, written by the device under EVENT_IDX.
+    fn avail_event(&self, mem: &GuestMemoryMmap) -> u16 {
+        let at = 4 + 8 * u64::from(self.size);
+        u16::from_le(mem.read_obj(self.used.unchecked_add(at)).unwrap())
+    }
+
+    /// Used ring entry `i` (position, not modulo): (id, len).
+    fn used(&self, mem: &GuestMemoryMmap, i: u16) -> (u32, u32) {
+        let at = self.used.unchecked_add(4 + 8 * u64::from(i % self.size));
+        let id: u32 = mem.read_obj(at).unwrap();
+        let len: u32 = mem.read_obj(at.unchecked_add(4)).unwrap();
+        (u32::from_le(id), u32::from_le(len))
+    }
+
+    /// The byte range of the used ring, which the device may write.
+    fn used_range(&self) -> (u64, u64) {
+        (self.used.raw_value(), 6 + 8 * u64::from(self.size))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The rig: memory, both queues, the device, and a watchdog around `process`
+// ---------------------------------------------------------------------------------------
+
+/// Guest memory: one region `[0, MEM_SIZE)`.
+const MEM_SIZE: u64 = 0x10_0000;
+const QSIZE: u16 = 16;
+const RXQ_AT: u64 = 0x0;
+const TXQ_AT: u64 = 0x1000;
+/// Buffers live at or above this; everything below is rings.
+const BUFS: u64 = 0x1_0000;
+/// Every byte of guest memory starts as this, so that writes of zeros are seen too.
+const PAINT: u8 = 0xa5;
+
+struct Device {
+    net: Net,
+    queues: Vec<Queue>,
+}
+
+struct Rig {
+    mem: GuestMemoryMmap,
+    rx: Ring,
+    tx: Ring,
+    dev: Option<Device>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+fn guest_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+/// Runs `process` on another thread and fails the test if it does not return in time (a
+/// spinning device thread is then abandoned; the test binary still exits).
+fn process_with_deadline(
+    mut dev: Device,
+    mem: &GuestMemoryMmap,
+    wake: Wake,
+) -> (Device, bool) {
+    let mem = mem.clone();
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || {
+        let irq = dev.net.process(wake, &mut dev.queues, &mem);
+        let _ = done.send((dev, irq));
+    });
+    match result.recv_timeout(DEADLINE) {
+        Ok(r) => r,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("virtio-net process({wake:?}) did not return within {DEADLINE:?}: hung")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("virtio-net process({wake:?}) panicked"),
+    }
+}
+
+impl Rig {
+    /// A device with both queues ready, activated with `features`.
+    fn new(features: u64) -> Self {
+        let mut rig = Self::inactive();
+        rig.net_mut().activate(features).unwrap();
+        rig
+    }
+
+    fn inactive() -> Self {
+        let mem = guest_memory();
+        mem.write_slice(&vec![PAINT; MEM_SIZE as usize], GuestAddress(0))
+            .unwrap();
+        let (rx, rxq) = Ring::create(&mem, RXQ_AT, QSIZE);
+        let (tx, txq) = Ring::create(&mem, TXQ_AT, QSIZE);
+        let (backend, shared) = MockBackend::new();
+        Self {
+            mem,
+            rx,
+            tx,
+            dev: Some(Device {
+                net: Net::new(backend, MAC),
+                queues: vec![rxq, txq],
+            }),
+            shared,
+        }
+    }
+
+    fn wake(&mut self, wake: Wake) -> bool {
+        let dev = self.dev.take().expect("device lost to an earlier hang");
+        let (dev, irq) = process_with_deadline(dev, &self.mem, wake);
+        self.dev = Some(dev);
+        irq
+    }
+
+    fn net(&self) -> &Net {
+        &self.dev.as_ref().unwrap().net
+    }
+
+    fn net_mut(&mut self) -> &mut Net {
+        &mut self.dev.as_mut().unwrap().net
+    }
+
+    fn queue_mut(&mut self, i: usize) -> &mut Queue {
+        &mut self.dev.as_mut().unwrap().queues[i]
+    }
+
+    fn stats(&self) -> NetStats {
+        self.net().stats()
+    }
+
+    fn write(&self, addr: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+    }
+
+    fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    fn sent(&self) -> Vec<Vec<u8>> {
+        self.shared.lock().unwrap().sent.clone()
+    }
+
+    fn push_frame(&self, frame: Vec<u8>) {
+        self.shared.lock().unwrap().incoming.push_back(frame);
+    }
+
+    fn incoming_len(&self) -> usize {
+        self.shared.lock().unwrap().incoming.len()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.read(0, MEM_SIZE as usize)
+    }
+
+    /// Fails if any byte changed since `before` outside the used rings and `allowed`
+    /// (address, length) ranges: the device wrote where the guest did not let it.
+    fn assert_changes_within(&self, before: &[u8], allowed: &[(u64, u64)]) {
+        let after = self.snapshot();
+        let mut ranges = allowed.to_vec();
+        ranges.push(self.rx.used_range());
+        ranges.push(self.tx.used_range());
+        for (at, (b, a)) in before.iter().zip(&after).enumerate() {
+            let at = at as u64;
+            if b != a {
+                assert!(
+                    ranges
+                        .iter()
+                        .any(|&(start, len)| at >= start && at - start < len),
+                    "device wrote {a:#04x} over {b:#04x} at {at:#x}, outside the buffers offered"
+                );
+            }
+        }
+    }
+
+    /// Sends one valid frame through descriptors `first..first + 2` and checks that it gets
+    /// to the backend: the device still works.
+    fn assert_tx_works(&mut self, first: u16) {
+        let frame = frame(40, 0x77);
+        let sent_before = self.sent().len();
+        let used_before = self.tx.used_idx(&self.mem);
+        self.write(BUFS + 0x8000, &frame[..VNET_HDR_LEN]);
+        self.write(BUFS + 0x8100, &frame[VNET_HDR_LEN..]);
+        let head = self.tx.chain(
+            &self.mem,
+            first,
+            &[
+                (BUFS + 0x8000, VNET_HDR_LEN as u32, 0),
+                (BUFS + 0x8100, 40, 0),
+            ],
+        );
+        self.tx.publish(&self.mem, head);
+        self.wake(Wake::Queue(1));
+        let sent = self.sent();
+        assert_eq!(sent.len(), sent_before + 1, "valid frame after a bad one not sent");
+        assert_eq!(sent.last().unwrap(), &frame);
+        assert_eq!(self.tx.used_idx(&self.mem), used_before.wrapping_add(1));
+        let last = self.tx.used(&self.mem, used_before);
+        assert_eq!(last, (u32::from(head), 0));
+    }
+
+    /// Offers one 2 KiB receive buffer at descriptor `first` and checks that a new frame
+    /// lands in it: the device still works.
+    fn assert_rx_works(&mut self, first: u16) {
+        let frame = frame(100, 0x55);
+        let at = BUFS + 0x9000;
+        let used_before = self.rx.used_idx(&self.mem);
+        let head = self.rx.chain(&self.mem, first, &[(at, 2048, F_WRITE)]);
+        self.rx.publish(&self.mem, head);
+        self.push_frame(frame.clone());
+        self.wake(Wake::Queue(0));
+        assert_eq!(self.rx.used_idx(&self.mem), used_before.wrapping_add(1));
+        let used = self.rx.used(&self.mem, used_before);
+        assert_eq!(used, (u32::from(head), frame.len() as u32));
+        assert_eq!(self.read(at, frame.len()), with_num_buffers(&frame, 1));
+    }
+}
+
+/// A frame as the backend carries it: a vnet header (with a recognisable garbage
+/// `num_buffers`) and `payload` bytes derived from `seed`.
+fn frame(payload: usize, seed: u8) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN + payload];
+    f[0] = 1; // NEEDS_CSUM, say: the device must pass the header through untouched
+    f[2] = 14;
+    f[10] = 0xee;
+    f[11] = 0xee;
+    for (i, b) in f[VNET_HDR_LEN..].iter_mut().enumerate() {
+        *b = seed.wrapping_add((i % 251) as u8);
+    }
+    f
+}
+
+/// `frame` as the guest must see it: `num_buffers` (bytes 10..12, LE) patched.
+fn with_num_buffers(frame: &[u8], n: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[10..12].copy_from_slice(&n.to_le_bytes());
+    f
+}
+
+// ---------------------------------------------------------------------------------------
+// TX
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn tx_two_descriptor_chain_reaches_backend_intact() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let frame = frame(200, 3);
+    rig.write(BUFS, &frame[..VNET_HDR_LEN]);
+    rig.write(BUFS + 0x100, &frame[VNET_HDR_LEN..]);
+    let head = rig.tx.chain(
+        &rig.mem,
+        0,
+        &[(BUFS, VNET_HDR_LEN as u32, 0), (BUFS + 0x100, 200, 0)],
+    );
+    rig.tx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+
+    assert!(rig.wake(Wake::Queue(1)), "no interrupt for a used TX buffer");
+
+    assert_eq!(rig.sent(), vec![frame]);
+    assert_eq!(rig.tx.used_idx(&rig.mem), 1);
+    assert_eq!(rig.tx.used(&rig.mem, 0), (u32::from(head), 0));
+    let stats = rig.stats();
+    assert_eq!((stats.tx_frames, stats.tx_bytes), (1, 200));
+    assert_eq!((stats.tx_invalid, stats.tx_backend_errors), (0, 0));
+    // TX only reads guest buffers.
+    rig.assert_changes_within(&before, &[]);
+}
+
+#[test]
+fn tx_sends_every_queued_chain_in_order_on_one_notification() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let frames: Vec<_> = (0..5).map(|i| frame(60 + i * 10, i as u8)).collect();
+    for (i, f) in frames.iter().enumerate() {
+        let at = BUFS + 0x1000 * i as u64;
+        rig.write(at, f);
+        // One descriptor for header and payload together is as valid as two.
+        let head = rig.tx.chain(&rig.mem, i as u16, &[(at, f.len() as u32, 0)]);
+        rig.tx.publish(&rig.mem, head);
+    }
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.sent(), frames);
+    assert_eq!(rig.tx.used_idx(&rig.mem), 5);
+    for i in 0..5 {
+        assert_eq!(rig.tx.used(&rig.mem, i), (u32::from(i), 0));
+    }
+    assert_eq!(rig.stats().tx_frames, 5);
+}
+
+#[test]
+fn tx_backend_error_is_counted_and_buffer_returned() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.shared.lock().unwrap().fail_send = true;
+    rig.write(BUFS, &frame(20, 0));
+    let head = rig.tx.chain(&rig.mem, 0, &[(BUFS, 32, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.tx.used(&rig.mem, 0), (0, 0));
+    let stats = rig.stats();
+    assert_eq!((stats.tx_frames, stats.tx_backend_errors), (0, 1));
+    rig.shared.lock().unwrap().fail_send = false;
+    rig.assert_tx_works(4);
+}
+
+#[test]
+fn tx_with_event_idx_interrupts_only_when_the_driver_asks() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | crate::virtio::VIRTIO_RING_F_EVENT_IDX);
+    rig.queue_mut(1).set_event_idx(true);
+    rig.write(BUFS, &frame(20, 0));
+    // used_event 0: interrupt once the used index passes 0.
+    rig.tx.set_used_event(&rig.mem, 0);
+    let head = rig.tx.chain(&rig.mem, 0, &[(BUFS, 32, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    assert!(rig.wake(Wake::Queue(1)));
+    // Still 0: the driver has not seen the first one yet, no second interrupt.
+    let head = rig.tx.chain(&rig.mem, 1, &[(BUFS, 32, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    assert!(!rig.wake(Wake::Queue(1)));
+    // The device asked to be notified past what it consumed.
+    assert_eq!(rig.tx.avail_event(&rig.mem), 2);
+    assert_eq!(rig.sent().len(), 2);
+}
+
+#[test]
+fn tx_and_rx_survive_avail_and_used_index_wraparound() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    for (q, ring) in [(0, rig.rx), (1, rig.tx)] {
+        ring.set_avail_idx(&rig.mem, u16::MAX);
+        ring.set_used_idx(&rig.mem, u16::MAX);
+        rig.queue_mut(q).set_next_avail(u16::MAX);
+        rig.queue_mut(q).set_next_used(u16::MAX);
+    }
+    for i in 0..3u16 {
+        rig.write(BUFS + 0x100 * u64::from(i), &frame(10, i as u8));
+        let head = rig.tx.chain(&rig.mem, i, &[(BUFS + 0x100 * u64::from(i), 22, 0)]);
+        rig.tx.publish(&rig.mem, head);
+    }
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.sent().len(), 3);
+    assert_eq!(rig.tx.used_idx(&rig.mem), 2);
+    rig.assert_rx_works(0);
+    rig.assert_rx_works(1);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// RX
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn rx_without_mrg_rxbuf_fills_one_writable_chain() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let frame = frame(100, 9);
+    rig.push_frame(frame.clone());
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+
+    assert!(rig.wake(Wake::Backend), "no interrupt for a received frame");
+
+    assert_eq!(rig.rx.used_idx(&rig.mem), 1);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, frame.len() as u32));
+    assert_eq!(rig.read(BUFS, frame.len()), with_num_buffers(&frame, 1));
+    // Only the frame's bytes were written, nothing past them.
+    rig.assert_changes_within(&before, &[(BUFS, frame.len() as u64)]);
+    let stats = rig.stats();
+    assert_eq!((stats.rx_frames, stats.rx_bytes, stats.rx_dropped), (1, 100, 0));
+}
+
+#[test]
+fn rx_header_in_its_own_descriptor_then_payload_descriptors() {
+    // Linux's "big packets" layout without MRG_RXBUF: header, then pages.
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let frame = frame(6000, 1);
+    rig.push_frame(frame.clone());
+    let head = rig.rx.chain(
+        &rig.mem,
+        0,
+        &[
+            (BUFS, VNET_HDR_LEN as u32, F_WRITE),
+            (BUFS + 0x1000, 4096, F_WRITE),
+            (BUFS + 0x3000, 4096, F_WRITE),
+        ],
+    );
+    rig.rx.publish(&rig.mem, head);
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, frame.len() as u32));
+    let expected = with_num_buffers(&frame, 1);
+    assert_eq!(rig.read(BUFS, VNET_HDR_LEN), &expected[..VNET_HDR_LEN]);
+    assert_eq!(rig.read(BUFS + 0x1000, 4096), &expected[12..4108]);
+    assert_eq!(rig.read(BUFS + 0x3000, 6012 - 4108), &expected[4108..]);
+}
+
+#[test]
+fn rx_with_mrg_rxbuf_spreads_a_large_frame_over_several_chains() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
+    let big = frame(3000, 4);
+    let small = frame(50, 8);
+    rig.push_frame(big.clone());
+    rig.push_frame(small.clone());
+    for i in 0..4u16 {
+        let head = rig
+            .rx
+            .chain(&rig.mem, i, &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)]);
+        rig.rx.publish(&rig.mem, head);
+    }
+    let before = rig.snapshot();
+
+    assert!(rig.wake(Wake::Backend));
+
+    assert_eq!(rig.rx.used_idx(&rig.mem), 4);
+    let used: Vec<_> = (0..4).map(|i| rig.rx.used(&rig.mem, i)).collect();
+    assert_eq!(used[..3], [(0, 1024), (1, 1024), (2, 3012 - 2048)]);
+    assert_eq!(used[..3].iter().map(|u| u.1).sum::<u32>(), big.len() as u32);
+    let mut got = Vec::new();
+    for (i, &(_, len)) in used[..3].iter().enumerate() {
+        got.extend(rig.read(BUFS + 0x1000 * i as u64, len as usize));
+    }
+    // num_buffers = number of chains used.
+    assert_eq!(got, with_num_buffers(&big, 3));
+    // The small frame took the fourth chain alone.
+    assert_eq!(used[3], (3, small.len() as u32));
+    assert_eq!(rig.read(BUFS + 0x3000, small.len()), with_num_buffers(&small, 1));
+    rig.assert_changes_within(
+        &before,
+        &[
+            (BUFS, 1024),
+            (BUFS + 0x1000, 1024),
+            (BUFS + 0x2000, 1024),
+            (BUFS + 0x3000, 1024),
+        ],
+    );
+    let stats = rig.stats();
+    assert_eq!((stats.rx_frames, stats.rx_bytes), (2, 3050));
+}
+
+#[test]
+fn rx_without_buffers_keeps_the_frame_until_the_guest_adds_some() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let first = frame(100, 1);
+    let second = frame(200, 2);
+    rig.push_frame(first.clone());
+    rig.push_frame(second.clone());
+
+    assert!(!rig.wake(Wake::Backend), "interrupt without anything used");
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+    assert_eq!(rig.stats(), NetStats::default(), "frame dropped or counted");
+    // The device took one frame and holds it; the other waits in the backend.
+    assert_eq!(rig.incoming_len(), 1);
+
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    assert!(rig.wake(Wake::Queue(0)));
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, first.len() as u32));
+    assert_eq!(rig.read(BUFS, first.len()), with_num_buffers(&first, 1));
+    assert_eq!(rig.rx.used_idx(&rig.mem), 1);
+
+    let head = rig.rx.chain(&rig.mem, 1, &[(BUFS + 0x1000, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    assert!(rig.wake(Wake::Queue(0)));
+    assert_eq!(rig.rx.used(&rig.mem, 1), (1, second.len() as u32));
+    assert_eq!(rig.read(BUFS + 0x1000, second.len()), with_num_buffers(&second, 1));
+    assert_eq!(rig.stats().rx_frames, 2);
+}
+
+#[test]
+fn rx_without_mergeable_buffers_keeps_frame_pending_with_mrg_rxbuf_too() {
+    // No buffer at all: same as without MRG_RXBUF (this case does not spin).
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
+    let f = frame(100, 1);
+    rig.push_frame(f.clone());
+    assert!(!rig.wake(Wake::Backend));
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    assert!(rig.wake(Wake::Queue(0)));
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, f.len() as u32));
+    assert_eq!(rig.read(BUFS, f.len()), with_num_buffers(&f, 1));
+}
+
+#[test]
+#[ignore = "bug: process_rx spins forever when MRG_RXBUF buffers are too few for the pending \
+            frame (deliver rewinds, then enable_notification sees avail_idx != next_avail)"]
+fn rx_mergeable_buffers_too_few_for_the_frame_wait_for_more() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
+    let big = frame(3000, 4);
+    rig.push_frame(big.clone());
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 1024, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+
+    assert!(!rig.wake(Wake::Backend));
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0, "buffers consumed for a frame that did not fit");
+    assert_eq!(rig.stats().rx_dropped, 0);
+
+    for i in 1..3u16 {
+        let head = rig
+            .rx
+            .chain(&rig.mem, i, &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)]);
+        rig.rx.publish(&rig.mem, head);
+    }
+    assert!(rig.wake(Wake::Queue(0)));
+    assert_eq!(rig.rx.used_idx(&rig.mem), 3);
+    let mut got = Vec::new();
+    for i in 0..3u16 {
+        let (id, len) = rig.rx.used(&rig.mem, i);
+        assert_eq!(id, u32::from(i));
+        got.extend(rig.read(BUFS + 0x1000 * u64::from(i), len as usize));
+    }
+    assert_eq!(got, with_num_buffers(&big, 3));
+}
+
+#[test]
+#[ignore = "bug: with EVENT_IDX, process_rx publishes avail_event at the rewound position, \
+            behind buffers the driver already offered, so the driver never notifies again"]
+fn rx_mergeable_short_of_buffers_asks_for_a_notification_past_the_offered_ones() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF | crate::virtio::VIRTIO_RING_F_EVENT_IDX);
+    rig.queue_mut(0).set_event_idx(true);
+    rig.push_frame(frame(3000, 4));
+    for i in 0..2u16 {
+        let head = rig
+            .rx
+            .chain(&rig.mem, i, &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)]);
+        rig.rx.publish(&rig.mem, head);
+    }
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+    // Linux notifies iff avail_event lies in [old avail idx, new avail idx): it must be 2
+    // (the next buffer the driver will add), not 0.
+    assert_eq!(rig.rx.avail_event(&rig.mem), 2);
+}
+
+#[test]
+fn rx_frame_larger_than_a_non_mergeable_buffer_is_dropped() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(frame(200, 1));
+    let ok = frame(30, 2);
+    rig.push_frame(ok.clone());
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 64, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    let head = rig.rx.chain(&rig.mem, 1, &[(BUFS + 0x1000, 64, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+
+    assert!(rig.wake(Wake::Backend));
+
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0), "buffer of a dropped frame not empty");
+    assert_eq!(rig.rx.used(&rig.mem, 1), (1, ok.len() as u32));
+    assert_eq!(rig.read(BUFS + 0x1000, ok.len()), with_num_buffers(&ok, 1));
+    let stats = rig.stats();
+    assert_eq!((stats.rx_dropped, stats.rx_frames), (1, 1));
+    rig.assert_changes_within(&before, &[(BUFS, 64), (BUFS + 0x1000, 64)]);
+}
+
+#[test]
+fn rx_frame_shorter_than_the_header_is_dropped_without_using_a_buffer() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(vec![1, 2, 3, 4, 5]);
+    rig.push_frame(Vec::new());
+    rig.assert_rx_works(0);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 1);
+    assert_eq!(rig.stats().rx_dropped, 2);
+}
+
+#[test]
+fn rx_largest_frame_fits_mergeable_buffers() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
+    let big = frame(MAX_FRAME_LEN - VNET_HDR_LEN, 6);
+    rig.push_frame(big.clone());
+    // 16 chains of 4 KiB + ... : 65562 bytes need 17 chains of 4096; use 8 KiB chains.
+    for i in 0..QSIZE {
+        let head = rig
+            .rx
+            .chain(&rig.mem, i, &[(BUFS + 0x2000 * u64::from(i), 0x2000, F_WRITE)]);
+        rig.rx.publish(&rig.mem, head);
+    }
+    rig.wake(Wake::Backend);
+    let chains = big.len().div_ceil(0x2000) as u16;
+    assert_eq!(rig.rx.used_idx(&rig.mem), chains);
+    let got = rig.read(BUFS, big.len());
+    assert_eq!(got, with_num_buffers(&big, chains));
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile guest
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn tx_descriptor_outside_guest_memory() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    for (i, addr) in [MEM_SIZE, MEM_SIZE + 0x1000, 0xffff_ffff_ffff_f000, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let head = rig.tx.chain(&rig.mem, i as u16, &[(addr, 64, 0)]);
+        rig.tx.publish(&rig.mem, head);
+    }
+    let before = rig.snapshot();
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.tx.used_idx(&rig.mem), 4);
+    for i in 0..4 {
+        assert_eq!(rig.tx.used(&rig.mem, i), (u32::from(i), 0));
+    }
+    assert_eq!(rig.stats().tx_invalid, 4);
+    rig.assert_changes_within(&before, &[]);
+    rig.assert_tx_works(8);
+}
+
+#[test]
+fn tx_descriptor_crossing_the_end_of_memory() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let head = rig.tx.chain(&rig.mem, 0, &[(MEM_SIZE - 8, 64, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    // Second descriptor of a chain crossing the end.
+    let head = rig
+        .tx
+        .chain(&rig.mem, 1, &[(BUFS, 12, 0), (MEM_SIZE - 100, 101, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.stats().tx_invalid, 2);
+    assert_eq!(rig.tx.used_idx(&rig.mem), 2);
+    rig.assert_tx_works(4);
+}
+
+#[test]
+fn rx_descriptor_outside_or_crossing_the_end_of_memory() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(frame(100, 1));
+    rig.push_frame(frame(100, 2));
+    let head = rig.rx.chain(&rig.mem, 0, &[(MEM_SIZE + 0x1000, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    let head = rig.rx.chain(&rig.mem, 1, &[(MEM_SIZE - 40, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 2);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
+    assert_eq!(rig.rx.used(&rig.mem, 1), (1, 0));
+    assert_eq!(rig.stats().rx_dropped, 2);
+    // The part of the crossing buffer inside memory is the guest's to lose; nothing else.
+    rig.assert_changes_within(&before, &[(MEM_SIZE - 40, 40)]);
+    rig.assert_rx_works(4);
+}
+
+#[test]
+fn tx_descriptor_marked_write_only_is_refused() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.write(BUFS, &frame(50, 0));
+    let head = rig.tx.chain(&rig.mem, 0, &[(BUFS, 62, F_WRITE)]);
+    rig.tx.publish(&rig.mem, head);
+    let head = rig
+        .tx
+        .chain(&rig.mem, 1, &[(BUFS, 12, 0), (BUFS + 12, 50, F_WRITE)]);
+    rig.tx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.stats().tx_invalid, 2);
+    assert_eq!(rig.tx.used(&rig.mem, 0), (0, 0));
+    assert_eq!(rig.tx.used(&rig.mem, 1), (1, 0));
+    rig.assert_changes_within(&before, &[]);
+    rig.assert_tx_works(4);
+}
+
+#[test]
+fn rx_descriptor_not_write_only_is_never_written() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(frame(100, 1));
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, 0)]);
+    rig.rx.publish(&rig.mem, head);
+    // A writable header descriptor followed by a read-only one.
+    rig.push_frame(frame(100, 2));
+    let head = rig
+        .rx
+        .chain(&rig.mem, 1, &[(BUFS + 0x1000, 12, F_WRITE), (BUFS + 0x2000, 2048, 0)]);
+    rig.rx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
+    assert_eq!(rig.rx.used(&rig.mem, 1), (1, 0));
+    assert_eq!(rig.stats().rx_dropped, 2);
+    rig.assert_changes_within(&before, &[(BUFS + 0x1000, 12)]);
+    rig.assert_rx_works(4);
+}
+
+#[test]
+fn tx_chain_that_loops_terminates() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.write(BUFS, &frame(100, 0));
+    // 0 -> 0 -> 0 ...
+    rig.tx.set_desc(&rig.mem, 0, BUFS, 112, F_NEXT, 0);
+    rig.tx.publish(&rig.mem, 0);
+    // 1 -> 2 -> 1 -> 2 ...
+    rig.tx.set_desc(&rig.mem, 1, BUFS, 12, F_NEXT, 2);
+    rig.tx.set_desc(&rig.mem, 2, BUFS + 12, 100, F_NEXT, 1);
+    rig.tx.publish(&rig.mem, 1);
+    // Long descriptors in a loop: the frame grows past the limit.
+    rig.tx.set_desc(&rig.mem, 3, BUFS, 0x8000, F_NEXT, 3);
+    rig.tx.publish(&rig.mem, 3);
+    let before = rig.snapshot();
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 3);
+    // Whatever was sent is bounded by the queue size (the chain's time to live).
+    for f in rig.sent() {
+        assert!(f.len() <= usize::from(QSIZE) * 112, "frame of {} bytes", f.len());
+    }
+    assert!(rig.stats().tx_invalid >= 1);
+    rig.assert_changes_within(&before, &[]);
+    rig.assert_tx_works(4);
+}
+
+#[test]
+fn rx_chain_that_loops_terminates_and_writes_only_its_buffer() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(frame(1000, 1));
+    rig.rx.set_desc(&rig.mem, 0, BUFS, 64, F_WRITE | F_NEXT, 0);
+    rig.rx.publish(&rig.mem, 0);
+    rig.push_frame(frame(1000, 2));
+    rig.rx.set_desc(&rig.mem, 1, BUFS + 0x1000, 16, F_WRITE | F_NEXT, 2);
+    rig.rx.set_desc(&rig.mem, 2, BUFS + 0x2000, 16, F_WRITE | F_NEXT, 1);
+    rig.rx.publish(&rig.mem, 1);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 2);
+    rig.assert_changes_within(&before, &[(BUFS, 64), (BUFS + 0x1000, 16), (BUFS + 0x2000, 16)]);
+    rig.assert_rx_works(4);
+}
+
+#[test]
+fn absurd_descriptor_lengths() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.write(BUFS, &frame(100, 0));
+    let head = rig.tx.chain(&rig.mem, 0, &[(BUFS, u32::MAX, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    let head = rig
+        .tx
+        .chain(&rig.mem, 1, &[(BUFS, 100, 0), (BUFS, 0x1_0000, 0), (BUFS, 0x1_0000, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.stats().tx_invalid, 2);
+    rig.assert_tx_works(4);
+
+    // RX: a 4 GiB buffer takes the frame, and only the frame's bytes are written.
+    let f = frame(100, 1);
+    rig.push_frame(f.clone());
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS + 0x4_0000, u32::MAX, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, f.len() as u32));
+    rig.assert_changes_within(&before, &[(BUFS + 0x4_0000, f.len() as u64)]);
+}
+
+#[test]
+#[ignore = "bug: process_tx sends a chain that virtio-queue cut short (next index out of the \
+            table, unreadable next descriptor, 4 GiB total, loop exhausting the TTL) as a \
+            truncated frame instead of counting it invalid"]
+fn tx_chain_cut_short_is_refused_not_sent_truncated() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.write(BUFS, &frame(100, 0));
+    // Header, then a next index past the table.
+    rig.tx.set_desc(&rig.mem, 0, BUFS, 12, F_NEXT, QSIZE + 5);
+    rig.tx.publish(&rig.mem, 0);
+    // Header, then a descriptor whose length takes the chain past 4 GiB.
+    let head = rig
+        .tx
+        .chain(&rig.mem, 1, &[(BUFS, 12, 0), (BUFS, u32::MAX, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    // A loop: 16 copies of the same 112 bytes.
+    rig.tx.set_desc(&rig.mem, 3, BUFS, 112, F_NEXT, 3);
+    rig.tx.publish(&rig.mem, 3);
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 3);
+    assert!(rig.sent().is_empty(), "sent {:?} bytes", rig.sent().iter().map(Vec::len).collect::<Vec<_>>());
+    assert_eq!(rig.stats().tx_invalid, 3);
+}
+
+#[test]
+fn tx_frame_shorter_than_the_vnet_header_is_refused() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.write(BUFS, &[0; 16]);
+    let head = rig.tx.chain(&rig.mem, 0, &[(BUFS, 8, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    let head = rig.tx.chain(&rig.mem, 1, &[(BUFS, 4, 0), (BUFS, 7, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    // Only zero-length descriptors.
+    let head = rig.tx.chain(&rig.mem, 3, &[(BUFS, 0, 0), (u64::MAX, 0, 0)]);
+    rig.tx.publish(&rig.mem, head);
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.stats().tx_invalid, 3);
+    assert_eq!(rig.tx.used_idx(&rig.mem), 3);
+    rig.assert_tx_works(6);
+}
+
+#[test]
+fn head_index_beyond_the_queue_size() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.tx.publish(&rig.mem, QSIZE);
+    rig.tx.publish(&rig.mem, u16::MAX);
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    rig.push_frame(frame(10, 0));
+    rig.rx.publish(&rig.mem, QSIZE + 3);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    rig.assert_changes_within(&before, &[]);
+}
+
+#[test]
+#[ignore = "bug: process_tx spins forever when the avail index is more than a queue size \
+            ahead (pop_descriptor_chain yields None, enable_notification keeps returning true)"]
+fn tx_avail_index_far_ahead_of_the_queue() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.tx.set_avail_idx(&rig.mem, 1000);
+    let before = rig.snapshot();
+    rig.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    assert_eq!(rig.tx.used_idx(&rig.mem), 0);
+    rig.assert_changes_within(&before, &[]);
+    // A driver that repairs its index (say, after a reset of its own state) is served again.
+    rig.tx.set_avail_idx(&rig.mem, 0);
+    rig.assert_tx_works(0);
+}
+
+#[test]
+#[ignore = "bug: process_rx spins forever when the avail index is more than a queue size \
+            ahead and a frame is pending (same root cause as the TX case)"]
+fn rx_avail_index_far_ahead_of_the_queue() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(frame(100, 0));
+    rig.rx.set_avail_idx(&rig.mem, 1000);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+    rig.assert_changes_within(&before, &[]);
+}
+
+#[test]
+fn rings_at_garbage_addresses() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    for q in 0..2 {
+        let queue = rig.queue_mut(q);
+        queue.set_desc_table_address(Some(0xdead_0000), Some(0xbeef));
+        queue.set_avail_ring_address(Some(0xffff_fff0), Some(0xffff_ffff));
+        queue.set_used_ring_address(Some(0x0000_0000), Some(0x1));
+    }
+    rig.push_frame(frame(100, 0));
+    let before = rig.snapshot();
+    assert!(!rig.wake(Wake::Queue(1)));
+    assert!(!rig.wake(Wake::Queue(0)));
+    assert!(!rig.wake(Wake::Backend));
+    assert!(!rig.wake(Wake::Activated));
+    assert_eq!(rig.snapshot(), before);
+    assert!(rig.sent().is_empty());
+}
+
+#[test]
+fn descriptor_table_crossing_the_end_of_memory() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    // Entries 0..4 are in memory, 4..16 are not.
+    let table = MEM_SIZE - 4 * 16;
+    for q in 0..2 {
+        rig.queue_mut(q)
+            .set_desc_table_address(Some(table as u32), Some(0));
+    }
+    let tx_table = Ring {
+        desc: GuestAddress(table),
+        ..rig.tx
+    };
+    rig.write(BUFS, &frame(20, 0));
+    tx_table.set_desc(&rig.mem, 0, BUFS, 32, 0, 0);
+    // A chain that continues into the part of the table that is not there.
+    tx_table.set_desc(&rig.mem, 1, BUFS, 12, F_NEXT, 9);
+    for head in [9, 0, 1] {
+        rig.tx.publish(&rig.mem, head);
+    }
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 3);
+    assert_eq!(rig.tx.used(&rig.mem, 0), (9, 0));
+    // The whole chain 0 is in memory; chain 1 ends where the table does (a truncated frame,
+    // the guest's own doing).
+    assert_eq!(rig.sent()[0], frame(20, 0));
+    assert!(rig.stats().tx_invalid >= 1);
+
+    rig.push_frame(frame(20, 1));
+    rig.rx.publish(&rig.mem, 12);
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (12, 0));
+    rig.assert_changes_within(&before, &[]);
+}
+
+#[test]
+#[ignore = "bug: process_tx spins forever when the avail ring's index is readable but its \
+            entry is not (pop_descriptor_chain yields None, enable_notification returns true)"]
+fn avail_ring_crossing_the_end_of_memory() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    // flags and idx in memory, ring[0] past the end.
+    let avail = MEM_SIZE - 4;
+    rig.queue_mut(1)
+        .set_avail_ring_address(Some(avail as u32), Some(0));
+    rig.mem
+        .write_obj(1u16.to_le(), GuestAddress(avail + 2))
+        .unwrap();
+    assert!(!rig.wake(Wake::Queue(1)));
+    assert!(rig.sent().is_empty());
+}
+
+#[test]
+fn indirect_descriptor_tables_are_bounded() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.write(BUFS, &frame(100, 0));
+    // An indirect table of 4096 one-byte descriptors that chain in a loop.
+    let table = BUFS + 0x1_0000;
+    let entries = 4096u64;
+    for i in 0..entries {
+        let d = RawDescriptor::from(SplitDescriptor::new(BUFS, 1, F_NEXT, ((i + 1) % 7) as u16));
+        rig.mem
+            .write_obj(d, GuestAddress(table + 16 * i))
+            .unwrap();
+    }
+    rig.tx
+        .set_desc(&rig.mem, 0, table, (16 * entries) as u32, F_INDIRECT, 0);
+    rig.tx.publish(&rig.mem, 0);
+    // An indirect table out of memory, one with a length not a multiple of 16, and an
+    // indirect descriptor inside an indirect table.
+    rig.tx
+        .set_desc(&rig.mem, 1, MEM_SIZE + 0x1000, 256, F_INDIRECT, 0);
+    rig.tx.publish(&rig.mem, 1);
+    rig.tx.set_desc(&rig.mem, 2, table, 17, F_INDIRECT, 0);
+    rig.tx.publish(&rig.mem, 2);
+    let nested = BUFS + 0x3_0000;
+    let d = RawDescriptor::from(SplitDescriptor::new(nested, 16, F_INDIRECT, 0));
+    rig.mem.write_obj(d, GuestAddress(nested)).unwrap();
+    rig.tx.set_desc(&rig.mem, 3, nested, 16, F_INDIRECT, 0);
+    rig.tx.publish(&rig.mem, 3);
+    rig.wake(Wake::Queue(1));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 4);
+    rig.assert_tx_works(4);
+}
+
+#[test]
+fn process_with_odd_queues_or_wakes_does_nothing() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    rig.push_frame(frame(10, 0));
+    let mem = rig.mem.clone();
+    let net = rig.net_mut();
+    assert!(!net.process(Wake::Backend, &mut [], &mem));
+    let mut one = vec![Queue::new(16).unwrap()];
+    assert!(!net.process(Wake::Backend, &mut one, &mem));
+    let mut three: Vec<Queue> = (0..3).map(|_| Queue::new(16).unwrap()).collect();
+    assert!(!net.process(Wake::Queue(0), &mut three, &mem));
+    assert!(!rig.wake(Wake::Queue(2)));
+    assert!(!rig.wake(Wake::Queue(u16::MAX)));
+    // Queues not ready: nothing happens.
+    rig.queue_mut(0).set_ready(false);
+    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, F_WRITE)]);
+    rig.rx.publish(&rig.mem, head);
+    assert!(!rig.wake(Wake::Backend));
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+    assert_eq!(rig.incoming_len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration, activation, reset
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn read_config_is_mac_then_link_up_then_zeros() {
+    let rig = Rig::new(VIRTIO_F_VERSION_1);
+    let net = rig.net();
+    let mut data = [0xffu8; 16];
+    net.read_config(0, &mut data);
+    let mut expected = [0u8; 16];
+    expected[..6].copy_from_slice(&MAC);
+    expected[6..8].copy_from_slice(&1u16.to_le_bytes());
+    assert_eq!(data, expected);
+
+    for offset in 0..10u64 {
+        for len in [1usize, 2, 4, 8] {
+            let mut data = vec![0xffu8; len];
+            net.read_config(offset, &mut data);
+            let want: Vec<u8> = (0..len)
+                .map(|i| expected.get(offset as usize + i).copied().unwrap_or(0))
+                .collect();
+            assert_eq!(data, want, "offset {offset} len {len}");
+        }
+    }
+    let mut status = [0xffu8; 2];
+    net.read_config(6, &mut status);
+    assert_eq!(u16::from_le_bytes(status), 1, "status is not LINK_UP");
+
+    for offset in [8, 0x100, 1 << 32, u64::MAX - 8, u64::MAX - 1, u64::MAX] {
+        let mut data = [0xffu8; 8];
+        net.read_config(offset, &mut data);
+        assert_eq!(data, [0; 8], "offset {offset:#x}");
+    }
+    net.read_config(3, &mut []);
+}
+
+#[test]
+fn activate_sets_vnet_header_length_and_offloads() {
+    let cases = [
+        (VIRTIO_F_VERSION_1, Offloads::default()),
+        (
+            VIRTIO_F_VERSION_1 | F_GUEST_CSUM,
+            Offloads {
+                csum: true,
+                tso4: false,
+                tso6: false,
+            },
+        ),
+        (
+            VIRTIO_F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO4 | F_GUEST_TSO6,
+            Offloads {
+                csum: true,
+                tso4: true,
+                tso6: true,
+            },
+        ),
+        (
+            VIRTIO_F_VERSION_1 | F_GUEST_CSUM | F_GUEST_TSO6,
+            Offloads {
+                csum: true,
+                tso4: false,
+                tso6: true,
+            },
+        ),
+        // TSO without checksum offload is not a valid combination: no TSO then.
+        (VIRTIO_F_VERSION_1 | F_GUEST_TSO4 | F_GUEST_TSO6, Offloads::default()),
+    ];
+    for (features, offloads) in cases {
+        let rig = Rig::new(features);
+        let shared = rig.shared.lock().unwrap();
+        assert_eq!(shared.vnet_hdr_len, Some(12), "features {features:#x}");
+        assert_eq!(shared.offloads, Some(offloads), "features {features:#x}");
+    }
+}
+
+#[test]
+fn activate_fails_when_the_backend_refuses() {
+    let mut rig = Rig::inactive();
+    rig.shared.lock().unwrap().fail_config = true;
+    assert!(rig.net_mut().activate(VIRTIO_F_VERSION_1).is_err());
+}
+
+#[test]
+fn reset_forgets_features_and_the_pending_frame() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
+    rig.push_frame(frame(100, 0));
+    rig.wake(Wake::Backend);
+    assert_ne!(rig.net().rx_pending, 0, "frame not held while the guest has no buffers");
+    rig.net_mut().reset();
+    assert_eq!(rig.net().acked, 0);
+    assert_eq!(rig.net().rx_pending, 0);
+    // Re-activation works like the first.
+    rig.net_mut().activate(VIRTIO_F_VERSION_1).unwrap();
+    rig.assert_rx_works(0);
+    rig.assert_tx_works(2);
+    assert_eq!(rig.net().backend_fd(), Some(rig.net().backend().as_raw_fd()));
+    assert_eq!(rig.net().mac(), MAC);
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic pseudo-random guest: never panics, never hangs, never writes outside the
+// buffers offered.
+// ---------------------------------------------------------------------------------------
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// Fuzz memory: region A `[0, FUZZ_A)` holds rings (below `FUZZ_BUFS`) and buffers; region B,
+/// after a gap, is never offered and must stay untouched.
+const FUZZ_A: u64 = 0x1_0000;
+const FUZZ_BUFS: u64 = 0x2000;
+const FUZZ_B: u64 = 0x10_0000;
+const FUZZ_B_LEN: usize = 0x1000;
+
+/// One random scenario. With `avoid_known_hangs`, leaves out the inputs that make the
+/// current device spin (see the ignored tests above).
+fn fuzz_one(rng: &mut XorShift, noise: &[u8], avoid_known_hangs: bool) {
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), FUZZ_A as usize),
+        (GuestAddress(FUZZ_B), FUZZ_B_LEN),
+    ])
+    .unwrap();
+    let off = rng.below((noise.len() - FUZZ_A as usize) as u64) as usize;
+    mem.write_slice(&noise[off..off + FUZZ_A as usize], GuestAddress(0))
+        .unwrap();
+    mem.write_slice(&[PAINT; FUZZ_B_LEN], GuestAddress(FUZZ_B))
+        .unwrap();
+
+    let size = 1u16 << rng.below(5);
+    let (rx, rxq) = Ring::create(&mem, 0, size);
+    let (tx, txq) = Ring::create(&mem, 0x1000, size);
+    let mut features = VIRTIO_F_VERSION_1;
+    if !avoid_known_hangs && rng.chance(50) {
+        features |= F_MRG_RXBUF;
+    }
+    if rng.chance(30) {
+        features |= F_GUEST_CSUM | F_GUEST_TSO4;
+    }
+    let event_idx = rng.chance(30);
+    let (backend, shared) = MockBackend::new();
+    let mut net = Net::new(backend, MAC);
+    net.activate(features).unwrap();
+    let mut queues = vec![rxq, txq];
+    for q in &mut queues {
+        q.set_event_idx(event_idx);
+    }
+
+    // Descriptor tables: in both, buffers may be anything the guest likes.
+    let mut writable = Vec::new();
+    let mut indirect = false;
+    for ring in [rx, tx] {
+        for i in 0..size {
+            let addr = match rng.below(20) {
+                0 => FUZZ_A - rng.below(64),
+                1 => FUZZ_A + rng.below(0x1000),
+                2 => u64::MAX - rng.below(0x1000),
+                3 => 0x8000_0000_0000 + rng.below(0x1000),
+                _ => FUZZ_BUFS + rng.below(FUZZ_A - FUZZ_BUFS),
+            };
+            let len = match rng.below(20) {
+                0 => 0,
+                1 => u32::MAX - rng.below(16) as u32,
+                2..=4 => rng.below(70_000) as u32,
+                _ => rng.below(2048) as u32,
+            };
+            let mut flags = (rng.below(4) as u16) & (F_NEXT | F_WRITE);
+            if rng.chance(2) {
+                flags |= F_INDIRECT;
+                indirect = true;
+            }
+            let next = rng.below(u64::from(size) + 2) as u16;
+            ring.set_desc(&mem, i, addr, len, flags, next);
+            if flags & F_WRITE != 0 {
+                writable.push((addr, u64::from(len)));
+            }
+        }
+    }
+    let publish = |rng: &mut XorShift, ring: &Ring, queue: &Queue| {
+        for _ in 0..rng.below(u64::from(size) + 1) {
+            let pending = ring.avail_idx(&mem).wrapping_sub(queue.next_avail());
+            if avoid_known_hangs && pending >= size {
+                break;
+            }
+            ring.publish(&mem, rng.below(u64::from(size) + 1) as u16);
+        }
+        if !avoid_known_hangs && rng.chance(3) {
+            ring.set_avail_idx(&mem, rng.next() as u16);
+        }
+    };
+    {
+        let mut s = shared.lock().unwrap();
+        for _ in 0..rng.below(4) {
+            let len = match rng.below(10) {
+                0 => rng.below(VNET_HDR_LEN as u64),
+                1 => rng.below(MAX_FRAME_LEN as u64 + 100),
+                2..=4 => rng.below(5000),
+                _ => rng.below(300),
+            } as usize;
+            let at = rng.below((noise.len() - len) as u64) as usize;
+            s.incoming.push_back(noise[at..at + len].to_vec());
+        }
+    }
+
+    let before: Vec<u8> = {
+        let mut v = vec![0; FUZZ_A as usize];
+        mem.read_slice(&mut v, GuestAddress(0)).unwrap();
+        v
+    };
+    for _ in 0..1 + rng.below(4) {
+        publish(rng, &rx, &queues[0]);
+        publish(rng, &tx, &queues[1]);
+        let wake = match rng.below(5) {
+            0 => Wake::Queue(0),
+            1 => Wake::Queue(1),
+            2 => Wake::Backend,
+            3 => Wake::Activated,
+            _ => Wake::Queue(rng.below(4) as u16),
+        };
+        net.process(wake, &mut queues, &mem);
+        if rng.chance(5) {
+            net.reset();
+            net.activate(features).unwrap();
+        }
+    }
+
+    let mut b = [0u8; FUZZ_B_LEN];
+    mem.read_slice(&mut b, GuestAddress(FUZZ_B)).unwrap();
+    assert!(b.iter().all(|&x| x == PAINT), "write into memory never offered");
+    for (ring, queue) in [(rx, &queues[0]), (tx, &queues[1])] {
+        let used: u16 = mem.read_obj(ring.used.unchecked_add(2)).unwrap();
+        assert_eq!(u16::from_le(used), queue.next_used(), "used index out of step");
+    }
+    if indirect {
+        // Indirect tables are random bytes: which buffers were offered is not known.
+        return;
+    }
+    let mut after = vec![0; FUZZ_A as usize];
+    mem.read_slice(&mut after, GuestAddress(0)).unwrap();
+    if before != after {
+        // The device's used rings, and the avail rings that the driver (this test) wrote.
+        for ring in [rx, tx] {
+            writable.push(ring.used_range());
+            writable.push((ring.avail.raw_value(), 6 + 2 * u64::from(ring.size)));
+        }
+        // Compare 64-byte blocks first (memcmp), bytes only where a block differs: this
+        // runs 20 000 times in a debug build.
+        for (block, (b, a)) in before.chunks(64).zip(after.chunks(64)).enumerate() {
+            if b == a {
+                continue;
+            }
+            for (i, (x, y)) in b.iter().zip(a).enumerate() {
+                let at = (block * 64 + i) as u64;
+                assert!(
+                    x == y
+                        || writable
+                            .iter()
+                            .any(|&(start, len)| at >= start && at - start < len),
+                    "write at {at:#x} outside every writable descriptor"
+                );
+            }
+        }
+    }
+}
+
+/// Runs `iterations` scenarios from `seed` on a watchdog thread.
+fn fuzz_run(seed: u64, iterations: usize, avoid_known_hangs: bool) {
+    let progress = Arc::new(AtomicUsize::new(0));
+    let (done, finished) = mpsc::channel();
+    let p = progress.clone();
+    thread::spawn(move || {
+        let mut rng = XorShift(seed);
+        let noise: Vec<u8> = (0..0x2_0000 + MAX_FRAME_LEN).map(|_| rng.next() as u8).collect();
+        for i in 0..iterations {
+            p.store(i, Ordering::Relaxed);
+            fuzz_one(&mut rng, &noise, avoid_known_hangs);
+        }
+        let _ = done.send(());
+    });
+    let start = Instant::now();
+    match finished.recv_timeout(Duration::from_secs(120)) {
+        Ok(()) => {}
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+            "device hung in iteration {} (seed {seed:#x})",
+            progress.load(Ordering::Relaxed)
+        ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+            "device panicked or broke an invariant in iteration {} (seed {seed:#x})",
+            progress.load(Ordering::Relaxed)
+        ),
+    }
+    eprintln!("{iterations} random guests in {:?}", start.elapsed());
+}
+
+#[test]
+fn random_guests_without_the_known_hangs() {
+    fuzz_run(0x9e37_79b9_7f4a_7c15, 20_000, true);
+}
+
+#[test]
+#[ignore = "bug: finds the process_tx/process_rx spins of the ignored tests above"]
+fn random_guests() {
+    fuzz_run(0x2545_f491_4f6c_dd1d, 20_000, false);
+}

@@ -9,6 +9,12 @@ pub const DEVICE_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 /// The full command line: device arguments first, so that the user's own arguments (which
 /// the kernel reads later) override them.
 pub fn build(user: &str) -> String {
+    // A command line typed over several lines is still one command line: the kernel only
+    // takes printable ASCII, so line breaks and tabs become spaces.
+    let user: String = user
+        .chars()
+        .map(|c| if c.is_ascii_whitespace() { ' ' } else { c })
+        .collect();
     let user = user.trim();
     if user.is_empty() {
         DEVICE_ARGS.to_string()
@@ -28,5 +34,6 @@ mod tests {
         let full = build("console=hvc0");
         assert!(full.ends_with("console=hvc0"));
         assert!(full.starts_with("console=ttyS0"));
+        assert_eq!(build("a\n\tb\r\n"), format!("{DEVICE_ARGS} a   b"));
     }
 }

@@ -19,7 +19,7 @@ use crate::layout::{IOAPIC_PINS, MMIO_DEVICES_START, MMIO_DEVICE_SIZE, VIRTIO_GS
 
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
-    #[error("--net #{index}: {source}")]
+    #[error("eth{index}: {source}")]
     Backend { index: usize, source: TapError },
     #[error("too many --net options: at most {max} NICs fit the interrupt lines")]
     TooMany { max: usize },

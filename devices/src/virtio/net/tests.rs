@@ -96,7 +96,8 @@ impl NetBackend for MockBackend {
         for iov in iovs.iter().filter(|iov| iov.iov_len > 0) {
             // SAFETY: the caller guarantees that every iovec points at memory valid for
             // reads of its length for the whole call; the bytes are copied before returning.
-            let bytes = unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
+            let bytes =
+                unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
             frame.extend_from_slice(bytes);
         }
         let mut shared = self.lock();
@@ -277,11 +278,7 @@ fn guest_memory() -> GuestMemoryMmap {
 
 /// Runs `process` on another thread and fails the test if it does not return in time (a
 /// spinning device thread is then abandoned; the test binary still exits).
-fn process_with_deadline(
-    mut dev: Device,
-    mem: &GuestMemoryMmap,
-    wake: Wake,
-) -> (Device, bool) {
+fn process_with_deadline(mut dev: Device, mem: &GuestMemoryMmap, wake: Wake) -> (Device, bool) {
     let mem = mem.clone();
     let (done, result) = mpsc::channel();
     thread::spawn(move || {
@@ -293,7 +290,9 @@ fn process_with_deadline(
         Err(mpsc::RecvTimeoutError::Timeout) => {
             panic!("virtio-net process({wake:?}) did not return within {DEADLINE:?}: hung")
         }
-        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("virtio-net process({wake:?}) panicked"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("virtio-net process({wake:?}) panicked")
+        }
     }
 }
 
@@ -412,7 +411,11 @@ impl Rig {
         self.tx.publish(&self.mem, head);
         self.wake(Wake::Queue(1));
         let sent = self.sent();
-        assert_eq!(sent.len(), sent_before + 1, "valid frame after a bad one not sent");
+        assert_eq!(
+            sent.len(),
+            sent_before + 1,
+            "valid frame after a bad one not sent"
+        );
         assert_eq!(sent.last().unwrap(), &frame);
         assert_eq!(self.tx.used_idx(&self.mem), used_before.wrapping_add(1));
         let last = self.tx.used(&self.mem, used_before);
@@ -475,7 +478,10 @@ fn tx_two_descriptor_chain_reaches_backend_intact() {
     rig.tx.publish(&rig.mem, head);
     let before = rig.snapshot();
 
-    assert!(rig.wake(Wake::Queue(1)), "no interrupt for a used TX buffer");
+    assert!(
+        rig.wake(Wake::Queue(1)),
+        "no interrupt for a used TX buffer"
+    );
 
     assert_eq!(rig.sent(), vec![frame]);
     assert_eq!(rig.tx.used_idx(&rig.mem), 1);
@@ -552,7 +558,9 @@ fn tx_and_rx_survive_avail_and_used_index_wraparound() {
     }
     for i in 0..3u16 {
         rig.write(BUFS + 0x100 * u64::from(i), &frame(10, i as u8));
-        let head = rig.tx.chain(&rig.mem, i, &[(BUFS + 0x100 * u64::from(i), 22, 0)]);
+        let head = rig
+            .tx
+            .chain(&rig.mem, i, &[(BUFS + 0x100 * u64::from(i), 22, 0)]);
         rig.tx.publish(&rig.mem, head);
     }
     rig.wake(Wake::Queue(1));
@@ -584,7 +592,10 @@ fn rx_without_mrg_rxbuf_fills_one_writable_chain() {
     // Only the frame's bytes were written, nothing past them.
     rig.assert_changes_within(&before, &[(BUFS, frame.len() as u64)]);
     let stats = rig.stats();
-    assert_eq!((stats.rx_frames, stats.rx_bytes, stats.rx_dropped), (1, 100, 0));
+    assert_eq!(
+        (stats.rx_frames, stats.rx_bytes, stats.rx_dropped),
+        (1, 100, 0)
+    );
 }
 
 #[test]
@@ -619,9 +630,11 @@ fn rx_with_mrg_rxbuf_spreads_a_large_frame_over_several_chains() {
     rig.push_frame(big.clone());
     rig.push_frame(small.clone());
     for i in 0..4u16 {
-        let head = rig
-            .rx
-            .chain(&rig.mem, i, &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)]);
+        let head = rig.rx.chain(
+            &rig.mem,
+            i,
+            &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)],
+        );
         rig.rx.publish(&rig.mem, head);
     }
     let before = rig.snapshot();
@@ -640,7 +653,10 @@ fn rx_with_mrg_rxbuf_spreads_a_large_frame_over_several_chains() {
     assert_eq!(got, with_num_buffers(&big, 3));
     // The small frame took the fourth chain alone.
     assert_eq!(used[3], (3, small.len() as u32));
-    assert_eq!(rig.read(BUFS + 0x3000, small.len()), with_num_buffers(&small, 1));
+    assert_eq!(
+        rig.read(BUFS + 0x3000, small.len()),
+        with_num_buffers(&small, 1)
+    );
     rig.assert_changes_within(
         &before,
         &[
@@ -679,7 +695,10 @@ fn rx_without_buffers_keeps_the_frame_until_the_guest_adds_some() {
     rig.rx.publish(&rig.mem, head);
     assert!(rig.wake(Wake::Queue(0)));
     assert_eq!(rig.rx.used(&rig.mem, 1), (1, second.len() as u32));
-    assert_eq!(rig.read(BUFS + 0x1000, second.len()), with_num_buffers(&second, 1));
+    assert_eq!(
+        rig.read(BUFS + 0x1000, second.len()),
+        with_num_buffers(&second, 1)
+    );
     assert_eq!(rig.stats().rx_frames, 2);
 }
 
@@ -709,13 +728,19 @@ fn rx_mergeable_buffers_too_few_for_the_frame_wait_for_more() {
     rig.rx.publish(&rig.mem, head);
 
     assert!(!rig.wake(Wake::Backend));
-    assert_eq!(rig.rx.used_idx(&rig.mem), 0, "buffers consumed for a frame that did not fit");
+    assert_eq!(
+        rig.rx.used_idx(&rig.mem),
+        0,
+        "buffers consumed for a frame that did not fit"
+    );
     assert_eq!(rig.stats().rx_dropped, 0);
 
     for i in 1..3u16 {
-        let head = rig
-            .rx
-            .chain(&rig.mem, i, &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)]);
+        let head = rig.rx.chain(
+            &rig.mem,
+            i,
+            &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)],
+        );
         rig.rx.publish(&rig.mem, head);
     }
     assert!(rig.wake(Wake::Queue(0)));
@@ -733,13 +758,16 @@ fn rx_mergeable_buffers_too_few_for_the_frame_wait_for_more() {
 #[ignore = "bug: with EVENT_IDX, process_rx publishes avail_event at the rewound position, \
             behind buffers the driver already offered, so the driver never notifies again"]
 fn rx_mergeable_short_of_buffers_asks_for_a_notification_past_the_offered_ones() {
-    let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF | crate::virtio::VIRTIO_RING_F_EVENT_IDX);
+    let mut rig =
+        Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF | crate::virtio::VIRTIO_RING_F_EVENT_IDX);
     rig.queue_mut(0).set_event_idx(true);
     rig.push_frame(frame(3000, 4));
     for i in 0..2u16 {
-        let head = rig
-            .rx
-            .chain(&rig.mem, i, &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)]);
+        let head = rig.rx.chain(
+            &rig.mem,
+            i,
+            &[(BUFS + 0x1000 * u64::from(i), 1024, F_WRITE)],
+        );
         rig.rx.publish(&rig.mem, head);
     }
     rig.wake(Wake::Backend);
@@ -763,7 +791,11 @@ fn rx_frame_larger_than_a_non_mergeable_buffer_is_dropped() {
 
     assert!(rig.wake(Wake::Backend));
 
-    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0), "buffer of a dropped frame not empty");
+    assert_eq!(
+        rig.rx.used(&rig.mem, 0),
+        (0, 0),
+        "buffer of a dropped frame not empty"
+    );
     assert_eq!(rig.rx.used(&rig.mem, 1), (1, ok.len() as u32));
     assert_eq!(rig.read(BUFS + 0x1000, ok.len()), with_num_buffers(&ok, 1));
     let stats = rig.stats();
@@ -788,9 +820,11 @@ fn rx_largest_frame_fits_mergeable_buffers() {
     rig.push_frame(big.clone());
     // 16 chains of 4 KiB + ... : 65562 bytes need 17 chains of 4096; use 8 KiB chains.
     for i in 0..QSIZE {
-        let head = rig
-            .rx
-            .chain(&rig.mem, i, &[(BUFS + 0x2000 * u64::from(i), 0x2000, F_WRITE)]);
+        let head = rig.rx.chain(
+            &rig.mem,
+            i,
+            &[(BUFS + 0x2000 * u64::from(i), 0x2000, F_WRITE)],
+        );
         rig.rx.publish(&rig.mem, head);
     }
     rig.wake(Wake::Backend);
@@ -848,7 +882,9 @@ fn rx_descriptor_outside_or_crossing_the_end_of_memory() {
     let mut rig = Rig::new(VIRTIO_F_VERSION_1);
     rig.push_frame(frame(100, 1));
     rig.push_frame(frame(100, 2));
-    let head = rig.rx.chain(&rig.mem, 0, &[(MEM_SIZE + 0x1000, 2048, F_WRITE)]);
+    let head = rig
+        .rx
+        .chain(&rig.mem, 0, &[(MEM_SIZE + 0x1000, 2048, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
     let head = rig.rx.chain(&rig.mem, 1, &[(MEM_SIZE - 40, 2048, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
@@ -891,9 +927,11 @@ fn rx_descriptor_not_write_only_is_never_written() {
     rig.rx.publish(&rig.mem, head);
     // A writable header descriptor followed by a read-only one.
     rig.push_frame(frame(100, 2));
-    let head = rig
-        .rx
-        .chain(&rig.mem, 1, &[(BUFS + 0x1000, 12, F_WRITE), (BUFS + 0x2000, 2048, 0)]);
+    let head = rig.rx.chain(
+        &rig.mem,
+        1,
+        &[(BUFS + 0x1000, 12, F_WRITE), (BUFS + 0x2000, 2048, 0)],
+    );
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
     rig.wake(Wake::Backend);
@@ -923,7 +961,11 @@ fn tx_chain_that_loops_terminates() {
     assert_eq!(rig.tx.used_idx(&rig.mem), 3);
     // Whatever was sent is bounded by the queue size (the chain's time to live).
     for f in rig.sent() {
-        assert!(f.len() <= usize::from(QSIZE) * 112, "frame of {} bytes", f.len());
+        assert!(
+            f.len() <= usize::from(QSIZE) * 112,
+            "frame of {} bytes",
+            f.len()
+        );
     }
     assert!(rig.stats().tx_invalid >= 1);
     rig.assert_changes_within(&before, &[]);
@@ -937,13 +979,18 @@ fn rx_chain_that_loops_terminates_and_writes_only_its_buffer() {
     rig.rx.set_desc(&rig.mem, 0, BUFS, 64, F_WRITE | F_NEXT, 0);
     rig.rx.publish(&rig.mem, 0);
     rig.push_frame(frame(1000, 2));
-    rig.rx.set_desc(&rig.mem, 1, BUFS + 0x1000, 16, F_WRITE | F_NEXT, 2);
-    rig.rx.set_desc(&rig.mem, 2, BUFS + 0x2000, 16, F_WRITE | F_NEXT, 1);
+    rig.rx
+        .set_desc(&rig.mem, 1, BUFS + 0x1000, 16, F_WRITE | F_NEXT, 2);
+    rig.rx
+        .set_desc(&rig.mem, 2, BUFS + 0x2000, 16, F_WRITE | F_NEXT, 1);
     rig.rx.publish(&rig.mem, 1);
     let before = rig.snapshot();
     rig.wake(Wake::Backend);
     assert_eq!(rig.rx.used_idx(&rig.mem), 2);
-    rig.assert_changes_within(&before, &[(BUFS, 64), (BUFS + 0x1000, 16), (BUFS + 0x2000, 16)]);
+    rig.assert_changes_within(
+        &before,
+        &[(BUFS, 64), (BUFS + 0x1000, 16), (BUFS + 0x2000, 16)],
+    );
     rig.assert_rx_works(4);
 }
 
@@ -953,9 +1000,11 @@ fn absurd_descriptor_lengths() {
     rig.write(BUFS, &frame(100, 0));
     let head = rig.tx.chain(&rig.mem, 0, &[(BUFS, u32::MAX, 0)]);
     rig.tx.publish(&rig.mem, head);
-    let head = rig
-        .tx
-        .chain(&rig.mem, 1, &[(BUFS, 100, 0), (BUFS, 0x1_0000, 0), (BUFS, 0x1_0000, 0)]);
+    let head = rig.tx.chain(
+        &rig.mem,
+        1,
+        &[(BUFS, 100, 0), (BUFS, 0x1_0000, 0), (BUFS, 0x1_0000, 0)],
+    );
     rig.tx.publish(&rig.mem, head);
     rig.wake(Wake::Queue(1));
     assert!(rig.sent().is_empty());
@@ -965,7 +1014,9 @@ fn absurd_descriptor_lengths() {
     // RX: a 4 GiB buffer takes the frame, and only the frame's bytes are written.
     let f = frame(100, 1);
     rig.push_frame(f.clone());
-    let head = rig.rx.chain(&rig.mem, 0, &[(BUFS + 0x4_0000, u32::MAX, F_WRITE)]);
+    let head = rig
+        .rx
+        .chain(&rig.mem, 0, &[(BUFS + 0x4_0000, u32::MAX, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
     rig.wake(Wake::Backend);
@@ -993,7 +1044,11 @@ fn tx_chain_cut_short_is_refused_not_sent_truncated() {
     rig.tx.publish(&rig.mem, 3);
     rig.wake(Wake::Queue(1));
     assert_eq!(rig.tx.used_idx(&rig.mem), 3);
-    assert!(rig.sent().is_empty(), "sent {:?} bytes", rig.sent().iter().map(Vec::len).collect::<Vec<_>>());
+    assert!(
+        rig.sent().is_empty(),
+        "sent {:?} bytes",
+        rig.sent().iter().map(Vec::len).collect::<Vec<_>>()
+    );
     assert_eq!(rig.stats().tx_invalid, 3);
 }
 
@@ -1138,9 +1193,7 @@ fn indirect_descriptor_tables_are_bounded() {
     let entries = 4096u64;
     for i in 0..entries {
         let d = RawDescriptor::from(SplitDescriptor::new(BUFS, 1, F_NEXT, ((i + 1) % 7) as u16));
-        rig.mem
-            .write_obj(d, GuestAddress(table + 16 * i))
-            .unwrap();
+        rig.mem.write_obj(d, GuestAddress(table + 16 * i)).unwrap();
     }
     rig.tx
         .set_desc(&rig.mem, 0, table, (16 * entries) as u32, F_INDIRECT, 0);
@@ -1250,7 +1303,10 @@ fn activate_sets_vnet_header_length_and_offloads() {
             },
         ),
         // TSO without checksum offload is not a valid combination: no TSO then.
-        (VIRTIO_F_VERSION_1 | F_GUEST_TSO4 | F_GUEST_TSO6, Offloads::default()),
+        (
+            VIRTIO_F_VERSION_1 | F_GUEST_TSO4 | F_GUEST_TSO6,
+            Offloads::default(),
+        ),
     ];
     for (features, offloads) in cases {
         let rig = Rig::new(features);
@@ -1272,7 +1328,11 @@ fn reset_forgets_features_and_the_pending_frame() {
     let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
     rig.push_frame(frame(100, 0));
     rig.wake(Wake::Backend);
-    assert_ne!(rig.net().rx_pending, 0, "frame not held while the guest has no buffers");
+    assert_ne!(
+        rig.net().rx_pending,
+        0,
+        "frame not held while the guest has no buffers"
+    );
     rig.net_mut().reset();
     assert_eq!(rig.net().acked, 0);
     assert_eq!(rig.net().rx_pending, 0);
@@ -1280,7 +1340,10 @@ fn reset_forgets_features_and_the_pending_frame() {
     rig.net_mut().activate(VIRTIO_F_VERSION_1).unwrap();
     rig.assert_rx_works(0);
     rig.assert_tx_works(2);
-    assert_eq!(rig.net().backend_fd(), Some(rig.net().backend().as_raw_fd()));
+    assert_eq!(
+        rig.net().backend_fd(),
+        Some(rig.net().backend().as_raw_fd())
+    );
     assert_eq!(rig.net().mac(), MAC);
 }
 
@@ -1430,10 +1493,17 @@ fn fuzz_one(rng: &mut XorShift, noise: &[u8], avoid_known_hangs: bool) {
 
     let mut b = [0u8; FUZZ_B_LEN];
     mem.read_slice(&mut b, GuestAddress(FUZZ_B)).unwrap();
-    assert!(b.iter().all(|&x| x == PAINT), "write into memory never offered");
+    assert!(
+        b.iter().all(|&x| x == PAINT),
+        "write into memory never offered"
+    );
     for (ring, queue) in [(rx, &queues[0]), (tx, &queues[1])] {
         let used: u16 = mem.read_obj(ring.used.unchecked_add(2)).unwrap();
-        assert_eq!(u16::from_le(used), queue.next_used(), "used index out of step");
+        assert_eq!(
+            u16::from_le(used),
+            queue.next_used(),
+            "used index out of step"
+        );
     }
     if indirect {
         // Indirect tables are random bytes: which buffers were offered is not known.
@@ -1474,7 +1544,9 @@ fn fuzz_run(seed: u64, iterations: usize, avoid_known_hangs: bool) {
     let p = progress.clone();
     thread::spawn(move || {
         let mut rng = XorShift(seed);
-        let noise: Vec<u8> = (0..0x2_0000 + MAX_FRAME_LEN).map(|_| rng.next() as u8).collect();
+        let noise: Vec<u8> = (0..0x2_0000 + MAX_FRAME_LEN)
+            .map(|_| rng.next() as u8)
+            .collect();
         for i in 0..iterations {
             p.store(i, Ordering::Relaxed);
             fuzz_one(&mut rng, &noise, avoid_known_hangs);

@@ -261,9 +261,9 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 /// Reads `netvmm-lab-exit=N` from the lab's status port.
 pub fn parse_status(text: &str) -> Option<i32> {
     text.lines()
+        .rev()
         .filter_map(|l| l.trim().strip_prefix(EXIT_PREFIX))
-        .filter_map(|n| n.trim().parse().ok())
-        .last()
+        .find_map(|n| n.trim().parse().ok())
 }
 
 fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<(), LabError> {

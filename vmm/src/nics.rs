@@ -71,6 +71,15 @@ impl std::fmt::Display for NicInfo {
 
 pub type NetEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
 
+/// The built NICs: their ACPI descriptions, what to tell the user, and the event loop
+/// that will run their queues.
+#[derive(Default)]
+pub struct Nics {
+    pub slots: Vec<VirtioMmioSlot>,
+    pub infos: Vec<NicInfo>,
+    pub events: Option<NetEventManager>,
+}
+
 /// The most NICs: one GSI each, from VIRTIO_GSI_START to the last IOAPIC pin.
 pub const MAX_NICS: usize = (IOAPIC_PINS - VIRTIO_GSI_START) as usize;
 
@@ -88,9 +97,9 @@ pub fn build(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
-) -> Result<(Vec<VirtioMmioSlot>, Vec<NicInfo>, Option<NetEventManager>), NicError> {
+) -> Result<Nics, NicError> {
     if specs.is_empty() {
-        return Ok((Vec::new(), Vec::new(), None));
+        return Ok(Nics::default());
     }
     if specs.len() > MAX_NICS {
         return Err(NicError::TooMany { max: MAX_NICS });
@@ -151,7 +160,11 @@ pub fn build(
             gsi,
         });
     }
-    Ok((slots, infos, Some(em)))
+    Ok(Nics {
+        slots,
+        infos,
+        events: Some(em),
+    })
 }
 
 /// Runs the network event loop on a thread of its own until the process ends.

@@ -187,8 +187,11 @@ impl Vmm {
         )));
         let pio = legacy_bus(serial.clone(), &exit)?;
         let mut mmio = Bus::new();
-        let (virtio_mmio, nics, net_events) =
-            crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
+        let crate::nics::Nics {
+            slots: virtio_mmio,
+            infos: nics,
+            events: net_events,
+        } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
         let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;

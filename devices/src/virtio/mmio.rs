@@ -296,7 +296,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
             return;
         }
         // Registers are 32 bits wide and accessed as such; anything else reads as zero.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -311,7 +311,7 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
         };
-        if offset % 4 == 0 {
+        if offset.is_multiple_of(4) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         }
     }

@@ -157,11 +157,12 @@ pub fn load_initrd(
     kernel_end: u64,
     params: &mut boot_params,
 ) -> Result<(), BootError> {
-    let data = std::fs::read(path).map_err(|source| BootError::ReadInitrd {
+    let read_err = |source| BootError::ReadInitrd {
         path: path.to_path_buf(),
         source,
-    })?;
-    let size = data.len() as u64;
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
     let too_large = || BootError::InitrdTooLarge {
         path: path.to_path_buf(),
         size,
@@ -169,7 +170,9 @@ pub fn load_initrd(
     let mem_end = mem.last_addr().0 + 1;
     let addr = initrd_address(mem_end, params.hdr.initrd_addr_max, kernel_end, size)
         .ok_or_else(too_large)?;
-    mem.write_slice(&data, GuestAddress(addr))
+    let len = usize::try_from(size).map_err(|_| too_large())?;
+    // Straight from the file into guest memory: no intermediate copy of a large initrd.
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len)
         .map_err(|e| BootError::Memory {
             what: "initrd",
             reason: e.to_string(),

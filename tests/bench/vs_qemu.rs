@@ -1,0 +1,1 @@
+fn main() { eprintln!("vs_qemu benchmark: not written yet"); }

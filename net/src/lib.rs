@@ -4,6 +4,7 @@
 
 pub mod iface;
 pub mod mac;
+pub mod netlink;
 pub mod spec;
 pub mod tap;
 

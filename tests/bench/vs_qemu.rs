@@ -1,1 +1,578 @@
-fn main() { eprintln!("vs_qemu benchmark: not written yet"); }
+//! netvmm against QEMU (prints numbers; asserts nothing about speed): iperf3 throughput
+//! guest->host ("up") and host->guest ("down") over a tap, and the guest's ping RTT, for the
+//! same guest kernel and initrd with `-smp 1 -m 512` under
+//!
+//! - netvmm (virtio-net on virtio-mmio),
+//! - QEMU `-M pc` with virtio-net-pci (`vhost=off`, `romfile=`),
+//! - QEMU `-M microvm` with virtio-net-device (virtio-mmio, `vhost=off`): the same transport
+//!   as netvmm and the guest image exactly as it is.
+//!
+//! All in one boot of the emulated lab host, which gets the host's own qemu-system-x86_64,
+//! its shared libraries and the few firmware files it loads. Each round boots each VMM once
+//! (netvmm, QEMU pc, QEMU microvm, in that order, so drift hits all of them); each boot runs
+//! `iperf3 -t 5` up, then down. The table shows medians over the rounds. The figures are
+//! bounded by the lab's emulation: only the ratios between VMMs mean anything.
+//!
+//! The guest image loads virtio_mmio and virtio_net only, and Debian's cloud kernel has
+//! `CONFIG_VIRTIO_PCI=m`: for the PCI machine the bench appends a small cpio to the guest
+//! initrd with `virtio_pci`, `virtio_pci_legacy_dev` and `virtio_pci_modern_dev` from the
+//! cached kernel package, and their lines added to `/etc/netvmm-modules`.
+//!
+//! `cargo bench -p netvmm --bench vs_qemu` (NETVMM_BENCH_RUNS sets the rounds, default 3).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lab::cpio::CpioWriter;
+use lab::runner::parse_ldd;
+use lab::{Images, LabRun};
+
+/// Seconds of each iperf3 measurement.
+const IPERF_SECONDS: u32 = 5;
+/// Lab RAM: the carried QEMU (~50 MiB), the guest image and one 512 MiB guest at a time.
+const LAB_MEMORY_MIB: u64 = 3072;
+/// Firmware and option ROMs QEMU 7.2 loads for `-M pc` and `-M microvm` with `-kernel`
+/// (seen with strace; `romfile=` keeps the NIC's ROM out).
+const QEMU_FIRMWARE: &[&str] = &[
+    "bios-256k.bin",
+    "kvmvapic.bin",
+    "linuxboot_dma.bin",
+    "bios-microvm.bin",
+];
+/// The modules the PCI machine's guest needs on top of the guest image, in load order.
+const PCI_MODULES: &[&str] = &[
+    "virtio_pci_legacy_dev.ko",
+    "virtio_pci_modern_dev.ko",
+    "virtio_pci.ko",
+];
+
+/// The VMMs, in the order each round boots them: (key in the results, label in the table).
+const VMMS: &[(&str, &str)] = &[
+    ("netvmm", "netvmm (virtio-mmio)"),
+    ("qemu-pc", "QEMU pc, virtio-net-pci"),
+    ("qemu-microvm", "QEMU microvm, virtio-mmio"),
+];
+
+/// What the lab host runs; `RUNS` and `T` (iperf3 seconds) come from the environment. A
+/// guest prints `feat:`, `rtt:`, `up:` and `down:` lines (its virtio features, busybox
+/// ping's summary, iperf3's receiver lines); the scenario tags them with the VMM and round
+/// and collects them, and each VMM's exit status, in /tmp/results.
+const SCENARIO: &str = r#"
+export PATH=/lab/files:$PATH
+chmod 755 /lab/files/netvmm /lab/files/qemu-system-x86_64
+IP=/sbin/ip
+K=$NETVMM_GUEST_KERNEL
+iperf3 -s -D >/dev/null 2>&1
+$IP tuntap add mode tap vnet_hdr name bt1
+$IP addr add 198.51.100.1/24 dev bt1
+$IP link set bt1 up
+: > /tmp/results
+
+# The guest's command; no `$` in it, so the guest init's eval leaves it alone.
+gcmd() {
+  echo "cat /sys/bus/virtio/devices/virtio*/features | sed s/^/feat:/;" \
+    "ping -c 10 -i 0.2 -W 3 $1 | grep round-trip | sed s/^/rtt:/;" \
+    "iperf3 -c $1 -t $T -f m | grep receiver | sed s/^/up:/;" \
+    "iperf3 -c $1 -t $T -f m -R | grep receiver | sed s/^/down:/"
+}
+# collect VMM ROUND STATUS LOG ERR
+collect() {
+  [ -f "$4" ] || : > "$4"
+  tr -d '\r' < "$4" | grep -E '^(feat|rtt|up|down):' | sed "s/^/vmm=$1 round=$2 /" >> /tmp/results
+  echo "vmm=$1 round=$2 status=$3" >> /tmp/results
+  if [ "$3" != 0 ] || ! grep -q '^down:' "$4"; then
+    echo "vs_qemu: $1 round $2 exited with status $3; its console and stderr:"
+    tail -n 30 "$4"; tail -n 20 "$5"
+  fi
+}
+qemu() {
+  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 1 \
+    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
+    -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=off -kernel $K "$@" \
+    >/tmp/q.err 2>&1
+}
+
+for r in $(seq $RUNS); do
+  echo "vs_qemu: round $r of $RUNS: netvmm"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+    --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect netvmm $r $? /tmp/n.log /tmp/n.err
+
+  echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci)"
+  rm -f /tmp/q.log
+  qemu -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
+    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
+  collect qemu-pc $r $? /tmp/q.log /tmp/q.err
+
+  echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio)"
+  rm -f /tmp/q.log
+  qemu -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
+    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
+  collect qemu-microvm $r $? /tmp/q.log /tmp/q.err
+done
+"#;
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("netvmm-vs-qemu-{}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("create a temporary directory");
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The absolute path of `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Where QEMU looks for firmware (`-L help`), in its order.
+fn qemu_data_dirs(qemu: &Path) -> Vec<PathBuf> {
+    Command::new(qemu)
+        .args(["-L", "help"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| PathBuf::from(l.trim()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Everything the lab needs to run the host's QEMU: the binary, its libraries (each at its
+/// own path) and the firmware files (in /lab/qemu-share, for `-L`).
+fn qemu_files() -> Result<Vec<(PathBuf, String)>, String> {
+    let qemu = which("qemu-system-x86_64")
+        .ok_or("qemu-system-x86_64 is not on PATH (Debian: qemu-system-x86)")?;
+    let mut files = vec![(qemu.clone(), "/lab/files/qemu-system-x86_64".to_string())];
+    let ldd = Command::new("ldd")
+        .arg(&qemu)
+        .output()
+        .map_err(|e| format!("cannot run ldd on {}: {e}", qemu.display()))?;
+    // LabRun already carries this program's own libraries, executable (which the dynamic
+    // loader must be); carrying them again would overwrite them with mode 0644.
+    let own: Vec<PathBuf> = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Command::new("ldd").arg(exe).output().ok())
+        .map(|o| parse_ldd(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or_default();
+    for lib in parse_ldd(&String::from_utf8_lossy(&ldd.stdout)) {
+        if !own.contains(&lib) {
+            let at = lib.to_string_lossy().into_owned();
+            files.push((lib, at));
+        }
+    }
+    let dirs = qemu_data_dirs(&qemu);
+    for name in QEMU_FIRMWARE {
+        let Some(path) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) else {
+            return Err(format!("QEMU's {name} is in none of {dirs:?}"));
+        };
+        files.push((path, format!("/lab/qemu-share/{name}")));
+    }
+    Ok(files)
+}
+
+/// The contents of `want` in a newc cpio archive.
+fn cpio_member(archive: &[u8], want: &str) -> Option<Vec<u8>> {
+    let mut at = 0;
+    while let Some(h) = archive.get(at..at + 110) {
+        if !h.starts_with(b"070701") && !h.starts_with(b"070702") {
+            return None;
+        }
+        let field = |i: usize| {
+            let hex = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).ok()?;
+            usize::from_str_radix(hex, 16).ok()
+        };
+        let (size, name_len) = (field(6)?, field(11)?);
+        let name = archive.get(at + 110..at + 110 + name_len.checked_sub(1)?)?;
+        let name = std::str::from_utf8(name).ok()?;
+        let data = (at + 110 + name_len).next_multiple_of(4);
+        let name = name.trim_start_matches("./").trim_start_matches('/');
+        if name == "TRAILER!!!" {
+            return None;
+        }
+        if name == want {
+            return archive.get(data..data + size).map(<[u8]>::to_vec);
+        }
+        at = (data + size).next_multiple_of(4);
+    }
+    None
+}
+
+/// The guest initrd for QEMU's PCI machine: the guest image's initrd followed by a cpio
+/// with the virtio_pci modules from the cached kernel package and an /etc/netvmm-modules
+/// that loads them too. Err says why it cannot be built.
+fn pci_initrd(images: &Images, tmp: &Path) -> Result<PathBuf, String> {
+    let guest_dir = images
+        .guest_kernel
+        .parent()
+        .ok_or("the guest kernel has no directory")?;
+    let rel_path = guest_dir.join("kernel-release");
+    let rel = std::fs::read_to_string(&rel_path)
+        .map_err(|e| format!("cannot read {}: {e}", rel_path.display()))?;
+    let rel = rel.trim();
+    let debs = lab::images::cache_dir()
+        .map_err(|e| e.to_string())?
+        .join("debs");
+    let prefix = format!("linux-image-{rel}_");
+    let deb = std::fs::read_dir(&debs)
+        .map_err(|e| format!("cannot list {}: {e}", debs.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+        .ok_or_else(|| format!("no {prefix}*.deb in {}", debs.display()))?;
+
+    let out = tmp.join("modules");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let sh = format!(
+        "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards {}",
+        PCI_MODULES
+            .iter()
+            .map(|m| format!("'*/kernel/drivers/virtio/{m}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let st = Command::new("sh")
+        .args(["-c", &sh, "sh"])
+        .arg(&deb)
+        .arg(&out)
+        .status()
+        .map_err(|e| format!("cannot run dpkg-deb: {e}"))?;
+    if !st.success() {
+        return Err(format!(
+            "extracting {PCI_MODULES:?} from {} failed",
+            deb.display()
+        ));
+    }
+
+    let initrd = std::fs::read(&images.guest_initrd)
+        .map_err(|e| format!("cannot read {}: {e}", images.guest_initrd.display()))?;
+    let unpacked = Command::new("gzip")
+        .arg("-dc")
+        .arg(&images.guest_initrd)
+        .output()
+        .map_err(|e| format!("cannot run gzip: {e}"))?;
+    let list = cpio_member(&unpacked.stdout, "etc/netvmm-modules")
+        .ok_or("the guest initrd has no etc/netvmm-modules")?;
+    let mut list = String::from_utf8_lossy(&list).into_owned();
+    let mut cpio = CpioWriter::new();
+    for m in PCI_MODULES {
+        let at = format!("lib/modules/{rel}/kernel/drivers/virtio/{m}");
+        let data = std::fs::read(out.join(&at))
+            .map_err(|e| format!("{m} did not come out of {}: {e}", deb.display()))?;
+        cpio.add_file(&at, 0o644, &data)
+            .map_err(|e| e.to_string())?;
+        if !list.ends_with('\n') && !list.is_empty() {
+            list.push('\n');
+        }
+        list.push_str(&format!("/{at}\n"));
+    }
+    cpio.add_file("etc/netvmm-modules", 0o644, list.as_bytes())
+        .map_err(|e| e.to_string())?;
+
+    // The kernel takes an uncompressed archive after a compressed one only at an aligned
+    // offset.
+    let mut bytes = initrd;
+    bytes.resize(bytes.len().next_multiple_of(512), 0);
+    cpio.finish(&mut bytes).map_err(|e| e.to_string())?;
+    let path = tmp.join("initrd-pci");
+    std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// One figure from the results file: (vmm, round, kind, value).
+type Sample = (String, u32, &'static str, f64);
+
+/// What came back from the lab.
+#[derive(Default)]
+struct Results {
+    samples: Vec<Sample>,
+    /// (vmm, round, exit status of the VMM)
+    statuses: Vec<(String, u32, i32)>,
+    /// (vmm, the guest's /sys/bus/virtio/devices/*/features), first round only.
+    features: Vec<(String, String)>,
+}
+
+/// Parses the scenario's result lines: `vmm=V round=R status=N` or `vmm=V round=R KIND:...`.
+fn parse_results(text: &str) -> Results {
+    let mut r = Results::default();
+    for line in text.lines() {
+        let mut words = line.splitn(3, ' ');
+        let vmm = words.next().and_then(|w| w.strip_prefix("vmm="));
+        let round = words
+            .next()
+            .and_then(|w| w.strip_prefix("round="))
+            .and_then(|w| w.parse::<u32>().ok());
+        let (Some(vmm), Some(round), Some(rest)) = (vmm, round, words.next()) else {
+            continue;
+        };
+        let vmm = vmm.to_string();
+        if let Some(s) = rest.strip_prefix("status=") {
+            r.statuses
+                .push((vmm, round, s.trim().parse().unwrap_or(-1)));
+            continue;
+        }
+        let Some((kind, body)) = rest.split_once(':') else {
+            continue;
+        };
+        let (kind, value) = match kind {
+            "feat" => {
+                if !r.features.iter().any(|(v, _)| *v == vmm) {
+                    r.features.push((vmm, body.trim().to_string()));
+                }
+                continue;
+            }
+            // "round-trip min/avg/max = 0.311/0.452/0.800 ms"
+            "rtt" => (
+                "rtt",
+                body.split_once('=')
+                    .and_then(|(_, v)| v.trim().split('/').nth(1))
+                    .and_then(|v| v.parse().ok()),
+            ),
+            // "[  5]   0.00-5.00   sec   168 MBytes   282 Mbits/sec                  receiver"
+            "up" | "down" => {
+                let words: Vec<&str> = body.split_whitespace().collect();
+                let mbps = words
+                    .iter()
+                    .position(|w| *w == "Mbits/sec")
+                    .and_then(|i| words.get(i.checked_sub(1)?))
+                    .and_then(|v| v.parse().ok());
+                (if kind == "up" { "up" } else { "down" }, mbps)
+            }
+            _ => continue,
+        };
+        if let Some(v) = value {
+            r.samples.push((vmm, round, kind, v));
+        }
+    }
+    r
+}
+
+/// Names of the virtio-net feature bits set in a sysfs `features` string ('0'/'1' per bit,
+/// bit 0 first).
+fn feature_names(bits: &str) -> String {
+    const NAMES: &[(usize, &str)] = &[
+        (0, "CSUM"),
+        (1, "GUEST_CSUM"),
+        (2, "CTRL_GUEST_OFFLOADS"),
+        (3, "MTU"),
+        (5, "MAC"),
+        (6, "GSO"),
+        (7, "GUEST_TSO4"),
+        (8, "GUEST_TSO6"),
+        (9, "GUEST_ECN"),
+        (10, "GUEST_UFO"),
+        (11, "HOST_TSO4"),
+        (12, "HOST_TSO6"),
+        (13, "HOST_ECN"),
+        (14, "HOST_UFO"),
+        (15, "MRG_RXBUF"),
+        (16, "STATUS"),
+        (17, "CTRL_VQ"),
+        (18, "CTRL_RX"),
+        (19, "CTRL_VLAN"),
+        (20, "CTRL_RX_EXTRA"),
+        (21, "GUEST_ANNOUNCE"),
+        (22, "MQ"),
+        (23, "CTRL_MAC_ADDR"),
+        (24, "NOTIFY_ON_EMPTY"),
+        (27, "ANY_LAYOUT"),
+        (28, "INDIRECT_DESC"),
+        (29, "EVENT_IDX"),
+        (32, "VERSION_1"),
+        (33, "ACCESS_PLATFORM"),
+        (34, "RING_PACKED"),
+        (35, "IN_ORDER"),
+        (40, "RING_RESET"),
+    ];
+    bits.bytes()
+        .enumerate()
+        .filter(|(_, b)| *b == b'1')
+        .map(|(i, _)| {
+            NAMES
+                .iter()
+                .find(|(n, _)| *n == i)
+                .map(|(_, name)| name.to_string())
+                .unwrap_or_else(|| format!("bit{i}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn values(samples: &[Sample], vmm: &str, kind: &str) -> Vec<f64> {
+    let mut v: Vec<f64> = samples
+        .iter()
+        .filter(|(m, _, k, _)| m == vmm && *k == kind)
+        .map(|s| s.3)
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> Option<f64> {
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+fn fmt(x: Option<f64>, digits: usize) -> String {
+    x.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn main() {
+    if let Err(e) = bench() {
+        eprintln!("vs_qemu: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench() -> Result<(), String> {
+    let started = Instant::now();
+    let runs: u32 = std::env::var("NETVMM_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3);
+    let images = Images::all().map_err(|e| e.to_string())?;
+    let tmp = TempDir::new();
+
+    let mut files = vec![(
+        PathBuf::from(env!("CARGO_BIN_EXE_netvmm")),
+        "/lab/files/netvmm".to_string(),
+    )];
+    let qemu = qemu_files()?;
+    let carried: u64 = qemu
+        .iter()
+        .filter_map(|(p, _)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    files.extend(qemu.iter().cloned());
+    let pci = pci_initrd(&images, &tmp.0).map_err(|e| {
+        format!(
+            "cannot give the PCI guest virtio_pci (the guest image lacks it, the kernel has CONFIG_VIRTIO_PCI=m): {e}"
+        )
+    })?;
+    files.push((pci, "/lab/qemu/initrd-pci".to_string()));
+
+    let mut run = LabRun::new(SCENARIO);
+    run.files = files;
+    run.env = vec![
+        ("RUNS".into(), runs.to_string()),
+        ("T".into(), IPERF_SECONDS.to_string()),
+    ];
+    let results = tmp.0.join("results");
+    run.outputs = vec![("/tmp/results".into(), results.clone())];
+    run.memory_mib = LAB_MEMORY_MIB;
+    run.timeout = Duration::from_secs(300 + u64::from(runs) * 3 * 200);
+    eprintln!(
+        "vs_qemu: carrying qemu-system-x86_64, {} of its libraries (the rest come with netvmm) and {} firmware files ({:.1} MiB) into the lab",
+        qemu.len() - 1 - QEMU_FIRMWARE.len(),
+        QEMU_FIRMWARE.len(),
+        carried as f64 / (1024.0 * 1024.0)
+    );
+    let status = run.run().map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(&results).unwrap_or_default();
+    let Results {
+        samples,
+        statuses,
+        features,
+    } = parse_results(&text);
+    if status != 0 || samples.is_empty() {
+        eprintln!("vs_qemu: the lab scenario ended with status {status}; results:\n{text}");
+        if samples.is_empty() {
+            return Err("no figures came back from the lab".into());
+        }
+    }
+    let failed: Vec<String> = statuses
+        .iter()
+        .filter(|s| s.2 != 0)
+        .map(|(v, r, s)| format!("{v} round {r}: status {s}"))
+        .collect();
+
+    println!();
+    println!(
+        "iperf3 over a tap, guest -smp 1 -m 512, same kernel and initrd, no vhost; {runs} round(s) of -t {IPERF_SECONDS} each way"
+    );
+    println!("(emulated lab host: absolute figures are emulation-bound; compare the ratios)");
+    println!();
+    println!(
+        "{:<28} {:>22} {:>22} {:>14}",
+        "VMM", "up g->h Mbit/s", "down h->g Mbit/s", "ping avg ms"
+    );
+    println!(
+        "{:<28} {:>22} {:>22} {:>14}",
+        "", "median [min-max]", "median [min-max]", "median"
+    );
+    let cell = |v: &[f64]| {
+        format!(
+            "{} [{}-{}]",
+            fmt(median(v), 0),
+            fmt(v.first().copied(), 0),
+            fmt(v.last().copied(), 0)
+        )
+    };
+    for (key, label) in VMMS {
+        println!(
+            "{label:<28} {:>22} {:>22} {:>14}",
+            cell(&values(&samples, key, "up")),
+            cell(&values(&samples, key, "down")),
+            fmt(median(&values(&samples, key, "rtt")), 3)
+        );
+    }
+    println!();
+    println!(
+        "{:<8} {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "backend", "QEMU machine", "netvmm up", "down", "QEMU up", "down", "ratio up", "down"
+    );
+    let nv = |kind| median(&values(&samples, "netvmm", kind));
+    for (key, label) in &VMMS[1..] {
+        let q = |kind| median(&values(&samples, key, kind));
+        let ratio = |kind| Some(nv(kind)? / q(kind)?);
+        println!(
+            "{:<8} {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "tap",
+            label.trim_start_matches("QEMU "),
+            fmt(nv("up"), 0),
+            fmt(nv("down"), 0),
+            fmt(q("up"), 0),
+            fmt(q("down"), 0),
+            fmt(ratio("up"), 2),
+            fmt(ratio("down"), 2)
+        );
+    }
+    println!("(ratio = netvmm / QEMU; > 1 means netvmm is faster)");
+    println!();
+    println!("virtio-net features the guest negotiated:");
+    for (key, label) in VMMS {
+        if let Some((_, bits)) = features.iter().find(|(v, _)| v == key) {
+            println!("  {label:<28} {}", feature_names(bits));
+        }
+    }
+    if !failed.is_empty() {
+        println!("boots that did not end cleanly: {}", failed.join("; "));
+    }
+    println!("total time {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -34,6 +34,6 @@ mod tests {
         let full = build("console=hvc0");
         assert!(full.ends_with("console=hvc0"));
         assert!(full.starts_with("console=ttyS0"));
-        assert_eq!(build("a\n\tb\r\n"), format!("{DEVICE_ARGS} a   b"));
+        assert_eq!(build("a\n\tb\r\n"), format!("{DEVICE_ARGS} a  b"));
     }
 }

@@ -108,17 +108,26 @@ impl<B: NetBackend> Net<B> {
 
     /// Sends every frame the guest queued. Returns whether the guest needs an interrupt.
     fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        // Rounds that found no chain although the avail index said there was one.
+        let mut idle_rounds = 0;
         loop {
             // A ring the guest corrupted stops this device, not the VMM.
             if q.disable_notification(mem).is_err() {
                 return false;
             }
+            let mut popped = false;
             while let Some(chain) = q.pop_descriptor_chain(mem) {
+                popped = true;
                 let head = chain.head_index();
                 self.tx_iovs.clear();
                 let mut total = 0usize;
                 let mut valid = true;
+                // virtio-queue ends a chain early, silently, when the next descriptor is out
+                // of the table or unreadable, or the chain passes 4 GiB or loops past the
+                // queue size: the last descriptor seen then still has NEXT set.
+                let mut cut_short = false;
                 for desc in chain {
+                    cut_short = desc.has_next();
                     let len = desc.len() as usize;
                     total = total.saturating_add(len);
                     if desc.is_write_only() || total > MAX_FRAME_LEN {
@@ -139,7 +148,7 @@ impl<B: NetBackend> Net<B> {
                         }
                     }
                 }
-                if valid && total >= VNET_HDR_LEN {
+                if valid && !cut_short && total >= VNET_HDR_LEN {
                     // SAFETY: each iovec was built from a guest-memory slice that
                     // `get_slice` bounds-checked; guest memory stays mapped for the VM's
                     // life, so the pointers are valid for reads during this call.
@@ -159,8 +168,16 @@ impl<B: NetBackend> Net<B> {
                 }
             }
             match q.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
+                // More chains arrived meanwhile. If a round finds none although the index
+                // says there are some, the avail ring is broken (index more than a queue
+                // size ahead, unreadable entry): one retry covers a chain published between
+                // the last pop and enable_notification, a second empty round stops.
+                Ok(true) if popped || idle_rounds == 0 => {
+                    if !popped {
+                        idle_rounds += 1;
+                    }
+                }
+                Ok(_) => break,
                 Err(_) => return false,
             }
         }

@@ -1,0 +1,377 @@
+//! The virtio-net device path alone, against the raw fd it sits on: frames/s and Gbit/s of
+//! TX (guest ring -> backend writev) and RX (backend read -> guest buffers) through a real
+//! tap, next to plain writev/read on the same tap fd in the same run. Prints numbers; asserts
+//! nothing. Runs in a private network namespace (no VM, no lab needed).
+//!
+//! `cargo bench -p vmm --bench device_path` (NETVMM_BENCH_SECONDS per figure, default 1).
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use devices::virtio::net::{
+    Net, NetBackend, F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_HOST_TSO4, F_MRG_RXBUF, VNET_HDR_LEN,
+};
+use devices::virtio::{VirtioDevice, Wake, VIRTIO_F_VERSION_1};
+use net::Tap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const QSIZE: u16 = 256;
+const RX_BUF: u32 = 4096;
+const DESC_F_WRITE: u16 = 2;
+const TAP: &str = "nvbench0";
+/// Largest MTU a tap takes (65535 minus its Ethernet header): a 64 KiB frame fits.
+const MTU: usize = 65521;
+const BIG_FRAME: usize = MTU + 14;
+
+/// A split ring laid out by hand in guest memory: descriptor i always points at buffer i.
+struct Ring {
+    desc: u64,
+    avail: u64,
+    used: u64,
+    avail_idx: u16,
+}
+
+impl Ring {
+    fn new(
+        mem: &GuestMemoryMmap,
+        base: u64,
+        buf_base: u64,
+        buf_len: u32,
+        flags: u16,
+    ) -> (Self, Queue) {
+        let desc = base;
+        let avail = desc + 16 * u64::from(QSIZE);
+        let used = (avail + 6 + 2 * u64::from(QSIZE) + 3) & !3;
+        for i in 0..u64::from(QSIZE) {
+            let d = desc + 16 * i;
+            mem.write_obj(buf_base + i * u64::from(buf_len), GuestAddress(d))
+                .unwrap();
+            mem.write_obj(buf_len, GuestAddress(d + 8)).unwrap();
+            mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+            mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
+        }
+        let mut q = Queue::new(QSIZE).unwrap();
+        q.set_size(QSIZE);
+        q.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
+        q.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
+        q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        q.set_ready(true);
+        assert!(q.is_valid(mem));
+        (
+            Ring {
+                desc,
+                avail,
+                used,
+                avail_idx: 0,
+            },
+            q,
+        )
+    }
+
+    /// Refills the ring: every descriptor the device has returned is offered again (each
+    /// descriptor is its own chain, and ring slot s always carries descriptor s % size).
+    fn refill(&mut self, mem: &GuestMemoryMmap, len: u32) -> u16 {
+        let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
+        let outstanding = self.avail_idx.wrapping_sub(used_idx);
+        let n = QSIZE - outstanding;
+        for k in 0..n {
+            let slot = self.avail_idx.wrapping_add(k) % QSIZE;
+            mem.write_obj(slot, GuestAddress(self.avail + 4 + 2 * u64::from(slot))).unwrap();
+            mem.write_obj(len, GuestAddress(self.desc + 16 * u64::from(slot) + 8)).unwrap();
+        }
+        self.avail_idx = self.avail_idx.wrapping_add(n);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
+        n
+    }
+}
+
+/// Ethernet frame of `len` bytes (after the vnet header) to a MAC that is not the host's,
+/// so the host stack drops it early on both paths alike.
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN + len];
+    let eth = &mut f[VNET_HDR_LEN..];
+    eth[..6].copy_from_slice(&[0x52, 0x54, 0, 0xee, 0xee, 0xee]);
+    eth[6..12].copy_from_slice(&[0x52, 0x54, 0, 0x11, 0x11, 0x11]);
+    eth[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    f
+}
+
+struct Figure {
+    frames: u64,
+    bytes: u64,
+    elapsed: Duration,
+    /// Frames the tap refused (its backlog was full): not counted in `frames`.
+    refused: u64,
+}
+
+impl Figure {
+    fn fps(&self) -> f64 {
+        self.frames as f64 / self.elapsed.as_secs_f64()
+    }
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e9
+    }
+}
+
+fn budget() -> Duration {
+    let s = std::env::var("NETVMM_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(s)
+}
+
+fn tx_device(tap: Tap, len: usize) -> Figure {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
+    let stride = (VNET_HDR_LEN + len).next_multiple_of(4096) as u64;
+    let bufs = 1 << 20;
+    let f = frame(len);
+    for i in 0..u64::from(QSIZE) {
+        mem.write_slice(&f, GuestAddress(bufs + i * stride))
+            .unwrap();
+    }
+    let (_rxr, rxq) = Ring::new(&mem, 0x1000, 0x10_0000, RX_BUF, DESC_F_WRITE);
+    let (mut txr, txq) = Ring::new(&mem, 0x8000, bufs, f.len() as u32, 0);
+    let mut net = Net::new(tap, [0x52, 0x54, 0, 0x11, 0x11, 0x11]);
+    net.activate(VIRTIO_F_VERSION_1 | F_CSUM | F_HOST_TSO4)
+        .unwrap();
+    let mut queues = [rxq, txq];
+    let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
+    while elapsed < budget() {
+        txr.refill(&mem, f.len() as u32);
+        let t = Instant::now();
+        net.process(Wake::Queue(1), &mut queues, &mem);
+        elapsed += t.elapsed();
+        frames += u64::from(QSIZE);
+    }
+    let st = net.stats();
+    assert_eq!(
+        st.tx_frames + st.tx_backend_errors,
+        frames,
+        "every frame was offered to the tap: {st:?}"
+    );
+    Figure {
+        frames: st.tx_frames,
+        bytes: st.tx_frames * len as u64,
+        elapsed,
+        refused: st.tx_backend_errors,
+    }
+}
+
+fn tx_raw(tap: &mut Tap, len: usize) -> Figure {
+    let f = frame(len);
+    let iov = [libc::iovec {
+        iov_base: f.as_ptr() as *mut libc::c_void,
+        iov_len: f.len(),
+    }];
+    let (mut frames, mut refused, mut elapsed) = (0u64, 0u64, Duration::ZERO);
+    let mut last_err = None;
+    while elapsed < budget() {
+        let t = Instant::now();
+        for _ in 0..QSIZE {
+            // SAFETY: `f` is alive and readable for its length.
+            match unsafe { tap.send(&iov) } {
+                Ok(_) => frames += 1,
+                Err(e) => {
+                    refused += 1;
+                    last_err = Some(e);
+                }
+            }
+        }
+        elapsed += t.elapsed();
+    }
+    if let Some(e) = last_err {
+        eprintln!("(raw TX: the tap refused {refused} frames, last error: {e})");
+    }
+    Figure {
+        frames,
+        bytes: frames * len as u64,
+        elapsed,
+        refused,
+    }
+}
+
+/// Sends `count` frames of `len` bytes out of the tap interface (so they queue on its fd)
+/// through a packet socket bound to it.
+struct Injector {
+    fd: i32,
+    addr: libc::sockaddr_ll,
+    frame: Vec<u8>,
+}
+
+impl Injector {
+    fn new(ifindex: u32, len: usize) -> Self {
+        // SAFETY: plain socket(2); checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: sockaddr_ll is plain data.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        let f = frame(len);
+        Injector {
+            fd,
+            addr,
+            frame: f[VNET_HDR_LEN..].to_vec(),
+        }
+    }
+
+    fn inject(&self, count: usize) {
+        for _ in 0..count {
+            // SAFETY: frame and address are valid for the call.
+            let n = unsafe {
+                libc::sendto(
+                    self.fd,
+                    self.frame.as_ptr().cast(),
+                    self.frame.len(),
+                    0,
+                    &self.addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert!(n > 0, "inject: {}", std::io::Error::last_os_error());
+        }
+    }
+}
+
+fn frames_per_round(len: usize) -> usize {
+    let per_frame = (VNET_HDR_LEN + len).div_ceil(RX_BUF as usize);
+    (usize::from(QSIZE) / per_frame).min(200)
+}
+
+fn rx_device(tap: Tap, ifindex: u32, len: usize) -> Figure {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    let (mut rxr, rxq) = Ring::new(&mem, 0x1000, 0x10_0000, RX_BUF, DESC_F_WRITE);
+    let (_txr, txq) = Ring::new(&mem, 0x8000, 0x20_0000, 2048, 0);
+    let mut net = Net::new(tap, [0x52, 0x54, 0, 0x11, 0x11, 0x11]);
+    net.activate(VIRTIO_F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4)
+        .unwrap();
+    let mut queues = [rxq, txq];
+    let inj = Injector::new(ifindex, len);
+    let per_round = frames_per_round(len);
+    let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
+    while elapsed < budget() {
+        rxr.refill(&mem, RX_BUF);
+        inj.inject(per_round);
+        let before = net.stats().rx_frames;
+        let t = Instant::now();
+        net.process(Wake::Backend, &mut queues, &mem);
+        elapsed += t.elapsed();
+        frames += net.stats().rx_frames - before;
+        // Anything the ring could not take this round is read and thrown away, so that the
+        // next round starts from an empty tap queue.
+        let mut sink = vec![0u8; VNET_HDR_LEN + MTU + 14];
+        while net.backend().as_raw_fd() >= 0 {
+            // SAFETY: sink is writable for its length.
+            let n = unsafe {
+                libc::read(
+                    net.backend().as_raw_fd(),
+                    sink.as_mut_ptr().cast(),
+                    sink.len(),
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+        }
+        // The device now holds back the first frame it could not place; a fresh ring next
+        // round takes it.
+    }
+    Figure {
+        frames,
+        bytes: frames * len as u64,
+        elapsed,
+        refused: 0,
+    }
+}
+
+fn rx_raw(tap: &mut Tap, ifindex: u32, len: usize) -> Figure {
+    let inj = Injector::new(ifindex, len);
+    let per_round = frames_per_round(len);
+    let mut buf = vec![0u8; VNET_HDR_LEN + MTU + 14];
+    let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
+    while elapsed < budget() {
+        inj.inject(per_round);
+        let t = Instant::now();
+        loop {
+            match tap.recv(&mut buf) {
+                Ok(_) => frames += 1,
+                Err(_) => break,
+            }
+        }
+        elapsed += t.elapsed();
+    }
+    Figure {
+        frames,
+        bytes: frames * len as u64,
+        elapsed,
+        refused: 0,
+    }
+}
+
+fn set_mtu(name: &str, mtu: usize) {
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    let mut req = net::iface::ifreq_for(name).unwrap();
+    req.ifr_ifru.ifru_mtu = mtu as i32;
+    // SAFETY: valid socket and ifreq for SIOCSIFMTU.
+    let rc = unsafe { libc::ioctl(sock, libc::SIOCSIFMTU as _, &mut req as *mut libc::ifreq) };
+    assert_eq!(rc, 0, "set MTU: {}", std::io::Error::last_os_error());
+    // SAFETY: closing our socket.
+    unsafe { libc::close(sock) };
+}
+
+fn main() {
+    let result = net::iface::in_new_netns(|| {
+        let cidr = "198.51.100.1/24".parse().unwrap();
+        let mut tap = Tap::open(Some(TAP), Some(cidr)).expect("create the bench tap");
+        tap.set_vnet_hdr_len(VNET_HDR_LEN).unwrap();
+        set_mtu(TAP, MTU);
+        let ifindex = net::iface::index_of(TAP).unwrap();
+        println!(
+            "virtio-net device path vs raw readv/writev on the same tap fd ({TAP}, own netns)"
+        );
+        println!(
+            "{:<6} {:<10} {:>12} {:>9} {:>12} {:>9} {:>7} {:>9}",
+            "dir", "frame", "device f/s", "Gbit/s", "raw f/s", "Gbit/s", "ratio", "refused"
+        );
+        for (label, len) in [("64 B", 64usize), ("1500 B", 1500), ("64 KiB", BIG_FRAME)] {
+            for dir in ["TX", "RX"] {
+                // A second fd on the same tap (IFF_MULTI_QUEUE is not needed: the device's
+                // own Tap is the one fd, raw uses it after the device is done).
+                let (dev, raw) = if dir == "TX" {
+                    let d = tx_device(Tap::from_fd(dup(&tap)).unwrap(), len);
+                    (d, tx_raw(&mut tap, len))
+                } else {
+                    let d = rx_device(Tap::from_fd(dup(&tap)).unwrap(), ifindex, len);
+                    (d, rx_raw(&mut tap, ifindex, len))
+                };
+                println!(
+                    "{dir:<6} {label:<10} {:>12.0} {:>9.2} {:>12.0} {:>9.2} {:>7.2} {:>4}/{:<4}",
+                    dev.fps(),
+                    dev.gbps(),
+                    raw.fps(),
+                    raw.gbps(),
+                    dev.fps() / raw.fps(),
+                    dev.refused,
+                    raw.refused
+                );
+            }
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("device_path benchmark needs a network namespace and /dev/net/tun: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn dup(tap: &Tap) -> i32 {
+    // SAFETY: duplicating a descriptor we own; the copy is handed to Tap::from_fd.
+    unsafe { libc::dup(tap.as_raw_fd()) }
+}

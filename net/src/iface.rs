@@ -102,9 +102,7 @@ pub fn is_up(name: &str) -> io::Result<bool> {
 /// Runs `f` on a new thread inside a new, empty network namespace of its own (only that
 /// thread moves), for tests that must not touch the host's interfaces. `Err` only when the
 /// namespace cannot be made; a panic inside `f` is re-raised here, so tests fail loudly.
-pub fn in_new_netns<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
+pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     let joined = std::thread::spawn(move || {
         // SAFETY: unshare only changes the calling thread's namespaces.
         if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {

@@ -208,6 +208,21 @@ impl NetBackend for Tap {
         Ok(n as usize)
     }
 
+    unsafe fn recv_iovecs(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        // SAFETY: the caller guarantees every iovec is writable for its length.
+        let n = unsafe {
+            libc::readv(
+                self.fd.as_raw_fd(),
+                iovs.as_ptr(),
+                iovs.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     unsafe fn send(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
         // SAFETY: the caller guarantees every iovec is readable for its length.
         let n = unsafe {

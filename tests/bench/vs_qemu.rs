@@ -564,6 +564,29 @@ fn bench() -> Result<(), String> {
     }
     println!("(ratio = netvmm / QEMU; > 1 means netvmm is faster)");
     println!();
+    println!("per round, up/down Mbit/s, in boot order (drift shows as a trend down a column):");
+    print!("{:<6}", "round");
+    for (_, label) in VMMS {
+        print!(" {label:>28}");
+    }
+    println!();
+    for round in 1..=runs {
+        print!("{round:<6}");
+        for (key, _) in VMMS {
+            let get = |kind| {
+                samples
+                    .iter()
+                    .find(|(v, r, k, _)| v == key && *r == round && *k == kind)
+                    .map(|s| s.3)
+            };
+            print!(
+                " {:>28}",
+                format!("{}/{}", fmt(get("up"), 0), fmt(get("down"), 0))
+            );
+        }
+        println!();
+    }
+    println!();
     println!("virtio-net features the guest negotiated:");
     for (key, label) in VMMS {
         if let Some((_, bits)) = features.iter().find(|(v, _)| v == key) {

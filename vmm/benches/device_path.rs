@@ -77,12 +77,15 @@ impl Ring {
         let n = QSIZE - outstanding;
         for k in 0..n {
             let slot = self.avail_idx.wrapping_add(k) % QSIZE;
-            mem.write_obj(slot, GuestAddress(self.avail + 4 + 2 * u64::from(slot))).unwrap();
-            mem.write_obj(len, GuestAddress(self.desc + 16 * u64::from(slot) + 8)).unwrap();
+            mem.write_obj(slot, GuestAddress(self.avail + 4 + 2 * u64::from(slot)))
+                .unwrap();
+            mem.write_obj(len, GuestAddress(self.desc + 16 * u64::from(slot) + 8))
+                .unwrap();
         }
         self.avail_idx = self.avail_idx.wrapping_add(n);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2)).unwrap();
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
         n
     }
 }
@@ -161,18 +164,24 @@ fn tx_device(tap: Tap, len: usize) -> Figure {
 }
 
 fn tx_raw(tap: &mut Tap, len: usize) -> Figure {
-    let f = frame(len);
-    let iov = [libc::iovec {
-        iov_base: f.as_ptr() as *mut libc::c_void,
-        iov_len: f.len(),
-    }];
+    // As many distinct buffers as the ring has, like the guest's: the same cache footprint.
+    let bufs: Vec<Vec<u8>> = (0..QSIZE).map(|_| frame(len)).collect();
+    let iovs: Vec<[libc::iovec; 1]> = bufs
+        .iter()
+        .map(|f| {
+            [libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: f.len(),
+            }]
+        })
+        .collect();
     let (mut frames, mut refused, mut elapsed) = (0u64, 0u64, Duration::ZERO);
     let mut last_err = None;
     while elapsed < budget() {
         let t = Instant::now();
-        for _ in 0..QSIZE {
-            // SAFETY: `f` is alive and readable for its length.
-            match unsafe { tap.send(&iov) } {
+        for iov in &iovs {
+            // SAFETY: the buffers in `bufs` are alive and readable for their length.
+            match unsafe { tap.send(iov) } {
                 Ok(_) => frames += 1,
                 Err(e) => {
                     refused += 1;
@@ -295,13 +304,16 @@ fn rx_device(tap: Tap, ifindex: u32, len: usize) -> Figure {
 fn rx_raw(tap: &mut Tap, ifindex: u32, len: usize) -> Figure {
     let inj = Injector::new(ifindex, len);
     let per_round = frames_per_round(len);
-    let mut buf = vec![0u8; VNET_HDR_LEN + MTU + 14];
+    // One buffer per frame of a round, like the guest's ring.
+    let mut bufs: Vec<Vec<u8>> = (0..per_round)
+        .map(|_| vec![0u8; VNET_HDR_LEN + MTU + 14])
+        .collect();
     let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
     while elapsed < budget() {
         inj.inject(per_round);
         let t = Instant::now();
-        loop {
-            match tap.recv(&mut buf) {
+        for buf in bufs.iter_mut() {
+            match tap.recv(buf) {
                 Ok(_) => frames += 1,
                 Err(_) => break,
             }

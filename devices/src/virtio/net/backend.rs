@@ -18,6 +18,31 @@ pub trait NetBackend: AsRawFd + Send {
     /// Reads one frame with its header into `buf`; `WouldBlock` when none is waiting.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Reads one frame with its header, scattered into `iovs`; `WouldBlock` when none waits.
+    /// The default reads into a bounce buffer and copies; backends with a real readv
+    /// (taps) override it to skip the copy.
+    ///
+    /// # Safety
+    /// Every iovec must point at memory that is valid for writes of its length for the
+    /// whole call and not aliased by any Rust reference.
+    unsafe fn recv_iovecs(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let total: usize = iovs.iter().map(|v| v.iov_len).sum();
+        let mut buf = vec![0u8; total];
+        let n = self.recv(&mut buf)?;
+        let mut left = &buf[..n];
+        for v in iovs {
+            if left.is_empty() {
+                break;
+            }
+            let k = left.len().min(v.iov_len);
+            // SAFETY: the caller guarantees `v` is writable for `iov_len` >= k bytes, and
+            // `left` is a separate heap buffer.
+            unsafe { std::ptr::copy_nonoverlapping(left.as_ptr(), v.iov_base.cast::<u8>(), k) };
+            left = &left[k..];
+        }
+        Ok(n)
+    }
+
     /// Writes one frame with its header, gathered from `iovs`.
     ///
     /// # Safety

@@ -3,6 +3,7 @@
 
 pub mod backend;
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 
@@ -44,6 +45,8 @@ pub const VNET_HDR_LEN: usize = 12;
 const NUM_BUFFERS_OFFSET: u64 = 10;
 /// Largest frame either way: a 64 KiB TSO frame, its Ethernet header and the vnet header.
 pub const MAX_FRAME_LEN: usize = 65550 + VNET_HDR_LEN;
+/// readv/writev take at most this many iovecs (UIO_MAXIOV).
+const MAX_IOVECS: usize = 1024;
 /// Queue size offered for both queues.
 pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
@@ -72,12 +75,16 @@ pub struct Net<B: NetBackend> {
     rx_buf: Vec<u8>,
     rx_pending: usize,
     rx_used: Vec<(u16, u32)>,
+    win_chains: VecDeque<WindowChain>,
+    win_iovs: VecDeque<libc::iovec>,
+    win_capacity: usize,
     tx_iovs: Vec<libc::iovec>,
     stats: NetStats,
 }
 
-// SAFETY: the raw pointers in `tx_iovs` are only meaningful during one TX frame on the
-// thread that built them; between frames the vector is cleared and never dereferenced.
+// SAFETY: the raw pointers in `tx_iovs` and `win_iovs` point into guest memory, which stays
+// mapped for the VM's life; they are only dereferenced (by the kernel, in readv/writev) on the
+// thread that holds the device, and the window is emptied at the end of every RX pass.
 unsafe impl<B: NetBackend> Send for Net<B> {}
 
 impl<B: NetBackend> Net<B> {
@@ -89,6 +96,9 @@ impl<B: NetBackend> Net<B> {
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
             rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            win_chains: VecDeque::with_capacity(usize::from(QUEUE_SIZE)),
+            win_iovs: VecDeque::with_capacity(usize::from(QUEUE_SIZE)),
+            win_capacity: 0,
             tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             stats: NetStats::default(),
         }
@@ -261,10 +271,142 @@ impl<B: NetBackend> Net<B> {
         Ok(true)
     }
 
+    /// Gives every chain held in the receive window back to the ring. They are always the
+    /// last ones popped, so stepping the ring back returns exactly them.
+    fn release_window(&mut self, q: &mut Queue) {
+        for _ in 0..self.win_chains.len() {
+            q.go_to_previous_position();
+        }
+        self.win_chains.clear();
+        self.win_iovs.clear();
+        self.win_capacity = 0;
+    }
+
+    /// Reads the next frame straight into the guest's mergeable buffers (no bounce copy).
+    ///
+    /// The device holds a window of popped chains big enough for the largest frame; a frame
+    /// uses the first chains of the window and the rest wait for the next frame. When the
+    /// ring cannot fill the window, the caller releases it and falls back to the bounce
+    /// buffer, which can wait for buffers frame by frame.
+    fn rx_direct(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Direct {
+        while self.win_capacity < MAX_FRAME_LEN {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                return Direct::NotEnoughBuffers;
+            };
+            let head = chain.head_index();
+            let before = self.win_iovs.len();
+            let mut capacity = 0u32;
+            let mut first = None;
+            let mut usable = true;
+            let mut cut_short = false;
+            for desc in chain {
+                cut_short = desc.has_next();
+                let len = desc.len() as usize;
+                if !desc.is_write_only() || (first.is_none() && len < VNET_HDR_LEN) {
+                    usable = false;
+                    break;
+                }
+                if len == 0 {
+                    continue;
+                }
+                match mem.get_slice(desc.addr(), len) {
+                    Ok(slice) => self.win_iovs.push_back(libc::iovec {
+                        iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                        iov_len: len,
+                    }),
+                    Err(_) => {
+                        usable = false;
+                        break;
+                    }
+                }
+                first.get_or_insert(desc.addr());
+                capacity = capacity.saturating_add(len as u32);
+            }
+            let Some(first) = first.filter(|_| usable && !cut_short) else {
+                // An odd chain goes back; the bounce path drops exactly the frame it gets.
+                self.win_iovs.truncate(before);
+                q.go_to_previous_position();
+                return Direct::NotEnoughBuffers;
+            };
+            self.win_chains.push_back(WindowChain {
+                head,
+                capacity,
+                iovs: self.win_iovs.len() - before,
+                first,
+            });
+            self.win_capacity += capacity as usize;
+            if self.win_chains.len() >= usize::from(q.size()) || self.win_iovs.len() > MAX_IOVECS {
+                return Direct::NotEnoughBuffers;
+            }
+        }
+        let iovs = self.win_iovs.make_contiguous();
+        // SAFETY: every iovec comes from a guest-memory slice that `get_slice` bounds-checked
+        // for a device-writable descriptor; guest memory stays mapped for the VM's life and
+        // no Rust reference points into it during the call.
+        let n = match unsafe { self.backend.recv_iovecs(iovs) } {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Direct::Drained,
+            // Anything else is retried through the bounce path, which counts it.
+            Err(_) => return Direct::NotEnoughBuffers,
+        };
+        if n < VNET_HDR_LEN {
+            // A runt: the buffers it touched are reused for the next frame.
+            self.stats.rx_dropped += 1;
+            return Direct::Delivered;
+        }
+        // num_buffers must be in place before the first used entry is published.
+        let mut used = 0usize;
+        let mut covered = 0usize;
+        for c in &self.win_chains {
+            if covered >= n {
+                break;
+            }
+            covered += c.capacity as usize;
+            used += 1;
+        }
+        if let Some(c) = self.win_chains.front() {
+            let _ = mem.write_obj(
+                (used as u16).to_le(),
+                c.first.unchecked_add(NUM_BUFFERS_OFFSET),
+            );
+        }
+        let mut remaining = n;
+        for _ in 0..used {
+            let Some(c) = self.win_chains.pop_front() else {
+                break;
+            };
+            let len = remaining.min(c.capacity as usize);
+            remaining -= len;
+            self.win_capacity -= c.capacity as usize;
+            self.win_iovs.drain(..c.iovs);
+            if q.add_used(mem, c.head, len as u32).is_err() {
+                return Direct::Broken;
+            }
+        }
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += (n - VNET_HDR_LEN) as u64;
+        Direct::Delivered
+    }
+
     /// Moves frames from the backend into the guest until either runs dry.
     fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut delivered = false;
+        let mergeable = self.acked & F_MRG_RXBUF != 0;
         loop {
+            if self.rx_pending == 0 && mergeable {
+                match self.rx_direct(q, mem) {
+                    Direct::Delivered => {
+                        delivered = true;
+                        continue;
+                    }
+                    Direct::Drained => break,
+                    Direct::Broken => {
+                        self.release_window(q);
+                        return false;
+                    }
+                    Direct::NotEnoughBuffers => self.release_window(q),
+                }
+            }
             if self.rx_pending == 0 {
                 match self.backend.recv(&mut self.rx_buf) {
                     Ok(n) if n >= VNET_HDR_LEN => self.rx_pending = n,
@@ -291,8 +433,31 @@ impl<B: NetBackend> Net<B> {
                 Err(()) => return false,
             }
         }
+        self.release_window(q);
         delivered && q.needs_notification(mem).unwrap_or(false)
     }
+}
+
+/// A chain popped into the receive window and not used yet.
+struct WindowChain {
+    head: u16,
+    capacity: u32,
+    /// How many of the window's iovecs belong to this chain.
+    iovs: usize,
+    /// Its first descriptor, where the vnet header (and num_buffers) goes.
+    first: GuestAddress,
+}
+
+/// What one zero-copy receive attempt came to.
+enum Direct {
+    /// A frame (or a runt, dropped) was consumed from the backend.
+    Delivered,
+    /// The backend has nothing more.
+    Drained,
+    /// Too few posted buffers (or odd ones) for the largest frame: use the bounce buffer.
+    NotEnoughBuffers,
+    /// The used ring cannot be written.
+    Broken,
 }
 
 /// Asks the driver to notify us when it adds buffers beyond those already in the ring,
@@ -365,6 +530,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.acked = 0;
         self.rx_pending = 0;
         self.rx_used.clear();
+        self.win_chains.clear();
+        self.win_iovs.clear();
+        self.win_capacity = 0;
         self.tx_iovs.clear();
     }
 

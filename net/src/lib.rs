@@ -11,3 +11,6 @@ pub mod tap;
 pub use mac::MacAddr;
 pub use spec::{BackendSpec, NetSpec, SpecError};
 pub use tap::{Tap, TapError};
+
+#[cfg(test)]
+mod kernel_semantics_tests;

@@ -24,6 +24,8 @@ pub enum Command {
     Run(RunArgs),
     /// Report what this host offers: KVM kind, tun, modules, privileges, lab tools.
     Doctor,
+    /// Remove interfaces (macvtaps, shims) left behind by netvmm processes that are gone.
+    Cleanup,
     /// Build (once) and show the guest image: a Debian kernel and a busybox+iperf3 initramfs.
     Image(ImageArgs),
     /// Run in the emulated lab host (QEMU TCG with nested KVM), for hosts whose KVM cannot
@@ -60,8 +62,9 @@ pub struct RunArgs {
     /// Stop the VM after this many seconds and exit with status 124.
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
-    /// A guest NIC (repeat for eth1, eth2, ...):
-    /// tap[=NAME][,host-ip=ADDR/PREFIX][,mac=MAC] or fd=N[,mac=MAC].
+    /// A guest NIC (repeat for eth1, eth2, ...): tap[=NAME][,host-ip=ADDR/PREFIX][,mac=MAC],
+    /// fd=N[,mac=MAC], bridge=BR[,tap=NAME][,mac=MAC] or
+    /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,mac=MAC].
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
 }

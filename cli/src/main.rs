@@ -49,6 +49,16 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
             Ok(outcome.exit_code())
         }
         Command::Doctor => Ok(doctor::run()),
+        Command::Cleanup => {
+            let removed = net::owned::cleanup_stale()?;
+            if removed.is_empty() {
+                println!("nothing left behind by netvmm");
+            }
+            for name in removed {
+                println!("removed {name}");
+            }
+            Ok(0)
+        }
         Command::Image(a) => lab_cmd::image(a),
         Command::Lab(a) => lab_cmd::lab(a),
     }

@@ -2,9 +2,12 @@
 //! belongs to. Nothing here knows about virtqueues or descriptors; the device side only
 //! sees [`devices::virtio::net::NetBackend`].
 
+pub mod backends;
+pub mod bridge_watch;
 pub mod iface;
 pub mod mac;
 pub mod netlink;
+pub mod owned;
 pub mod spec;
 pub mod tap;
 

@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use crate::mac::{MacAddr, MacError};
+use crate::netlink::MacvtapMode;
 
 /// Linux interface names hold at most 15 bytes (IFNAMSIZ minus the NUL).
 pub const IFNAME_MAX: usize = 15;
@@ -56,6 +57,10 @@ pub enum BackendSpec {
     },
     /// An already open tap or macvtap fd, inherited from the parent process.
     Fd(i32),
+    /// A tap (created, or `tap` when given) enslaved to the existing bridge `bridge`.
+    Bridge { bridge: String, tap: Option<String> },
+    /// A macvtap that netvmm creates on `parent` in `mode`.
+    Macvtap { parent: String, mode: MacvtapMode },
 }
 
 /// One guest NIC.
@@ -155,7 +160,7 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
     }
 }
 
-const KNOWN_KEYS: &str = "tap, fd, host-ip, mac";
+const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, mac, mode";
 
 fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -214,6 +219,23 @@ impl FromStr for NetSpec {
                     host_ip: None,
                 }
             }
+            "bridge" | "macvtap" => {
+                let v = kind_value
+                    .clone()
+                    .ok_or_else(|| bad(kind, "", "needs an interface name".into()))?;
+                check_ifname(&v).map_err(|r| bad(kind, &v, r))?;
+                if kind == "bridge" {
+                    BackendSpec::Bridge {
+                        bridge: v,
+                        tap: None,
+                    }
+                } else {
+                    BackendSpec::Macvtap {
+                        parent: v,
+                        mode: MacvtapMode::Bridge,
+                    }
+                }
+            }
             "fd" => {
                 let v = kind_value.as_deref().unwrap_or("");
                 let fd = v
@@ -225,7 +247,7 @@ impl FromStr for NetSpec {
             }
             other if KNOWN_KEYS.split(", ").any(|k| k == other) => {
                 return Err(syntax(format!(
-                    "it must start with the backend (tap or fd=N), not '{other}'"
+                    "it must start with the backend (tap, fd=N, bridge=BR or macvtap=PARENT), not '{other}'"
                 )))
             }
             other => {
@@ -253,17 +275,33 @@ impl FromStr for NetSpec {
                     let cidr: Ipv4Cidr = v.parse().map_err(|r| bad(key, &v, r))?;
                     match &mut backend {
                         BackendSpec::Tap { host_ip, .. } => *host_ip = Some(cidr),
-                        BackendSpec::Fd(_) => {
+                        _ => {
                             return Err(bad(
                                 key,
                                 &v,
-                                "only a tap that netvmm opens by name can be given an address"
+                                "only a plain tap backend takes a host address (for a bridge, \
+                                 the host's address belongs on the bridge)"
                                     .into(),
                             ))
                         }
                     }
                 }
-                "tap" | "fd" => {
+                "mode" => {
+                    let v = value_of()?;
+                    let m: MacvtapMode = v.parse().map_err(|r| bad(key, &v, r))?;
+                    match &mut backend {
+                        BackendSpec::Macvtap { mode, .. } => *mode = m,
+                        _ => return Err(bad(key, &v, "only a macvtap backend has a mode".into())),
+                    }
+                }
+                "tap" if matches!(backend, BackendSpec::Bridge { .. }) => {
+                    let v = value_of()?;
+                    check_ifname(&v).map_err(|r| bad(key, &v, r))?;
+                    if let BackendSpec::Bridge { tap, .. } = &mut backend {
+                        *tap = Some(v);
+                    }
+                }
+                "tap" | "fd" | "bridge" | "macvtap" => {
                     return Err(syntax(format!(
                         "'{key}' names a backend and must come first, once"
                     )))
@@ -377,5 +415,67 @@ mod tests {
         assert!(e.contains("33"), "{e}");
         let e = "tap=a/b".parse::<NetSpec>().unwrap_err().to_string();
         assert!(e.contains("not a valid interface name"), "{e}");
+        let e = "macvtap=eth1,mode=loud"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'loud' is not a macvtap mode") && e.contains("passthru"),
+            "{e}"
+        );
+        let e = "tap,mode=vepa".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("only a macvtap backend has a mode"), "{e}");
+        let e = "bridge=br0,host-ip=192.0.2.1/24"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("address belongs on the bridge"), "{e}");
+        let e = "bridge".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("needs an interface name"), "{e}");
+        let e = "macvtap=eth1,tap=x"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must come first"), "{e}");
+    }
+
+    #[test]
+    fn bridge_and_macvtap_forms() {
+        let s: NetSpec = "bridge=br0".parse().unwrap();
+        assert_eq!(
+            s.backend,
+            BackendSpec::Bridge {
+                bridge: "br0".into(),
+                tap: None
+            }
+        );
+        let s: NetSpec = "bridge=br0,tap=vnet7,mac=52:54:00:00:00:07"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.backend,
+            BackendSpec::Bridge {
+                bridge: "br0".into(),
+                tap: Some("vnet7".into())
+            }
+        );
+        let s: NetSpec = "macvtap=eth1".parse().unwrap();
+        assert_eq!(
+            s.backend,
+            BackendSpec::Macvtap {
+                parent: "eth1".into(),
+                mode: MacvtapMode::Bridge
+            }
+        );
+        for m in MacvtapMode::ALL {
+            let s: NetSpec = format!("macvtap=eth1,mode={m}").parse().unwrap();
+            assert_eq!(
+                s.backend,
+                BackendSpec::Macvtap {
+                    parent: "eth1".into(),
+                    mode: m
+                }
+            );
+        }
     }
 }

@@ -128,6 +128,17 @@ impl Tap {
 
     /// Takes over an inherited fd that must be a tap or macvtap opened with IFF_VNET_HDR.
     pub fn from_fd(fd: RawFd) -> Result<Self, TapError> {
+        let name = Self::check(fd)?;
+        Ok(Tap {
+            // SAFETY: the caller handed us this inherited descriptor to own from now on.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            name,
+            created: false,
+        })
+    }
+
+    /// Checks that `fd` is a tap with IFF_VNET_HDR, makes it non-blocking, returns its name.
+    fn check(fd: RawFd) -> Result<String, TapError> {
         // SAFETY: F_GETFD only checks that the descriptor is open.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(TapError::NotATap {
@@ -159,10 +170,16 @@ impl Tap {
             fd,
             reason: e.to_string(),
         })?;
+        Ok(name_from(&req))
+    }
+
+    /// Like [`Tap::from_fd`], for a descriptor this process opened itself (a macvtap's
+    /// /dev/tapN): closed again if it is not a usable tap.
+    pub fn from_owned_fd(fd: OwnedFd) -> Result<Self, TapError> {
+        let name = Self::check(fd.as_raw_fd())?;
         Ok(Tap {
-            // SAFETY: the caller handed us this inherited descriptor to own from now on.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            name: name_from(&req),
+            fd,
+            name,
             created: false,
         })
     }

@@ -9,8 +9,9 @@ use devices::virtio::mmio::{MmioEvents, MmioTransport, TransportError, QUEUE_NOT
 use devices::virtio::net::Net;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use net::spec::BackendSpec;
-use net::{MacAddr, NetSpec, Tap, TapError};
+use net::backends::{self, BackendError, Opened};
+use net::owned::OwnedLink;
+use net::{MacAddr, NetSpec};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -20,7 +21,7 @@ use crate::layout::{IOAPIC_PINS, MMIO_DEVICES_START, MMIO_DEVICE_SIZE, VIRTIO_GS
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
     #[error("eth{index}: {source}")]
-    Backend { index: usize, source: TapError },
+    Backend { index: usize, source: BackendError },
     #[error("too many --net options: at most {max} NICs fit the interrupt lines")]
     TooMany { max: usize },
     #[error("eth{index}: cannot {what}: {source}")]
@@ -47,47 +48,56 @@ pub enum NicError {
 #[derive(Debug, Clone)]
 pub struct NicInfo {
     pub guest_name: String,
-    pub host_name: String,
-    pub created: bool,
     pub mac: MacAddr,
+    /// The host side, e.g. "tap nvtap0 on bridge br0 (...)".
+    pub host: String,
 }
 
 impl std::fmt::Display for NicInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} (mac {}) <-> tap {}{}",
-            self.guest_name,
-            self.mac,
-            self.host_name,
-            if self.created {
-                " (created, removed at exit)"
-            } else {
-                " (existing, left as found)"
-            }
+            "{} (mac {}) <-> {}",
+            self.guest_name, self.mac, self.host
         )
     }
 }
 
+/// What must be undone when the VM ends: created interfaces deleted, given taps released
+/// from the bridge netvmm put them on. Dropping it does that.
+#[derive(Debug, Default)]
+pub struct HostCleanup {
+    owned: Vec<OwnedLink>,
+    released: Vec<backends::ReleasePort>,
+}
+
 pub type NetEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
 
-/// The built NICs: their ACPI descriptions, what to tell the user, and the event loop
-/// that will run their queues.
+/// The built NICs: their ACPI descriptions, what to tell the user, the event loop that
+/// will run their queues, and what to undo at the end.
 #[derive(Default)]
 pub struct Nics {
     pub slots: Vec<VirtioMmioSlot>,
     pub infos: Vec<NicInfo>,
     pub events: Option<NetEventManager>,
+    pub cleanup: HostCleanup,
+    pub bridge_ports: Vec<net::bridge_watch::Port>,
 }
 
 /// The most NICs: one GSI each, from VIRTIO_GSI_START to the last IOAPIC pin.
 pub const MAX_NICS: usize = (IOAPIC_PINS - VIRTIO_GSI_START) as usize;
 
-fn open_backend(spec: &NetSpec) -> Result<Tap, TapError> {
-    match &spec.backend {
-        BackendSpec::Tap { name, host_ip } => Tap::open(name.as_deref(), *host_ip),
-        BackendSpec::Fd(fd) => Tap::from_fd(*fd),
+/// One line about interfaces that netvmm processes which are gone left behind, if any.
+pub fn stale_warning() -> Option<String> {
+    let stale = net::owned::stale_links().ok()?;
+    if stale.is_empty() {
+        return None;
     }
+    let names: Vec<String> = stale.into_iter().map(|l| l.name).collect();
+    Some(format!(
+        "warning: interfaces left by netvmm processes that are gone: {} (remove them with `netvmm cleanup`)",
+        names.join(", ")
+    ))
 }
 
 /// Builds every NIC. Backends are opened first, so that a bad `--net` fails before KVM
@@ -104,26 +114,37 @@ pub fn build(
     if specs.len() > MAX_NICS {
         return Err(NicError::TooMany { max: MAX_NICS });
     }
-    let taps = specs
-        .iter()
-        .enumerate()
-        .map(|(index, s)| open_backend(s).map_err(|source| NicError::Backend { index, source }))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Every backend is opened before anything else: the guards of those already open undo
+    // them if a later one fails.
+    let mut nics = Nics::default();
+    let mut opened = Vec::new();
+    for (index, s) in specs.iter().enumerate() {
+        let o = backends::open(s, index).map_err(|source| NicError::Backend { index, source })?;
+        let Opened {
+            tap,
+            mac,
+            description,
+            owned,
+            release,
+            bridge_port,
+        } = o;
+        nics.cleanup.owned.extend(owned);
+        nics.cleanup.released.extend(release);
+        if let Some((tap, bridge)) = bridge_port {
+            nics.bridge_ports
+                .push(net::bridge_watch::Port { tap, bridge });
+        }
+        nics.infos.push(NicInfo {
+            guest_name: format!("eth{index}"),
+            mac,
+            host: description,
+        });
+        opened.push((tap, mac));
+    }
     let mut em = NetEventManager::new().map_err(|e| NicError::EventLoop(format!("{e:?}")))?;
-    let mut slots = Vec::new();
-    let mut infos = Vec::new();
-    for (index, (spec, tap)) in specs.iter().zip(taps).enumerate() {
+    for (index, (tap, mac)) in opened.into_iter().enumerate() {
         let addr = MMIO_DEVICES_START + index as u64 * MMIO_DEVICE_SIZE;
         let gsi = VIRTIO_GSI_START + index as u32;
-        let mac = spec
-            .mac
-            .unwrap_or_else(|| MacAddr::derived(&format!("{index}:{}", tap.name())));
-        infos.push(NicInfo {
-            guest_name: format!("eth{index}"),
-            host_name: tap.name().to_string(),
-            created: tap.created(),
-            mac,
-        });
         let kvm = |what| {
             move |source| NicError::Kvm {
                 index,
@@ -154,17 +175,14 @@ pub fn build(
         let events =
             MmioEvents::new(transport).map_err(|source| NicError::Transport { index, source })?;
         em.add_subscriber(Box::new(events));
-        slots.push(VirtioMmioSlot {
+        nics.slots.push(VirtioMmioSlot {
             addr,
             size: MMIO_DEVICE_SIZE,
             gsi,
         });
     }
-    Ok(Nics {
-        slots,
-        infos,
-        events: Some(em),
-    })
+    nics.events = Some(em);
+    Ok(nics)
 }
 
 /// Runs the network event loop on a thread of its own until the process ends.

@@ -69,6 +69,13 @@ pub enum VmmError {
     },
 }
 
+fn io_err_from_netlink(e: net::netlink::NetlinkError) -> VmmError {
+    VmmError::Io {
+        what: "watch the bridges for re-creation",
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
@@ -129,6 +136,8 @@ pub struct Vmm {
     ready_at: Arc<OnceLock<Instant>>,
     nics: Vec<crate::nics::NicInfo>,
     net_events: Option<crate::nics::NetEventManager>,
+    /// Dropped when `run` returns (or `new` fails): deletes what netvmm created on the host.
+    _host_cleanup: crate::nics::HostCleanup,
 }
 
 /// Refuses a KVM that will hang on a stock kernel, unless the user insists.
@@ -187,11 +196,19 @@ impl Vmm {
         )));
         let pio = legacy_bus(serial.clone(), &exit)?;
         let mut mmio = Bus::new();
+        if !config.nets.is_empty() {
+            if let Some(w) = crate::nics::stale_warning() {
+                eprintln!("netvmm: {w}");
+            }
+        }
         let crate::nics::Nics {
             slots: virtio_mmio,
             infos: nics,
             events: net_events,
+            cleanup: host_cleanup,
+            bridge_ports,
         } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
+        net::bridge_watch::spawn(bridge_ports).map_err(io_err_from_netlink)?;
         let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;
@@ -237,6 +254,7 @@ impl Vmm {
             ready_at,
             nics,
             net_events,
+            _host_cleanup: host_cleanup,
         })
     }
 

@@ -1,0 +1,280 @@
+//! Opening the host side of one guest NIC from its `--net` spec: a plain tap, an inherited
+//! fd, a tap enslaved to a bridge, or a macvtap. Whatever netvmm creates carries the owner
+//! mark and is removed when the returned guards drop; what it was given is left as found.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use crate::mac::MacAddr;
+use crate::netlink::{self, MacvtapMode, NetlinkError};
+use crate::owned::{owner_alias, OwnedLink};
+use crate::spec::{BackendSpec, NetSpec};
+use crate::tap::{Tap, TapError};
+
+/// Name template for macvtaps netvmm creates.
+pub const MACVTAP_TEMPLATE: &str = "nvmvt%d";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("bridge {name} does not exist (bridges here: {})", list(.existing))]
+    NoBridge { name: String, existing: Vec<String> },
+    #[error("{name} is not a bridge but a {kind} (bridges here: {})", list(.existing))]
+    NotABridge {
+        name: String,
+        kind: String,
+        existing: Vec<String>,
+    },
+    #[error("macvtap parent {0} does not exist")]
+    NoParent(String),
+    #[error("macvtap {name}: passthru takes the parent's MAC address; mac= cannot be honoured")]
+    PassthruMac { name: String },
+    #[error("cannot open {path} for macvtap {name}: {source}")]
+    OpenTapDev {
+        path: String,
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Releases a tap netvmm did not create from the bridge it enslaved it to.
+#[derive(Debug)]
+pub struct ReleasePort {
+    tap: String,
+}
+
+impl Drop for ReleasePort {
+    fn drop(&mut self) {
+        let _ = netlink::set_nomaster(self.tap.as_str());
+    }
+}
+
+/// The host side of one NIC, ready for the device.
+#[derive(Debug)]
+pub struct Opened {
+    pub tap: Tap,
+    pub mac: MacAddr,
+    /// One line for the user: what carries this NIC and what happens to it at exit.
+    pub description: String,
+    /// Created interfaces to delete at exit.
+    pub owned: Option<OwnedLink>,
+    /// A given tap to release from its bridge at exit.
+    pub release: Option<ReleasePort>,
+    /// The (tap, bridge) pair to keep enslaved if the bridge is re-created.
+    pub bridge_port: Option<(String, String)>,
+}
+
+fn with_hint(e: NetlinkError) -> BackendError {
+    BackendError::Netlink(e)
+}
+
+/// Opens the backend for NIC number `index`.
+pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
+    let derived = |host: &str| {
+        spec.mac
+            .unwrap_or_else(|| MacAddr::derived(&format!("{index}:{host}")))
+    };
+    match &spec.backend {
+        BackendSpec::Tap { name, host_ip } => {
+            let tap = Tap::open(name.as_deref(), *host_ip)?;
+            let description = format!(
+                "tap {}{}",
+                tap.name(),
+                if tap.created() {
+                    " (created, removed at exit)"
+                } else {
+                    " (existing, left as found)"
+                }
+            );
+            if tap.created() {
+                // A mark only: a created tap vanishes with its fd anyway.
+                let _ = netlink::set_alias(tap.name(), &owner_alias());
+            }
+            Ok(Opened {
+                mac: derived(tap.name()),
+                tap,
+                description,
+                owned: None,
+                release: None,
+                bridge_port: None,
+            })
+        }
+        BackendSpec::Fd(fd) => {
+            let tap = Tap::from_fd(*fd)?;
+            Ok(Opened {
+                mac: derived(tap.name()),
+                description: format!("fd {fd} ({}, inherited, left as found)", tap.name()),
+                tap,
+                owned: None,
+                release: None,
+                bridge_port: None,
+            })
+        }
+        BackendSpec::Bridge { bridge, tap } => {
+            open_bridge_port(spec, bridge, tap.as_deref(), derived)
+        }
+        BackendSpec::Macvtap { parent, mode } => open_macvtap(spec, parent, *mode, index),
+    }
+}
+
+fn check_bridge(bridge: &str) -> Result<u32, BackendError> {
+    let existing = || netlink::bridges().unwrap_or_default();
+    match netlink::link_info(bridge)? {
+        None => Err(BackendError::NoBridge {
+            name: bridge.into(),
+            existing: existing(),
+        }),
+        Some(l) if !l.is_bridge() => Err(BackendError::NotABridge {
+            name: bridge.into(),
+            kind: l.kind.unwrap_or_else(|| "plain device".into()),
+            existing: existing(),
+        }),
+        Some(l) => Ok(l.index),
+    }
+}
+
+fn open_bridge_port(
+    _spec: &NetSpec,
+    bridge: &str,
+    tap_name: Option<&str>,
+    derived: impl Fn(&str) -> MacAddr,
+) -> Result<Opened, BackendError> {
+    let bridge_index = check_bridge(bridge)?;
+    let tap = Tap::open(tap_name, None)?;
+    if tap.created() {
+        let _ = netlink::set_alias(tap.name(), &owner_alias());
+    }
+    // From here on, a failure must not leave a given tap enslaved.
+    let release = (!tap.created()).then(|| ReleasePort {
+        tap: tap.name().to_string(),
+    });
+    netlink::set_master(tap.name(), bridge_index).map_err(with_hint)?;
+    netlink::set_up(tap.name()).map_err(with_hint)?;
+    let description = format!(
+        "tap {} on bridge {bridge}{}",
+        tap.name(),
+        if tap.created() {
+            " (tap created, removed at exit; the bridge stays)"
+        } else {
+            " (existing tap, released from the bridge at exit)"
+        }
+    );
+    Ok(Opened {
+        mac: derived(tap.name()),
+        bridge_port: Some((tap.name().to_string(), bridge.to_string())),
+        tap,
+        description,
+        owned: None,
+        release,
+    })
+}
+
+fn open_macvtap(
+    spec: &NetSpec,
+    parent: &str,
+    mode: MacvtapMode,
+    index: usize,
+) -> Result<Opened, BackendError> {
+    let parent_info =
+        netlink::link_info(parent)?.ok_or_else(|| BackendError::NoParent(parent.into()))?;
+    let mac = if mode == MacvtapMode::Passthru {
+        if spec.mac.is_some() {
+            return Err(BackendError::PassthruMac {
+                name: parent.to_string(),
+            });
+        }
+        None
+    } else {
+        Some(
+            spec.mac
+                .unwrap_or_else(|| MacAddr::derived(&format!("{index}:macvtap:{parent}"))),
+        )
+    };
+    let created = netlink::create_macvtap(MACVTAP_TEMPLATE, parent_info.index, mode, mac)?;
+    let owned = OwnedLink {
+        name: created.name.clone(),
+        index: created.index,
+    };
+    netlink::set_alias(created.index, &owner_alias())?;
+    netlink::set_up(created.index)?;
+    let mac = match mac {
+        Some(m) => m,
+        // passthru: the macvtap took the parent's address.
+        None => netlink::link_info(created.index)?
+            .and_then(|l| l.mac)
+            .or(parent_info.mac)
+            .unwrap_or_else(|| MacAddr::derived(&created.name)),
+    };
+    let fd = open_tap_device(&created.name, created.index)?;
+    let tap = Tap::from_owned_fd(fd)?;
+    Ok(Opened {
+        description: format!(
+            "macvtap {} on {parent} (mode {mode}, created, removed at exit)",
+            created.name
+        ),
+        mac,
+        tap,
+        owned: Some(owned),
+        release: None,
+        bridge_port: None,
+    })
+}
+
+/// Opens `/dev/tap<index>`, creating the node from sysfs when devtmpfs has not.
+fn open_tap_device(name: &str, index: u32) -> Result<OwnedFd, BackendError> {
+    let path = format!("/dev/tap{index}");
+    let err = |source| BackendError::OpenTapDev {
+        path: path.clone(),
+        name: name.to_string(),
+        source,
+    };
+    if !std::path::Path::new(&path).exists() {
+        let dev = std::fs::read_to_string(format!("/sys/class/net/{name}/macvtap/tap{index}/dev"))
+            .map_err(err)?;
+        let (major, minor) = dev
+            .trim()
+            .split_once(':')
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+            .ok_or_else(|| {
+                err(std::io::Error::other(format!(
+                    "unreadable device number '{}'",
+                    dev.trim()
+                )))
+            })?;
+        let c = std::ffi::CString::new(path.clone()).map_err(|e| err(std::io::Error::other(e)))?;
+        // SAFETY: mknod with a valid NUL-terminated path; the result is checked.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(major, minor),
+            )
+        };
+        if rc != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+    }
+    let c = std::ffi::CString::new(path.clone()).map_err(|e| err(std::io::Error::other(e)))?;
+    // SAFETY: opening a NUL-terminated path; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

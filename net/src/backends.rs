@@ -197,7 +197,11 @@ fn open_macvtap(
     } else {
         Some(
             spec.mac
-                .unwrap_or_else(|| MacAddr::derived(&format!("{index}:macvtap:{parent}"))),
+                // Every sibling on one parent needs its own address: the pid tells
+                // concurrent guests apart.
+                .unwrap_or_else(|| {
+                    MacAddr::derived(&format!("{index}:macvtap:{parent}:{}", std::process::id()))
+                }),
         )
     };
     let created = netlink::create_macvtap(MACVTAP_TEMPLATE, parent_info.index, mode, mac)?;

@@ -234,41 +234,56 @@ fn open_macvtap(
     })
 }
 
-/// Opens `/dev/tap<index>`, creating the node from sysfs when devtmpfs has not.
+/// Opens the macvtap's character device. devtmpfs names nodes `/dev/tap<ifindex>`, but
+/// interface indexes repeat across network namespaces, so `/dev/tapN` may belong to another
+/// namespace's macvtap: the node is used only when its device number matches the one sysfs
+/// gives for ours; otherwise netvmm makes a private node of its own and removes it again
+/// once open.
 fn open_tap_device(name: &str, index: u32) -> Result<OwnedFd, BackendError> {
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::fs::MetadataExt;
     let path = format!("/dev/tap{index}");
-    let err = |source| BackendError::OpenTapDev {
-        path: path.clone(),
+    let err = |path: &str, source| BackendError::OpenTapDev {
+        path: path.to_string(),
         name: name.to_string(),
         source,
     };
-    if !std::path::Path::new(&path).exists() {
-        let dev = std::fs::read_to_string(format!("/sys/class/net/{name}/macvtap/tap{index}/dev"))
-            .map_err(err)?;
-        let (major, minor) = dev
-            .trim()
-            .split_once(':')
-            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
-            .ok_or_else(|| {
-                err(std::io::Error::other(format!(
-                    "unreadable device number '{}'",
-                    dev.trim()
-                )))
-            })?;
-        let c = std::ffi::CString::new(path.clone()).map_err(|e| err(std::io::Error::other(e)))?;
-        // SAFETY: mknod with a valid NUL-terminated path; the result is checked.
-        let rc = unsafe {
-            libc::mknod(
-                c.as_ptr(),
-                libc::S_IFCHR | 0o600,
-                libc::makedev(major, minor),
-            )
-        };
-        if rc != 0 {
-            return Err(err(std::io::Error::last_os_error()));
+    let sysfs = format!("/sys/class/net/{name}/macvtap/tap{index}/dev");
+    let wanted = std::fs::read_to_string(&sysfs).ok().and_then(|dev| {
+        let (major, minor) = dev.trim().split_once(':')?;
+        Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+    });
+    let node_ok = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.file_type().is_char_device())
+        .map(|m| m.rdev());
+    let (open_path, private) = match (wanted, node_ok) {
+        (Some(w), Some(have)) if w == have => (path.clone(), false),
+        (None, Some(_)) => (path.clone(), false),
+        (Some(w), _) => {
+            let p = std::env::temp_dir().join(format!("netvmm-{}-tap{index}", std::process::id()));
+            let p = p.to_string_lossy().into_owned();
+            let c =
+                std::ffi::CString::new(p.clone()).map_err(|e| err(&p, std::io::Error::other(e)))?;
+            let _ = std::fs::remove_file(&p);
+            // SAFETY: mknod with a valid NUL-terminated path; the result is checked.
+            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, w) } != 0 {
+                return Err(err(&p, std::io::Error::last_os_error()));
+            }
+            (p, true)
         }
-    }
-    let c = std::ffi::CString::new(path.clone()).map_err(|e| err(std::io::Error::other(e)))?;
+        (None, None) => {
+            return Err(err(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no device node, and {sysfs} cannot tell its number"),
+                ),
+            ))
+        }
+    };
+    let c = std::ffi::CString::new(open_path.clone())
+        .map_err(|e| err(&open_path, std::io::Error::other(e)))?;
     // SAFETY: opening a NUL-terminated path; the result is checked.
     let fd = unsafe {
         libc::open(
@@ -276,8 +291,12 @@ fn open_tap_device(name: &str, index: u32) -> Result<OwnedFd, BackendError> {
             libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
         )
     };
+    let opened = std::io::Error::last_os_error();
+    if private {
+        let _ = std::fs::remove_file(&open_path);
+    }
     if fd < 0 {
-        return Err(err(std::io::Error::last_os_error()));
+        return Err(err(&open_path, opened));
     }
     // SAFETY: a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -1,5 +1,6 @@
 //! How devices and vCPUs tell the VMM that the machine is done.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,7 @@ pub enum VmExit {
 #[derive(Clone)]
 pub struct ExitSignal {
     tx: Arc<Mutex<Option<Sender<VmExit>>>>,
+    fired: Arc<AtomicBool>,
 }
 
 impl ExitSignal {
@@ -28,6 +30,7 @@ impl ExitSignal {
         (
             Self {
                 tx: Arc::new(Mutex::new(Some(tx))),
+                fired: Arc::new(AtomicBool::new(false)),
             },
             rx,
         )
@@ -35,10 +38,19 @@ impl ExitSignal {
 
     /// Reports `exit` unless another reason was reported before.
     pub fn signal(&self, exit: VmExit) {
+        self.fired.store(true, Ordering::SeqCst);
         if let Some(tx) = crate::bus::lock(&self.tx).take() {
             // The receiver is gone only when the VMM is already shutting down.
             let _ = tx.send(exit);
         }
+    }
+}
+
+impl ExitSignal {
+    /// Whether the machine's end was reported: a vCPU that sees this stops at once, so that
+    /// a guest which powered off does not run on past its own power-off.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 }
 
@@ -50,7 +62,9 @@ mod tests {
     fn first_reason_wins() {
         let (sig, rx) = ExitSignal::new();
         let other = sig.clone();
+        assert!(!other.fired());
         sig.signal(VmExit::GuestPanic);
+        assert!(other.fired());
         other.signal(VmExit::PowerOff);
         assert_eq!(rx.recv().unwrap(), VmExit::GuestPanic);
         assert!(rx.try_recv().is_err());

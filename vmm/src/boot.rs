@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout::{
     CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIGH_RAM_START, HIMEM_START, MMIO_HOLE_START,
-    ZERO_PAGE_START,
+    PVH_INFO_START, ZERO_PAGE_START,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,9 @@ pub struct KernelEntry {
     pub entry: u64,
     /// First guest address after the kernel image.
     pub kernel_end: u64,
+    /// The 32-bit PVH entry of an ELF vmlinux that has the Xen PVH note: preferred, since
+    /// it is the protocol such kernels document for direct boot.
+    pub pvh_entry: Option<u64>,
 }
 
 /// 64-bit entry is 0x200 bytes into the protected-mode part of a bzImage.
@@ -87,9 +90,14 @@ pub fn load_kernel(
         params.hdr.boot_flag = BOOT_FLAG_MAGIC;
         params.hdr.header = HDRS_MAGIC;
         params.hdr.kernel_alignment = KERNEL_ALIGNMENT;
+        let pvh_entry = match r.pvh_boot_cap {
+            linux_loader::loader::elf::PvhBootCapability::PvhEntryPresent(a) => Some(a.0),
+            _ => None,
+        };
         KernelEntry {
             entry: r.kernel_load.0,
             kernel_end: r.kernel_end,
+            pvh_entry,
         }
     } else {
         let r = BzImage::load(mem, None, &mut image, Some(GuestAddress(HIMEM_START)))
@@ -100,6 +108,7 @@ pub fn load_kernel(
         KernelEntry {
             entry: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
             kernel_end: r.kernel_end,
+            pvh_entry: None,
         }
     };
     Ok((entry, params))
@@ -179,6 +188,86 @@ pub fn load_initrd(
         })?;
     params.hdr.ramdisk_image = u32::try_from(addr).map_err(|_| too_large())?;
     params.hdr.ramdisk_size = u32::try_from(size).map_err(|_| too_large())?;
+    Ok(())
+}
+
+/// Writes the command line into guest memory.
+fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cl.insert_str(cmdline)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Memory {
+        what: "command line",
+        reason: e.to_string(),
+    })
+}
+
+// The PVH boot protocol (xen/include/public/arch-x86/hvm/start_info.h), version 1.
+const XEN_HVM_START_MAGIC_VALUE: u32 = 0x336e_c578;
+const HVM_START_INFO_SIZE: u64 = 56;
+const HVM_MODLIST_ENTRY_SIZE: u64 = 32;
+const HVM_MEMMAP_ENTRY_SIZE: u64 = 24;
+
+/// Serialises `hvm_start_info` plus its module list (the initrd) and memory map, little
+/// endian, as the layout fixed by the PVH protocol.
+pub fn pvh_start_info(
+    e820: &[boot_e820_entry],
+    initrd: Option<(u64, u64)>,
+    rsdp: u64,
+) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let modlist_at = PVH_INFO_START + HVM_START_INFO_SIZE;
+    let memmap_at = modlist_at + HVM_MODLIST_ENTRY_SIZE;
+    let mut info = Vec::with_capacity(HVM_START_INFO_SIZE as usize);
+    info.extend_from_slice(&XEN_HVM_START_MAGIC_VALUE.to_le_bytes());
+    info.extend_from_slice(&1u32.to_le_bytes()); // version
+    info.extend_from_slice(&0u32.to_le_bytes()); // flags
+    info.extend_from_slice(&u32::from(initrd.is_some()).to_le_bytes());
+    info.extend_from_slice(&(if initrd.is_some() { modlist_at } else { 0 }).to_le_bytes());
+    info.extend_from_slice(&CMDLINE_START.to_le_bytes());
+    info.extend_from_slice(&rsdp.to_le_bytes());
+    info.extend_from_slice(&memmap_at.to_le_bytes());
+    info.extend_from_slice(&(e820.len() as u32).to_le_bytes());
+    info.extend_from_slice(&0u32.to_le_bytes());
+    let mut modlist = Vec::new();
+    if let Some((addr, size)) = initrd {
+        modlist.extend_from_slice(&addr.to_le_bytes());
+        modlist.extend_from_slice(&size.to_le_bytes());
+        modlist.extend_from_slice(&0u64.to_le_bytes()); // no module command line
+        modlist.extend_from_slice(&0u64.to_le_bytes());
+    }
+    let mut memmap = Vec::with_capacity(e820.len() * HVM_MEMMAP_ENTRY_SIZE as usize);
+    for e in e820 {
+        memmap.extend_from_slice(&e.addr.to_le_bytes());
+        memmap.extend_from_slice(&e.size.to_le_bytes());
+        memmap.extend_from_slice(&e.r#type.to_le_bytes());
+        memmap.extend_from_slice(&0u32.to_le_bytes());
+    }
+    (info, modlist, memmap)
+}
+
+/// Writes the command line and the PVH start info (instead of a zero page).
+pub fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    params: &boot_params,
+    cmdline: &str,
+    rsdp: GuestAddress,
+) -> Result<(), BootError> {
+    write_cmdline(mem, cmdline)?;
+    let (ramdisk, size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
+    let initrd = (size != 0).then_some((u64::from(ramdisk), u64::from(size)));
+    let (info, modlist, memmap) = pvh_start_info(&e820_map(mem), initrd, rsdp.0);
+    let mut at = PVH_INFO_START;
+    for part in [info, modlist, memmap] {
+        mem.write_slice(&part, GuestAddress(at))
+            .map_err(|e| BootError::Memory {
+                what: "PVH start info",
+                reason: e.to_string(),
+            })?;
+        at += part.len() as u64;
+    }
+    if at > ZERO_PAGE_START {
+        return Err(BootError::E820Full);
+    }
     Ok(())
 }
 
@@ -263,6 +352,53 @@ mod tests {
         assert_eq!(&buf, b"console=ttyS0 quiet");
         let loader = p.hdr.type_of_loader;
         assert_eq!(loader, LOADER_TYPE_UNDEFINED);
+    }
+
+    #[test]
+    fn pvh_start_info_has_the_protocol_layout() {
+        let m = mem(64);
+        let map = e820_map(&m);
+        let (info, modlist, memmap) = pvh_start_info(&map, Some((0x100_0000, 0x2000)), 0xe0000);
+        assert_eq!(info.len(), 56);
+        assert_eq!(&info[0..4], &XEN_HVM_START_MAGIC_VALUE.to_le_bytes());
+        assert_eq!(
+            u32::from_le_bytes(info[12..16].try_into().unwrap()),
+            1,
+            "one module"
+        );
+        let modlist_at = u64::from_le_bytes(info[16..24].try_into().unwrap());
+        assert_eq!(modlist_at, PVH_INFO_START + 56);
+        assert_eq!(
+            u64::from_le_bytes(info[24..32].try_into().unwrap()),
+            CMDLINE_START
+        );
+        assert_eq!(
+            u64::from_le_bytes(info[32..40].try_into().unwrap()),
+            0xe0000
+        );
+        assert_eq!(
+            u64::from_le_bytes(info[40..48].try_into().unwrap()),
+            modlist_at + 32
+        );
+        assert_eq!(u32::from_le_bytes(info[48..52].try_into().unwrap()), 2);
+        assert_eq!(
+            u64::from_le_bytes(modlist[0..8].try_into().unwrap()),
+            0x100_0000
+        );
+        assert_eq!(
+            u64::from_le_bytes(modlist[8..16].try_into().unwrap()),
+            0x2000
+        );
+        assert_eq!(memmap.len(), 48);
+        let (none, empty, _) = pvh_start_info(&map, None, 0);
+        assert_eq!(u32::from_le_bytes(none[12..16].try_into().unwrap()), 0);
+        assert!(empty.is_empty());
+        let mut params = boot_params::default();
+        params.hdr.ramdisk_image = 0x100_0000;
+        params.hdr.ramdisk_size = 0x2000;
+        write_pvh_start_info(&m, &params, "console=ttyS0", GuestAddress(0xe0000)).unwrap();
+        let magic: u32 = m.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(magic, XEN_HVM_START_MAGIC_VALUE);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
     BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PDE_START, PDPTE_START, PML4_START,
-    ZERO_PAGE_START,
+    PVH_INFO_START, ZERO_PAGE_START,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +183,8 @@ pub fn configure_common(
 // Control register and EFER bits for long mode.
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_PG: u64 = 0x8000_0000;
+/// Extension type: set on every CPU since the 486; the PVH entry expects it as hardware does.
+const X86_CR0_ET: u64 = 0x10;
 const X86_CR4_PAE: u64 = 0x20;
 const EFER_LME: u64 = 0x100;
 const EFER_LMA: u64 = 0x400;
@@ -303,6 +305,52 @@ pub fn configure_boot_cpu(
         rsp: BOOT_STACK_POINTER,
         rbp: BOOT_STACK_POINTER,
         rsi: ZERO_PAGE_START,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).map_err(kvm_err(0, "set registers"))
+}
+
+/// 32-bit flat code, data and TSS descriptors for the PVH entry (protected mode, no paging).
+pub const PVH_GDT: [u64; 4] = [
+    gdt_entry(0, 0, 0),
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
+];
+
+/// Boot CPU for the PVH entry: 32-bit protected mode with paging off, EBX at the start info.
+pub fn configure_boot_cpu_pvh(
+    vcpu: &VcpuFd,
+    mem: &GuestMemoryMmap,
+    entry: u64,
+) -> Result<(), CpuError> {
+    write_u64s(mem, "GDT", BOOT_GDT_START, &PVH_GDT)?;
+    write_u64s(mem, "IDT", BOOT_IDT_START, &[0])?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(kvm_err(0, "read special registers"))?;
+    let code = segment_from_gdt(PVH_GDT[1], 1);
+    let data = segment_from_gdt(PVH_GDT[2], 2);
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
+    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.limit = 7;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment_from_gdt(PVH_GDT[3], 3);
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    vcpu.set_sregs(&sregs)
+        .map_err(kvm_err(0, "set special registers"))?;
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rbx: PVH_INFO_START,
         ..Default::default()
     };
     vcpu.set_regs(&regs).map_err(kvm_err(0, "set registers"))

@@ -14,6 +14,8 @@
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Interrupt descriptor table (empty) loaded at boot.
 pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info`, then its module list and memory map (ELF kernels with a PVH note).
+pub const PVH_INFO_START: u64 = 0x6000;
 /// The Linux zero page (`struct boot_params`).
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer for the boot vCPU.

@@ -80,6 +80,10 @@ pub fn run_loop(
                     exit.signal(end);
                     return;
                 }
+                // A device ended the machine (power-off, reset, panic): do not run on.
+                if exit.fired() {
+                    return;
+                }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => {
@@ -214,5 +218,20 @@ mod tests {
             crate::cpu::configure_boot_cpu(vcpu, mem, load).unwrap();
         });
         assert_eq!(out, b"64", "exit was {end:?}");
+    }
+
+    #[test]
+    fn pvh_boot_state_runs_32bit_code_with_start_info_in_ebx() {
+        let Some(kvm) = kvm() else { return };
+        // 32-bit: mov dx,0x3f8; mov al,'P'; out dx,al; mov eax,ebx; shr eax,8; out dx,al; hlt
+        let code = [
+            0x66, 0xba, 0xf8, 0x03, 0xb0, b'P', 0xee, 0x89, 0xd8, 0xc1, 0xe8, 0x08, 0xee, 0xf4,
+        ];
+        let load = 0x20_0000;
+        let (end, out) = run_program(&kvm, load, &code, |vcpu, mem| {
+            crate::cpu::configure_boot_cpu_pvh(vcpu, mem, load).unwrap();
+        });
+        let info_high = (crate::layout::PVH_INFO_START >> 8) as u8;
+        assert_eq!(out, vec![b'P', info_high], "exit was {end:?}");
     }
 }

@@ -223,7 +223,11 @@ impl Vmm {
             },
         )?;
         let cmdline = crate::cmdline::build(&config.cmdline);
-        boot::write_boot_params(&guest_memory, params, &cmdline, rsdp)?;
+        if entry.pvh_entry.is_some() {
+            boot::write_pvh_start_info(&guest_memory, &params, &cmdline, rsdp)?;
+        } else {
+            boot::write_boot_params(&guest_memory, params, &cmdline, rsdp)?;
+        }
 
         let supported = kvm
             .get_supported_cpuid(CPUID_ENTRIES)
@@ -235,7 +239,10 @@ impl Vmm {
                 .map_err(kvm_err("create a vCPU"))?;
             cpu::configure_common(&vcpu, id, config.cpus, &supported)?;
             if id == 0 {
-                cpu::configure_boot_cpu(&vcpu, &guest_memory, entry.entry)?;
+                match entry.pvh_entry {
+                    Some(pvh) => cpu::configure_boot_cpu_pvh(&vcpu, &guest_memory, pvh)?,
+                    None => cpu::configure_boot_cpu(&vcpu, &guest_memory, entry.entry)?,
+                }
             }
             vcpus.push(vcpu);
         }

@@ -83,6 +83,18 @@ $LAN ping -c 2 -W 2 203.0.113.2 >/dev/null; lan2g=$?
 kill $bg; wait $bg
 echo "case=passthru lan_to_guest=$lan2g second=$s2 msg=$(tr ' ' '_' < /tmp/p2.err) left=$(ls /sys/class/net | grep -c '^nvmvt')"
 
+# --- host access through a shared macvlan shim (the parent itself has no address now)
+IPADDR=203.0.113.2/24 background /tmp/h1.log --net macvtap=lanA,host-access=203.0.113.20/24
+bg1=$bg
+$IP neigh flush all
+ping -c 2 -W 2 203.0.113.2 >/dev/null; h2g=$?
+netvmm run $G --net macvtap=lanA,host-access=203.0.113.20/24 --serial-log /tmp/h2.log --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.20 host)\"" >/dev/null 2>&1
+s=$?
+shims_while_one_left=$(ls /sys/class/net | grep -c '^nvshim')
+kill $bg1; wait $bg1
+netvmm run $G --net macvtap=lanA,mode=vepa,host-access=203.0.113.20/24 >/dev/null 2>/tmp/h3.err; refused=$?
+echo "case=shim status=$s host_to_guest=$h2g guest_to_host=$(v /tmp/h2.log host) shims_while_one_left=$shims_while_one_left shims_after=$(ls /sys/class/net | grep -c '^nvshim') lanA_addrs=$($IP -4 -o addr show dev lanA | wc -l) vepa_refused=$refused vepa_lines=$(wc -l < /tmp/h3.err)"
+
 # --- crash safety: SIGKILL leaves the macvtap; run warns; cleanup removes it
 netvmm run $G --net macvtap=lanA --cmdline 'quiet netvmm.run="sleep 100"' >/dev/null 2>&1 &
 pid=$!; i=0; while [ "$(ls /sys/class/net | grep -c '^nvmvt')" = 0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done

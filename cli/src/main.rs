@@ -50,7 +50,8 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
         }
         Command::Doctor => Ok(doctor::run()),
         Command::Cleanup => {
-            let removed = net::owned::cleanup_stale()?;
+            let mut removed = net::owned::cleanup_stale()?;
+            removed.extend(net::shim::cleanup_stale()?);
             if removed.is_empty() {
                 println!("nothing left behind by netvmm");
             }

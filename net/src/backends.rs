@@ -19,6 +19,8 @@ pub enum BackendError {
     Tap(#[from] TapError),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Shim(#[from] crate::shim::ShimError),
     #[error("bridge {name} does not exist (bridges here: {})", list(.existing))]
     NoBridge { name: String, existing: Vec<String> },
     #[error("{name} is not a bridge but a {kind} (bridges here: {})", list(.existing))]
@@ -72,6 +74,8 @@ pub struct Opened {
     pub release: Option<ReleasePort>,
     /// The (tap, bridge) pair to keep enslaved if the bridge is re-created.
     pub bridge_port: Option<(String, String)>,
+    /// This NIC's use of the host-access shim.
+    pub shim: Option<crate::shim::ShimUse>,
 }
 
 fn with_hint(e: NetlinkError) -> BackendError {
@@ -107,6 +111,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 owned: None,
                 release: None,
                 bridge_port: None,
+                shim: None,
             })
         }
         BackendSpec::Fd(fd) => {
@@ -118,12 +123,28 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 owned: None,
                 release: None,
                 bridge_port: None,
+                shim: None,
             })
         }
         BackendSpec::Bridge { bridge, tap } => {
             open_bridge_port(spec, bridge, tap.as_deref(), derived)
         }
-        BackendSpec::Macvtap { parent, mode } => open_macvtap(spec, parent, *mode, index),
+        BackendSpec::Macvtap {
+            parent,
+            mode,
+            host_access,
+        } => {
+            let mut o = open_macvtap(spec, parent, *mode, index)?;
+            if let Some(cidr) = host_access {
+                let shim = crate::shim::acquire(parent, *cidr)?;
+                o.description.push_str(&format!(
+                    "; host reaches it as {}/{} on shim {} (shared, removed with its last user)",
+                    cidr.addr, cidr.prefix, shim.name
+                ));
+                o.shim = Some(shim);
+            }
+            Ok(o)
+        }
     }
 }
 
@@ -176,6 +197,7 @@ fn open_bridge_port(
         description,
         owned: None,
         release,
+        shim: None,
     })
 }
 
@@ -231,6 +253,7 @@ fn open_macvtap(
         owned: Some(owned),
         release: None,
         bridge_port: None,
+        shim: None,
     })
 }
 

@@ -59,8 +59,13 @@ pub enum BackendSpec {
     Fd(i32),
     /// A tap (created, or `tap` when given) enslaved to the existing bridge `bridge`.
     Bridge { bridge: String, tap: Option<String> },
-    /// A macvtap that netvmm creates on `parent` in `mode`.
-    Macvtap { parent: String, mode: MacvtapMode },
+    /// A macvtap that netvmm creates on `parent` in `mode`; with `host_access`, a shared
+    /// bridge-mode macvlan on the parent holds that host address, so host and guest meet.
+    Macvtap {
+        parent: String,
+        mode: MacvtapMode,
+        host_access: Option<Ipv4Cidr>,
+    },
 }
 
 /// One guest NIC.
@@ -160,7 +165,7 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
     }
 }
 
-const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, mac, mode";
+const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode";
 
 fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -233,6 +238,7 @@ impl FromStr for NetSpec {
                     BackendSpec::Macvtap {
                         parent: v,
                         mode: MacvtapMode::Bridge,
+                        host_access: None,
                     }
                 }
             }
@@ -286,6 +292,20 @@ impl FromStr for NetSpec {
                         }
                     }
                 }
+                "host-access" => {
+                    let v = value_of()?;
+                    let cidr: Ipv4Cidr = v.parse().map_err(|r| bad(key, &v, r))?;
+                    match &mut backend {
+                        BackendSpec::Macvtap { host_access, .. } => *host_access = Some(cidr),
+                        _ => {
+                            return Err(bad(
+                                key,
+                                &v,
+                                "only a macvtap backend needs a host-access shim".into(),
+                            ))
+                        }
+                    }
+                }
                 "mode" => {
                     let v = value_of()?;
                     let m: MacvtapMode = v.parse().map_err(|r| bad(key, &v, r))?;
@@ -313,6 +333,23 @@ impl FromStr for NetSpec {
                         known: KNOWN_KEYS,
                     })
                 }
+            }
+        }
+        if let BackendSpec::Macvtap {
+            mode,
+            host_access: Some(cidr),
+            ..
+        } = &backend
+        {
+            if *mode != MacvtapMode::Bridge {
+                return Err(bad(
+                    "host-access",
+                    &format!("{}/{}", cidr.addr, cidr.prefix),
+                    format!(
+                        "needs mode=bridge: in {mode} mode a macvtap never reaches a sibling \
+                         on its parent, so the host's shim could not reach the guest either"
+                    ),
+                ));
             }
         }
         Ok(NetSpec { backend, mac })
@@ -464,7 +501,8 @@ mod tests {
             s.backend,
             BackendSpec::Macvtap {
                 parent: "eth1".into(),
-                mode: MacvtapMode::Bridge
+                mode: MacvtapMode::Bridge,
+                host_access: None,
             }
         );
         for m in MacvtapMode::ALL {
@@ -473,9 +511,31 @@ mod tests {
                 s.backend,
                 BackendSpec::Macvtap {
                     parent: "eth1".into(),
-                    mode: m
+                    mode: m,
+                    host_access: None,
                 }
             );
         }
+        let s: NetSpec = "macvtap=eth1,host-access=192.0.2.1/24".parse().unwrap();
+        let BackendSpec::Macvtap {
+            host_access: Some(c),
+            ..
+        } = s.backend
+        else {
+            panic!("no host-access")
+        };
+        assert_eq!(c.prefix, 24);
+        for m in ["vepa", "private", "passthru"] {
+            let e = format!("macvtap=eth1,mode={m},host-access=192.0.2.1/24")
+                .parse::<NetSpec>()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("needs mode=bridge") && e.contains(m), "{e}");
+        }
+        let e = "tap,host-access=192.0.2.1/24"
+            .parse::<NetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only a macvtap backend"), "{e}");
     }
 }

@@ -69,6 +69,7 @@ impl std::fmt::Display for NicInfo {
 pub struct HostCleanup {
     owned: Vec<OwnedLink>,
     released: Vec<backends::ReleasePort>,
+    shims: Vec<net::shim::ShimUse>,
 }
 
 pub type NetEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
@@ -127,8 +128,10 @@ pub fn build(
             owned,
             release,
             bridge_port,
+            shim,
         } = o;
         nics.cleanup.owned.extend(owned);
+        nics.cleanup.shims.extend(shim);
         nics.cleanup.released.extend(release);
         if let Some((tap, bridge)) = bridge_port {
             nics.bridge_ports

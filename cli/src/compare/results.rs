@@ -1,0 +1,494 @@
+//! The scenario's `cmp ...` result lines turned into figures per backend. A figure that
+//! cannot be derived from what the scenario saw is `None`, with a note saying why.
+
+use super::backend::Backend;
+
+/// The reachability facts, in the order of the JSON schema.
+pub const REACH: [&str; 5] = [
+    "guest_to_host",
+    "host_to_guest",
+    "guest_to_lan",
+    "lan_to_guest",
+    "guest_to_guest",
+];
+/// The throughput directions, in the order of the JSON schema.
+pub const FLOWS: [&str; 4] = [
+    "guest_to_lan",
+    "lan_to_guest",
+    "guest_to_host",
+    "host_to_guest",
+];
+/// /proc/<pid>/stat counts CPU time in USER_HZ ticks, which Linux fixes at 100 on x86.
+const MS_PER_TICK: f64 = 10.0;
+/// Bytes in the "GB" of `vmm_cpu_ms_per_gb` (decimal, like the Mbit/s figures).
+const BYTES_PER_GB: f64 = 1e9;
+
+/// Round-trip times from one ping run, in ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rtt {
+    pub avg: f64,
+    /// Nearest-rank 99th percentile: with 20 samples, the largest.
+    pub p99: f64,
+    pub samples: usize,
+}
+
+/// Everything measured for one backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub backend: Backend,
+    /// From netvmm's start to the guest's first ping reply from the LAN peer.
+    pub boot_ms: Option<f64>,
+    pub rtt_guest_to_host: Option<Rtt>,
+    pub rtt_guest_to_lan: Option<Rtt>,
+    /// Mbit/s, indexed like `FLOWS`.
+    pub throughput_mbps: [Option<f64>; 4],
+    /// CPU time (user + system, all threads, vCPUs included) of the measured guest's netvmm
+    /// during the iperf3 runs, per 10^9 bytes they moved.
+    pub vmm_cpu_ms_per_gb: Option<f64>,
+    /// Indexed like `REACH`.
+    pub reachability: [Option<bool>; 5],
+    pub skipped: Option<String>,
+    /// Why figures are missing, and facts worth a line (a refused second guest).
+    pub notes: Vec<String>,
+}
+
+impl Outcome {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            boot_ms: None,
+            rtt_guest_to_host: None,
+            rtt_guest_to_lan: None,
+            throughput_mbps: [None; 4],
+            vmm_cpu_ms_per_gb: None,
+            reachability: [None; 5],
+            skipped: None,
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn reach(&self, name: &str) -> Option<bool> {
+        REACH
+            .iter()
+            .position(|r| *r == name)
+            .and_then(|i| self.reachability[i])
+    }
+
+    pub fn throughput(&self, name: &str) -> Option<f64> {
+        FLOWS
+            .iter()
+            .position(|f| *f == name)
+            .and_then(|i| self.throughput_mbps[i])
+    }
+}
+
+/// The round-trip time of one ping reply line (busybox or iputils), in ms.
+pub fn ping_reply_ms(line: &str) -> Option<f64> {
+    if !line.contains("bytes from") {
+        return None;
+    }
+    let t = line.split_whitespace().find_map(|w| w.strip_prefix("time="))?;
+    let t = t.trim_end_matches("ms");
+    t.parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0)
+}
+
+/// Average and nearest-rank 99th percentile of the samples.
+pub fn rtt_of(samples: &[f64]) -> Option<Rtt> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    // ceil(0.99 n), in integers.
+    let rank = (99 * v.len()).div_ceil(100).clamp(1, v.len());
+    Some(Rtt {
+        avg: v.iter().sum::<f64>() / v.len() as f64,
+        p99: v[rank - 1],
+        samples: v.len(),
+    })
+}
+
+/// (Mbit/s, bytes) from an iperf3 summary line such as
+/// `[  5]   0.00-3.00   sec   100 MBytes   280 Mbits/sec                  receiver`.
+pub fn iperf_summary(line: &str) -> Option<(f64, f64)> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let num = |i: usize| -> Option<f64> { w.get(i.checked_sub(1)?)?.parse().ok() };
+    let bytes = w.iter().position(|t| t.ends_with("Bytes")).and_then(|i| {
+        let scale = match w[i] {
+            "Bytes" => 1.0,
+            "KBytes" => 1024.0,
+            "MBytes" => 1024.0 * 1024.0,
+            "GBytes" => 1024.0 * 1024.0 * 1024.0,
+            "TBytes" => 1024f64.powi(4),
+            _ => return None,
+        };
+        Some(num(i)? * scale)
+    })?;
+    let mbps = w.iter().position(|t| t.ends_with("bits/sec")).and_then(|i| {
+        let scale = match w[i] {
+            "bits/sec" => 1e-6,
+            "Kbits/sec" => 1e-3,
+            "Mbits/sec" => 1.0,
+            "Gbits/sec" => 1e3,
+            "Tbits/sec" => 1e6,
+            _ => return None,
+        };
+        Some(num(i)? * scale)
+    })?;
+    Some((mbps, bytes))
+}
+
+/// utime + stime, in ticks, from the contents of /proc/<pid>/stat.
+pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `key=value` from a line of `key=value` words.
+fn word_value(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The figures for each of `backends` from the scenario's result lines. A backend the
+/// lines never mention is reported as skipped: the scenario did not get to it.
+pub fn parse(text: &str, backends: &[Backend]) -> Vec<Outcome> {
+    backends.iter().map(|b| parse_one(text, *b)).collect()
+}
+
+#[derive(Default)]
+struct Flow {
+    summary: Option<(f64, f64)>,
+    errors: Vec<String>,
+    status: Option<String>,
+    no_path: Option<String>,
+    before: Option<u64>,
+    after: Option<u64>,
+}
+
+fn parse_one(text: &str, backend: Backend) -> Outcome {
+    let mut o = Outcome::new(backend);
+    let mut pings: Vec<(String, Vec<String>)> = Vec::new();
+    let mut flows: Vec<Flow> = FLOWS.iter().map(|_| Flow::default()).collect();
+    let (mut netup, mut ready, mut to_ready) = (None, None, None);
+    let mut second_guest: Option<(String, String)> = None;
+    let mut seen = false;
+
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        let Some(rest) = line.strip_prefix("cmp ") else {
+            continue;
+        };
+        let Some((b, rest)) = rest.split_once(' ') else {
+            continue;
+        };
+        if b != backend.name() {
+            continue;
+        }
+        seen = true;
+        let (kind, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (arg, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+        let flow = FLOWS.iter().position(|f| *f == arg).map(|i| &mut flows[i]);
+        match (kind, flow) {
+            ("skip", _) => o.skipped = Some(rest.trim().to_string()),
+            ("note", _) => o.notes.push(rest.trim().to_string()),
+            ("netup", _) => {
+                netup = rest.trim().split_once(':').and_then(|(ok, up)| {
+                    Some((ok == "1", up.trim().parse::<f64>().ok()?))
+                })
+            }
+            ("ready", _) => ready = word_value(rest, "uptime"),
+            ("report", _) => to_ready = word_value(rest, "total_to_ready_ms"),
+            ("second-guest", _) => second_guest = Some((arg.to_string(), tail.to_string())),
+            ("ping", _) => match pings.iter_mut().find(|(d, _)| d == arg) {
+                Some((_, v)) => v.push(tail.to_string()),
+                None => pings.push((arg.to_string(), vec![tail.to_string()])),
+            },
+            ("iperf", Some(f)) => {
+                if tail.contains("receiver") {
+                    f.summary = f.summary.or(iperf_summary(tail));
+                } else if tail.contains("error") {
+                    f.errors.push(tail.trim().to_string());
+                }
+            }
+            ("iperf-status", Some(f)) => f.status = Some(tail.trim().to_string()),
+            ("no-iperf", Some(f)) => f.no_path = Some(tail.trim().to_string()),
+            ("cpu", Some(f)) => {
+                let (when, stat) = tail.split_once(' ').unwrap_or((tail, ""));
+                let ticks = stat_cpu_ticks(stat);
+                match when {
+                    "before" => f.before = ticks,
+                    "after" => f.after = ticks,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    if !seen {
+        o.skipped = Some("the scenario ended before it got to this backend".into());
+        return o;
+    }
+    if o.skipped.is_some() {
+        return o;
+    }
+
+    // Reachability: observed when a ping ran; reachable when any reply came back.
+    let lines_for = |d: &str| pings.iter().find(|(p, _)| p == d).map(|(_, v)| v);
+    for (i, dir) in REACH.iter().enumerate() {
+        match lines_for(dir) {
+            Some(v) => {
+                o.reachability[i] = Some(v.iter().any(|l| ping_reply_ms(l).is_some()));
+            }
+            None if *dir == "guest_to_guest" && !backend.has_sibling() => {
+                match &second_guest {
+                    Some((status, msg)) if status != "0" => {
+                        o.reachability[i] = Some(false);
+                        o.notes.push(format!(
+                            "guest_to_guest: there is no second guest: netvmm refused one on the same NIC ({})",
+                            msg.trim_start_matches("netvmm: ")
+                        ));
+                    }
+                    Some(_) => o.notes.push(
+                        "guest_to_guest: not observed: a second passthru guest started, and was not pinged".into(),
+                    ),
+                    None => o
+                        .notes
+                        .push("guest_to_guest: not observed: no second guest was tried".into()),
+                }
+            }
+            None => o
+                .notes
+                .push(format!("{dir}: not observed (no ping ran in that direction)")),
+        }
+    }
+
+    for (name, slot) in [
+        ("guest_to_host", &mut o.rtt_guest_to_host),
+        ("guest_to_lan", &mut o.rtt_guest_to_lan),
+    ] {
+        let samples: Vec<f64> = lines_for(name)
+            .map(|v| v.iter().filter_map(|l| ping_reply_ms(l)).collect())
+            .unwrap_or_default();
+        *slot = rtt_of(&samples);
+        if slot.is_none() {
+            o.notes.push(format!("rtt {name}: no ping replies to time"));
+        }
+    }
+
+    o.boot_ms = match (to_ready, ready, netup) {
+        (Some(t), Some(r), Some((true, up))) => Some(t + ((up - r) * 1000.0).max(0.0)),
+        (_, _, Some((false, _))) => {
+            o.notes
+                .push("boot_ms: the guest never got a ping reply from the LAN peer".into());
+            None
+        }
+        (None, _, _) => {
+            o.notes
+                .push("boot_ms: netvmm printed no total_to_ready_ms (NETVMM_BOOT_REPORT)".into());
+            None
+        }
+        _ => {
+            o.notes
+                .push("boot_ms: the guest's ready line or first reply is missing".into());
+            None
+        }
+    };
+
+    let (mut cpu_ticks, mut bytes) = (0u64, 0f64);
+    let mut cpu_ok = false;
+    for (i, f) in flows.iter().enumerate() {
+        let name = FLOWS[i];
+        match f.summary {
+            Some((mbps, b)) if mbps > 0.0 => {
+                o.throughput_mbps[i] = Some(mbps);
+                if let (Some(x), Some(y)) = (f.before, f.after) {
+                    cpu_ticks += y.saturating_sub(x);
+                    bytes += b;
+                    cpu_ok = true;
+                }
+            }
+            _ => {
+                let why = if let Some(p) = &f.no_path {
+                    p.clone()
+                } else if let Some(e) = f.errors.first() {
+                    e.clone()
+                } else if let Some(s) = &f.status {
+                    format!("iperf3 exited with status {s} and no receiver summary")
+                } else {
+                    "iperf3 did not run".into()
+                };
+                o.notes.push(format!("throughput {name}: {why}"));
+            }
+        }
+    }
+    if cpu_ok && bytes > 0.0 {
+        o.vmm_cpu_ms_per_gb = Some(cpu_ticks as f64 * MS_PER_TICK / (bytes / BYTES_PER_GB));
+    } else {
+        o.notes
+            .push("vmm_cpu_ms_per_gb: no iperf3 run moved data with the VMM's CPU time read around it".into());
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT_BEFORE: &str = "412 (netvmm) S 1 412 1 0 -1 4194560 2000 0 0 0 150 50 0 0 20 0 4 0 900 1 1 18446744073709551615";
+    const STAT_AFTER: &str = "412 (netvmm) S 1 412 1 0 -1 4194560 2000 0 0 0 350 150 0 0 20 0 4 0 900 1 1 18446744073709551615";
+
+    fn tap_lines() -> String {
+        let mut s = String::new();
+        s.push_str("cmp tap ready netvmm-guest: ready uptime=1.50 cpus=1 mem_kb=1\n");
+        s.push_str("cmp tap report netvmm-report: setup_ms=5.0 setup_cpu_ms=3.0 guest_boot_ms=900.0 total_to_ready_ms=2000.0 vmm_rss_kib=10 guest_ram_mib=384\n");
+        s.push_str("cmp tap netup 1:1.75\n");
+        for (d, base) in [("guest_to_host", 0.5), ("guest_to_lan", 1.0)] {
+            s.push_str(&format!(
+                "cmp tap ping {d} PING x (x): 56 data bytes\n"
+            ));
+            for i in 0..20 {
+                s.push_str(&format!(
+                    "cmp tap ping {d} 64 bytes from 192.0.2.1: seq={i} ttl=64 time={:.3} ms\n",
+                    base + i as f64 * 0.1
+                ));
+            }
+        }
+        s.push_str("cmp tap ping guest_to_guest 64 bytes from 192.0.2.18: seq=0 ttl=63 time=2.1 ms\n");
+        s.push_str("cmp tap ping host_to_guest 64 bytes from 192.0.2.2: icmp_seq=1 ttl=64 time=0.4 ms\n");
+        s.push_str("cmp tap ping lan_to_guest PING 192.0.2.2 (192.0.2.2): 56 data bytes\n");
+        s.push_str("cmp tap ping lan_to_guest 3 packets transmitted, 0 packets received, 100% packet loss\n");
+        s.push_str(&format!("cmp tap cpu guest_to_lan before {STAT_BEFORE}\n"));
+        s.push_str(&format!("cmp tap cpu guest_to_lan after {STAT_AFTER}\n"));
+        s.push_str("cmp tap iperf guest_to_lan [  5]   0.00-3.00   sec   100 MBytes   280 Mbits/sec    0             sender\n");
+        s.push_str("cmp tap iperf guest_to_lan [  5]   0.00-3.00   sec  95.4 MBytes   267 Mbits/sec                  receiver\n");
+        s.push_str("cmp tap iperf-status guest_to_lan 0\n");
+        s.push_str("cmp tap no-iperf lan_to_guest no path: the lan_to_guest ping got no reply\n");
+        s.push_str("cmp tap iperf host_to_guest iperf3: error - unable to connect to server: Connection timed out\n");
+        s.push_str("cmp tap iperf-status host_to_guest 1\n");
+        s.push_str("cmp tap iperf guest_to_host [  5]   0.00-3.00   sec  1.10 GBytes  3.15 Gbits/sec                  receiver\n");
+        s
+    }
+
+    #[test]
+    fn ping_lines_of_busybox_and_iputils() {
+        assert_eq!(
+            ping_reply_ms("64 bytes from 203.0.113.1: seq=0 ttl=64 time=0.512 ms"),
+            Some(0.512)
+        );
+        assert_eq!(
+            ping_reply_ms("64 bytes from 203.0.113.1: icmp_seq=1 ttl=64 time=12 ms"),
+            Some(12.0)
+        );
+        assert_eq!(ping_reply_ms("PING 203.0.113.1 (203.0.113.1): 56 data bytes"), None);
+        assert_eq!(
+            ping_reply_ms("round-trip min/avg/max = 0.3/0.4/0.5 ms"),
+            None
+        );
+    }
+
+    #[test]
+    fn rtt_average_and_nearest_rank_p99() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        let r = rtt_of(&v).unwrap();
+        assert_eq!((r.avg, r.p99, r.samples), (10.5, 20.0, 20));
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(rtt_of(&v).unwrap().p99, 198.0);
+        assert_eq!(rtt_of(&[3.0]).unwrap().p99, 3.0);
+        assert!(rtt_of(&[]).is_none());
+    }
+
+    #[test]
+    fn iperf_summary_units() {
+        let (m, b) = iperf_summary(
+            "[  5]   0.00-3.00   sec  95.4 MBytes   267 Mbits/sec                  receiver",
+        )
+        .unwrap();
+        assert_eq!(m, 267.0);
+        assert_eq!(b, 95.4 * 1048576.0);
+        let (m, b) = iperf_summary("[  5] 0.00-3.00 sec 1.10 GBytes 3.15 Gbits/sec receiver").unwrap();
+        assert_eq!(m, 3150.0);
+        assert_eq!(b, 1.1 * 1073741824.0);
+        let (m, _) = iperf_summary("[  5] 0.00-3.00 sec 512 KBytes 1.40 Kbits/sec receiver").unwrap();
+        assert_eq!(m, 0.0014);
+        assert!(iperf_summary("iperf3: error - unable to connect").is_none());
+    }
+
+    #[test]
+    fn stat_fields_after_the_command_name() {
+        assert_eq!(stat_cpu_ticks(STAT_BEFORE), Some(200));
+        assert_eq!(
+            stat_cpu_ticks("7 (a b) c) R 1 2 3 4 5 6 7 8 9 10 11 5 6 rest"),
+            Some(11)
+        );
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+        assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn a_backend_from_its_lines() {
+        let text = tap_lines();
+        let o = parse(&text, &[Backend::Tap]).remove(0);
+        assert_eq!(o.skipped, None);
+        // 2000 ms to the ready line + (1.75 - 1.50) s of the guest's clock.
+        assert_eq!(o.boot_ms, Some(2250.0));
+        let r = o.rtt_guest_to_host.clone().unwrap();
+        assert_eq!(r.samples, 20);
+        assert!((r.avg - 1.45).abs() < 1e-9, "{r:?}");
+        assert!((r.p99 - 2.4).abs() < 1e-9, "{r:?}");
+        assert!((o.rtt_guest_to_lan.clone().unwrap().p99 - 2.9).abs() < 1e-9);
+        assert_eq!(
+            o.reachability,
+            [Some(true), Some(true), Some(true), Some(false), Some(true)]
+        );
+        assert_eq!(o.throughput("guest_to_lan"), Some(267.0));
+        assert_eq!(o.throughput("lan_to_guest"), None);
+        assert_eq!(o.throughput("host_to_guest"), None);
+        // The guest_to_host run has no CPU readings: only guest_to_lan counts.
+        assert_eq!(o.throughput("guest_to_host"), Some(3150.0));
+        let expect = 300.0 * 10.0 / (95.4 * 1048576.0 / 1e9);
+        assert!((o.vmm_cpu_ms_per_gb.unwrap() - expect).abs() < 1e-6);
+        let notes = o.notes.join("\n");
+        assert!(notes.contains("throughput lan_to_guest: no path"), "{notes}");
+        assert!(
+            notes.contains("throughput host_to_guest: iperf3: error - unable to connect"),
+            "{notes}"
+        );
+    }
+
+    #[test]
+    fn skipped_unreached_and_passthru() {
+        let text = "cmp macvtap-bridge skip netvmm: cannot create macvtap on lanA: Operation not supported\n\
+                    cmp macvtap-passthru netup 0:31.0\n\
+                    cmp macvtap-passthru second-guest 1 netvmm: lanA is taken by a passthru macvtap\n\
+                    cmp macvtap-passthru ping guest_to_host 20 packets transmitted, 0 packets received, 100% packet loss\n\
+                    cmp other-backend skip x\n";
+        let v = parse(
+            text,
+            &[Backend::MacvtapBridge, Backend::MacvtapVepa, Backend::MacvtapPassthru],
+        );
+        assert_eq!(
+            v[0].skipped.as_deref(),
+            Some("netvmm: cannot create macvtap on lanA: Operation not supported")
+        );
+        assert_eq!(v[0].reachability, [None; 5]);
+        assert!(v[1].skipped.as_deref().unwrap().contains("ended before"));
+        let p = &v[2];
+        assert_eq!(p.skipped, None);
+        assert_eq!(p.boot_ms, None);
+        assert_eq!(p.reach("guest_to_host"), Some(false));
+        assert_eq!(p.reach("guest_to_guest"), Some(false));
+        assert_eq!(p.reach("lan_to_guest"), None);
+        assert_eq!(p.rtt_guest_to_host, None);
+        assert_eq!(p.vmm_cpu_ms_per_gb, None);
+        let notes = p.notes.join("\n");
+        assert!(notes.contains("refused one on the same NIC (lanA is taken"), "{notes}");
+        assert!(notes.contains("boot_ms: the guest never got a ping reply"), "{notes}");
+        assert!(notes.contains("lan_to_guest: not observed"), "{notes}");
+    }
+}

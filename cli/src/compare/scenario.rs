@@ -1,0 +1,260 @@
+//! The one shell scenario behind `netvmm compare`: it builds the topology, and for each
+//! backend boots the guests, sends the traffic and writes what it saw as `cmp ...` result
+//! lines (parsed by `results`). The same text runs in the emulated lab host and, natively,
+//! inside a fresh network and mount namespace.
+//!
+//! Topology (both labs):
+//!
+//! ```text
+//!   netns "lan" (another machine):  LAN peer 203.0.113.1 on switch sw0 -- port lanB
+//!                                                                            |  (veth: the wire)
+//!   the host:                        NIC lanA, host address 203.0.113.10 (on lanA, or on br0)
+//! ```
+//!
+//! Per backend: tap (guests 192.0.2.2/28 and .18/28 behind their own taps, host .1 and .17,
+//! ip_forward on, the LAN peer routes 192.0.2.0/24 via the host), bridge (br0 holds lanA and
+//! the host address; guests 203.0.113.2 and .3 on it), macvtap-<mode> on lanA (guests .2 and
+//! .3; the LAN switch hairpins lanB for vepa and private).
+
+use std::time::Duration;
+
+use super::backend::Backend;
+
+/// The scenario. Environment: `NETVMM` (the netvmm to run), `IP` and `BRIDGE` (iproute2's
+/// `ip` and `bridge`), `W` (a work directory of its own), `T` (seconds per iperf3 run),
+/// `BACKENDS` (names, in run order), `GT` (a guest's `--timeout`), and the guest image in
+/// `NETVMM_GUEST_KERNEL` and `NETVMM_GUEST_INITRD`.
+///
+/// Result lines (`$W/results`), one fact each, `cmp <backend> <kind> ...`:
+/// `netup <ok>:<uptime>`, `ready <the guest's ready line>`, `report <netvmm-report line>`,
+/// `ping <direction> <a line of ping output>`, `iperf <direction> <iperf3 receiver or error
+/// line>`, `iperf-status <direction> <status>`, `no-iperf <direction> <reason>`,
+/// `cpu <direction> before|after <contents of /proc/<vmm pid>/stat>`,
+/// `second-guest <status> <message>`, `note <text>`, `skip <reason>`.
+///
+/// Quoting: the guest's init evaluates its command line once, so every `$` meant for the
+/// guest's own shell is written `\$` (single-quoted here, so the scenario leaves it alone).
+pub const SCENARIO: &str = r#"
+R=$W/results
+mkdir -p "$W"; : > "$R"
+say() { echo "netvmm compare: $*"; }
+res() { echo "cmp $*" >> "$R"; }
+LAN="$IP netns exec lan"
+G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout $GT"
+LAN_PEER=203.0.113.1
+HOST_LAN=203.0.113.10
+
+# wait_for FILE PATTERN PID SECONDS: until PATTERN shows in FILE; fails when PID ends first.
+wait_for() {
+  n=0
+  while [ $n -lt $(($4 * 4)) ]; do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    if ! kill -0 "$3" 2>/dev/null; then grep -q "$2" "$1" 2>/dev/null; return; fi
+    sleep 0.25; n=$((n + 1))
+  done
+  return 1
+}
+stop() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
+last_err() { tail -n 1 "$1" 2>/dev/null | tr -d '\r'; }
+
+# gcmd HOST LAN [PEER]: the measured guest's command. It pings the LAN peer until the first
+# reply (boot to a working network), starts an iperf3 server, then pings the host and the
+# LAN peer 20 times each (after a warm-up ping, so that ARP is not among the samples) and
+# the other guest 3 times, every reply line tagged for the results; then it waits.
+gcmd() {
+  c='n=0; ok=0; while [ \$n -lt 30 ]; do if ping -c 1 -W 1 '$2' >/dev/null 2>&1; then ok=1; break; fi; n=\$((n+1)); done;'
+  c="$c"' read u r < /proc/uptime; echo cmp-netup=\$ok:\$u; iperf3 -s -D >/dev/null 2>&1;'
+  c="$c"' ping -c 1 -W 1 '$1' >/dev/null 2>&1; ping -c 20 -i 0.2 -W 2 '$1' 2>&1 | sed s/^/cmp-ping-guest_to_host:/;'
+  c="$c"' ping -c 1 -W 1 '$2' >/dev/null 2>&1; ping -c 20 -i 0.2 -W 2 '$2' 2>&1 | sed s/^/cmp-ping-guest_to_lan:/;'
+  if [ -n "$3" ]; then
+    c="$c"' ping -c 3 -i 0.2 -W 2 '$3' 2>&1 | sed s/^/cmp-ping-guest_to_guest:/;'
+  fi
+  printf '%s' "$c echo cmp-guest-done; sleep 100000"
+}
+
+setup() {
+  HOST_T=$HOST_LAN; ADDR_A=203.0.113.2; ADDR_B=203.0.113.3
+  IPA=$ADDR_A/24; IPB=$ADDR_B/24; GWA=; GWB=
+  case $1 in
+  tap)
+    # L3: the host routes between the taps and the LAN.
+    echo 1 > /proc/sys/net/ipv4/ip_forward
+    $IP addr add $HOST_LAN/24 dev lanA
+    $LAN $IP route add 192.0.2.0/24 via $HOST_LAN
+    NA=tap,host-ip=192.0.2.1/28; NB=tap,host-ip=192.0.2.17/28
+    HOST_T=192.0.2.1; ADDR_A=192.0.2.2; ADDR_B=192.0.2.18
+    IPA=192.0.2.2/28; IPB=192.0.2.18/28; GWA=netvmm.gw=192.0.2.1; GWB=netvmm.gw=192.0.2.17 ;;
+  bridge)
+    $IP link add br0 type bridge; $IP link set lanA master br0; $IP link set br0 up
+    $IP addr add $HOST_LAN/24 dev br0
+    NA=bridge=br0; NB=bridge=br0 ;;
+  macvtap-*)
+    $IP addr add $HOST_LAN/24 dev lanA
+    case $1 in macvtap-vepa|macvtap-private) $LAN $BRIDGE link set dev lanB hairpin on ;; esac
+    NA=macvtap=lanA,mode=${1#macvtap-}; NB=$NA ;;
+  esac
+}
+
+teardown() {
+  case $1 in
+  tap)
+    $LAN $IP route del 192.0.2.0/24 2>/dev/null
+    echo 0 > /proc/sys/net/ipv4/ip_forward
+    $IP addr flush dev lanA ;;
+  bridge) $IP link set lanA nomaster; $IP link del br0 ;;
+  macvtap-*) $IP addr flush dev lanA; $LAN $BRIDGE link set dev lanB hairpin off ;;
+  esac
+}
+
+forget() { $IP neigh flush all >/dev/null 2>&1; $LAN $IP neigh flush all >/dev/null 2>&1; }
+
+measure() {
+  b=$1
+  say "$b: setting up"
+  setup $b
+  forget
+  bpid=
+  if [ $b != macvtap-passthru ]; then
+    say "$b: booting the second guest (it answers the guest_to_guest ping)"
+    $NETVMM run $G --memory 256 --net $NB --serial-log "$W/$b-B.log" \
+      --cmdline "quiet netvmm.ip=$IPB $GWB netvmm.run=\"sleep 100000\"" </dev/null >/dev/null 2>"$W/$b-B.err" &
+    bpid=$!
+    if ! wait_for "$W/$b-B.log" 'netvmm-guest: ready' $bpid 120; then
+      res "$b note the second guest did not come up: $(last_err "$W/$b-B.err")"
+      stop $bpid; bpid=
+    fi
+  fi
+  peer=; [ -n "$bpid" ] && peer=$ADDR_B
+  say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
+  NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$W/$b-A.log" \
+    --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$W/$b-A.err" &
+  apid=$!
+  if ! wait_for "$W/$b-A.log" 'cmp-guest-done' $apid 180; then
+    if kill -0 $apid 2>/dev/null; then
+      why="the guest did not finish its pings within 180 s"
+    else
+      why=$(last_err "$W/$b-A.err")
+    fi
+    res "$b skip ${why:-netvmm ended without a message}"
+    say "$b: skipped: ${why:-netvmm ended without a message}"
+    stop $apid; [ -n "$bpid" ] && stop $bpid
+    teardown $b
+    return
+  fi
+  [ -n "$bpid" ] && stop $bpid
+  if [ $b = macvtap-passthru ]; then
+    say "$b: trying a second guest on the same NIC"
+    $NETVMM run $G --net $NA --cmdline 'quiet netvmm.run=true' </dev/null >/dev/null 2>"$W/$b-B.err"
+    res "$b second-guest $? $(last_err "$W/$b-B.err")"
+  fi
+
+  say "$b: the host and the LAN peer ping the guest"
+  forget
+  ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | sed "s/^/cmp $b ping host_to_guest /" >> "$R"
+  $LAN ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | sed "s/^/cmp $b ping lan_to_guest /" >> "$R"
+
+  for d in lan_to_guest guest_to_lan host_to_guest guest_to_host; do
+    case $d in
+    lan_to_guest) via=lan_to_guest; cl="$LAN iperf3"; rev= ;;
+    guest_to_lan) via=lan_to_guest; cl="$LAN iperf3"; rev=-R ;;
+    host_to_guest) via=host_to_guest; cl=iperf3; rev= ;;
+    guest_to_host) via=host_to_guest; cl=iperf3; rev=-R ;;
+    esac
+    if ! grep -q "^cmp $b ping $via .*time=" "$R"; then
+      res "$b no-iperf $d no path: the $via ping got no reply"
+      continue
+    fi
+    say "$b: iperf3 $d, $T s"
+    before=$(cat /proc/$apid/stat)
+    $cl -c $ADDR_A -t $T -f m $rev --connect-timeout 5000 > "$W/iperf.out" 2>&1
+    st=$?
+    after=$(cat /proc/$apid/stat)
+    res "$b cpu $d before $before"
+    res "$b cpu $d after $after"
+    grep -E 'receiver|error' "$W/iperf.out" | sed "s/^/cmp $b iperf $d /" >> "$R"
+    res "$b iperf-status $d $st"
+  done
+
+  stop $apid
+  res "$b report $(grep 'netvmm-report:' "$W/$b-A.err" | tail -n 1)"
+  res "$b ready $(tr -d '\r' < "$W/$b-A.log" | grep -m 1 'netvmm-guest: ready')"
+  tr -d '\r' < "$W/$b-A.log" | sed -n -e "s/^.*cmp-netup=/cmp $b netup /p" \
+    -e "s/^.*cmp-ping-\([a-z_]*\):/cmp $b ping \1 /p" >> "$R"
+  teardown $b
+  say "$b: done"
+}
+
+say "building the topology: NIC lanA, its wire to the LAN host (netns lan: switch sw0, peer $LAN_PEER)"
+$IP link set lo up
+$IP netns add lan
+$IP link add lanA type veth peer name lanB netns lan
+$LAN $IP link set lo up
+$LAN $IP link add sw0 type bridge
+$LAN $IP link set sw0 up
+$LAN $IP addr add $LAN_PEER/24 dev sw0
+$LAN $IP link set lanB master sw0
+$LAN $IP link set lanB up
+$IP link set lanA up
+for b in $BACKENDS; do measure $b; done
+$IP netns del lan
+"#;
+
+/// What a guest may take at most, given the iperf3 time: its boot and pings, then four
+/// iperf3 runs with their start-up.
+pub fn guest_timeout(iperf_seconds: u32) -> Duration {
+    Duration::from_secs(240 + 8 * u64::from(iperf_seconds))
+}
+
+/// How long the whole scenario may take for `n` backends.
+pub fn scenario_timeout(n: usize, iperf_seconds: u32) -> Duration {
+    Duration::from_secs(120) + guest_timeout(iperf_seconds) * 2 * n.max(1) as u32
+}
+
+/// The scenario's environment, less the guest image and the tools' paths.
+pub fn env(backends: &[Backend], iperf_seconds: u32, work: &str) -> Vec<(String, String)> {
+    vec![
+        ("W".into(), work.into()),
+        ("T".into(), iperf_seconds.to_string()),
+        (
+            "BACKENDS".into(),
+            backends
+                .iter()
+                .map(|b| b.name())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "GT".into(),
+            guest_timeout(iperf_seconds).as_secs().to_string(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_names_backends_in_order() {
+        let e = env(&[Backend::Tap, Backend::MacvtapPassthru], 3, "/tmp/cmp");
+        let get = |k: &str| e.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        assert_eq!(get("BACKENDS"), "tap macvtap-passthru");
+        assert_eq!(get("T"), "3");
+        assert_eq!(get("W"), "/tmp/cmp");
+        assert_eq!(get("GT"), "264");
+        assert!(scenario_timeout(6, 3) > guest_timeout(3) * 6);
+    }
+
+    #[test]
+    fn guest_command_escapes_every_dollar() {
+        // Every `$` the guest's shell must see is written `\$` in the single-quoted parts.
+        let start = SCENARIO.find("gcmd() {").unwrap();
+        let end = start + SCENARIO[start..].find("\n}\n").unwrap();
+        for line in SCENARIO[start..end].lines().filter(|l| l.trim_start().starts_with("c=")) {
+            let single: String = line.split('\'').skip(1).step_by(2).collect();
+            for (i, _) in single.match_indices('$') {
+                assert!(single[..i].ends_with('\\'), "unescaped $ in {line}");
+            }
+        }
+    }
+}

@@ -45,6 +45,8 @@ pub const VNET_HDR_LEN: usize = 12;
 const NUM_BUFFERS_OFFSET: u64 = 10;
 /// Largest frame either way: a 64 KiB TSO frame, its Ethernet header and the vnet header.
 pub const MAX_FRAME_LEN: usize = 65550 + VNET_HDR_LEN;
+/// Frames above this size (after one like it) are read straight into guest buffers.
+const DIRECT_RX_MIN: usize = 4096;
 /// readv/writev take at most this many iovecs (UIO_MAXIOV).
 const MAX_IOVECS: usize = 1024;
 /// Queue size offered for both queues.
@@ -78,6 +80,8 @@ pub struct Net<B: NetBackend> {
     win_chains: VecDeque<WindowChain>,
     win_iovs: VecDeque<libc::iovec>,
     win_capacity: usize,
+    /// Length of the last frame received, to pick the receive path for the next.
+    rx_last_len: usize,
     tx_iovs: Vec<libc::iovec>,
     stats: NetStats,
 }
@@ -99,6 +103,7 @@ impl<B: NetBackend> Net<B> {
             win_chains: VecDeque::with_capacity(usize::from(QUEUE_SIZE)),
             win_iovs: VecDeque::with_capacity(usize::from(QUEUE_SIZE)),
             win_capacity: 0,
+            rx_last_len: 0,
             tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             stats: NetStats::default(),
         }
@@ -258,6 +263,7 @@ impl<B: NetBackend> Net<B> {
             }
             self.stats.rx_frames += 1;
             self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+            self.rx_last_len = len;
         } else {
             // Too big for a non-mergeable buffer, or a broken chain: the frame is lost,
             // the buffers go back to the guest empty.
@@ -385,6 +391,7 @@ impl<B: NetBackend> Net<B> {
         }
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += (n - VNET_HDR_LEN) as u64;
+        self.rx_last_len = n;
         Direct::Delivered
     }
 
@@ -393,7 +400,10 @@ impl<B: NetBackend> Net<B> {
         let mut delivered = false;
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         loop {
-            if self.rx_pending == 0 && mergeable {
+            // Reading straight into guest buffers pays off for big frames; for small ones one
+            // read plus a short copy is cheaper than handing the kernel a whole window of
+            // iovecs. The last frame's size predicts the next one (bulk TCP: big frames).
+            if self.rx_pending == 0 && mergeable && self.rx_last_len > DIRECT_RX_MIN {
                 match self.rx_direct(q, mem) {
                     Direct::Delivered => {
                         delivered = true;
@@ -406,6 +416,10 @@ impl<B: NetBackend> Net<B> {
                     }
                     Direct::NotEnoughBuffers => self.release_window(q),
                 }
+            } else {
+                // The bounce path pops from the ring's next position: chains the window
+                // still holds must go back first, or frames would land out of order.
+                self.release_window(q);
             }
             if self.rx_pending == 0 {
                 match self.backend.recv(&mut self.rx_buf) {

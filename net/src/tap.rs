@@ -215,44 +215,27 @@ impl AsRawFd for Tap {
     }
 }
 
+/// A read/write-style syscall result as io::Result.
+fn byte_count(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 impl NetBackend for Tap {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        byte_count(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
     }
 
     unsafe fn recv_iovecs(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let (fd, n) = (self.fd.as_raw_fd(), iovs.len() as libc::c_int);
         // SAFETY: the caller guarantees every iovec is writable for its length.
-        let n = unsafe {
-            libc::readv(
-                self.fd.as_raw_fd(),
-                iovs.as_ptr(),
-                iovs.len() as libc::c_int,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        byte_count(unsafe { libc::readv(fd, iovs.as_ptr(), n) })
     }
 
     unsafe fn send(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let (fd, n) = (self.fd.as_raw_fd(), iovs.len() as libc::c_int);
         // SAFETY: the caller guarantees every iovec is readable for its length.
-        let n = unsafe {
-            libc::writev(
-                self.fd.as_raw_fd(),
-                iovs.as_ptr(),
-                iovs.len() as libc::c_int,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        byte_count(unsafe { libc::writev(fd, iovs.as_ptr(), n) })
     }
 
     fn set_vnet_hdr_len(&mut self, len: usize) -> io::Result<()> {

@@ -278,13 +278,7 @@ pub fn write_boot_params(
     cmdline: &str,
     rsdp: GuestAddress,
 ) -> Result<(), BootError> {
-    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cl.insert_str(cmdline)
-        .map_err(|e| BootError::Cmdline(e.to_string()))?;
-    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Memory {
-        what: "command line",
-        reason: e.to_string(),
-    })?;
+    write_cmdline(mem, cmdline)?;
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = cmdline.len() as u32 + 1;

@@ -261,22 +261,26 @@ pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), CpuError>
     write_u64s(mem, "PDE", PDE_START, &pdes)
 }
 
-/// Long-mode segment and control registers for the boot CPU.
-pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
-    let code = segment_from_gdt(BOOT_GDT[1], 1);
-    let data = segment_from_gdt(BOOT_GDT[2], 2);
-    let tss = segment_from_gdt(BOOT_GDT[3], 3);
+/// Loads a boot GDT's code (1), data (2) and TSS (3) descriptors, and the GDT and empty IDT
+/// themselves, into `sregs`: the part both boot protocols share.
+fn load_boot_segments(sregs: &mut kvm_sregs, gdt: &[u64; 4]) {
+    let data = segment_from_gdt(gdt[2], 2);
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
-    sregs.cs = code;
+    sregs.cs = segment_from_gdt(gdt[1], 1);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = tss;
+    sregs.tr = segment_from_gdt(gdt[3], 3);
+}
+
+/// Long-mode segment and control registers for the boot CPU.
+pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    load_boot_segments(&mut sregs, &BOOT_GDT);
     sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
     sregs.cr3 = PML4_START;
     sregs.cr4 |= X86_CR4_PAE;
@@ -329,19 +333,7 @@ pub fn configure_boot_cpu_pvh(
     let mut sregs = vcpu
         .get_sregs()
         .map_err(kvm_err(0, "read special registers"))?;
-    let code = segment_from_gdt(PVH_GDT[1], 1);
-    let data = segment_from_gdt(PVH_GDT[2], 2);
-    sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&PVH_GDT) - 1) as u16;
-    sregs.idt.base = BOOT_IDT_START;
-    sregs.idt.limit = 7;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = segment_from_gdt(PVH_GDT[3], 3);
+    load_boot_segments(&mut sregs, &PVH_GDT);
     sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
     sregs.cr4 = 0;
     sregs.efer = 0;

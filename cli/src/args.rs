@@ -31,6 +31,9 @@ pub enum Command {
     /// Run in the emulated lab host (QEMU TCG with nested KVM), for hosts whose KVM cannot
     /// boot a stock kernel.
     Lab(LabArgs),
+    /// Measure tap, bridge and macvtap side by side (same guest, same device) and explain
+    /// the differences; in the emulated lab or natively in a private network namespace.
+    Compare(crate::compare::CompareArgs),
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]

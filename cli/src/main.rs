@@ -2,6 +2,7 @@
 //! Every failure ends as one line on stderr and a non-zero status, never a panic.
 
 mod args;
+mod compare;
 mod doctor;
 mod lab_cmd;
 
@@ -62,5 +63,6 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
         }
         Command::Image(a) => lab_cmd::image(a),
         Command::Lab(a) => lab_cmd::lab(a),
+        Command::Compare(a) => compare::run(a),
     }
 }

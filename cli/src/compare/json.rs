@@ -16,7 +16,12 @@ pub enum Json {
 
 impl Json {
     fn obj<const N: usize>(fields: [(&str, Json); N]) -> Json {
-        Json::Obj(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        Json::Obj(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
     }
 
     /// Indented with two spaces; objects whose values are all scalars stay on one line.
@@ -186,7 +191,10 @@ pub fn report(lab: &str, outcomes: &[Outcome]) -> Json {
             ])
         })
         .collect();
-    Json::obj([("lab", Json::Str(lab.into())), ("results", Json::Arr(results))])
+    Json::obj([
+        ("lab", Json::Str(lab.into())),
+        ("results", Json::Arr(results)),
+    ])
 }
 
 /// A small strict JSON reader, for the tests to read back what the writer wrote.
@@ -325,8 +333,10 @@ pub mod read {
                             b'b' => out.push('\u{08}'),
                             b'f' => out.push('\u{0c}'),
                             b'u' => {
-                                let h = std::str::from_utf8(self.b.get(self.i..self.i + 4).ok_or("short \\u")?)
-                                    .map_err(|e| e.to_string())?;
+                                let h = std::str::from_utf8(
+                                    self.b.get(self.i..self.i + 4).ok_or("short \\u")?,
+                                )
+                                .map_err(|e| e.to_string())?;
                                 let n = u32::from_str_radix(h, 16).map_err(|e| e.to_string())?;
                                 out.push(char::from_u32(n).ok_or("bad \\u")?);
                                 self.i += 4;
@@ -346,7 +356,8 @@ pub mod read {
                         };
                         self.i = start + len;
                         out.push_str(
-                            std::str::from_utf8(&self.b[start..self.i]).map_err(|e| e.to_string())?,
+                            std::str::from_utf8(&self.b[start..self.i])
+                                .map_err(|e| e.to_string())?,
                         );
                     }
                 }
@@ -437,24 +448,36 @@ mod tests {
         );
         assert_eq!(get(r, &["backend"]), Some(&Json::Str("tap".into())));
         assert_eq!(get(r, &["boot_ms"]), Some(&Json::Num(2250.5)));
-        assert_eq!(keys(get(r, &["rtt_ms"]).unwrap()), ["guest_to_host", "guest_to_lan"]);
+        assert_eq!(
+            keys(get(r, &["rtt_ms"]).unwrap()),
+            ["guest_to_host", "guest_to_lan"]
+        );
         assert_eq!(
             get(r, &["rtt_ms", "guest_to_host", "p99"]),
             Some(&Json::Num(0.9))
         );
-        assert_eq!(get(r, &["rtt_ms", "guest_to_lan", "avg"]), Some(&Json::Null));
+        assert_eq!(
+            get(r, &["rtt_ms", "guest_to_lan", "avg"]),
+            Some(&Json::Null)
+        );
         assert_eq!(keys(get(r, &["throughput_mbps"]).unwrap()), FLOWS);
         assert_eq!(
             get(r, &["throughput_mbps", "lan_to_guest"]),
             Some(&Json::Num(280.25))
         );
-        assert_eq!(get(r, &["throughput_mbps", "guest_to_host"]), Some(&Json::Null));
+        assert_eq!(
+            get(r, &["throughput_mbps", "guest_to_host"]),
+            Some(&Json::Null)
+        );
         assert_eq!(keys(get(r, &["reachability"]).unwrap()), REACH);
         assert_eq!(
             get(r, &["reachability", "lan_to_guest"]),
             Some(&Json::Bool(false))
         );
-        assert_eq!(get(r, &["reachability", "guest_to_guest"]), Some(&Json::Null));
+        assert_eq!(
+            get(r, &["reachability", "guest_to_guest"]),
+            Some(&Json::Null)
+        );
         assert_eq!(get(r, &["skipped"]), Some(&Json::Null));
         let s = &results[1];
         assert_eq!(
@@ -471,7 +494,10 @@ mod tests {
             ("a", Json::obj([("x", Json::Num(1.0)), ("y", Json::Null)])),
             ("b", Json::Arr(vec![])),
         ]);
-        assert_eq!(v.render(), "{\n  \"a\": {\"x\": 1, \"y\": null},\n  \"b\": []\n}");
+        assert_eq!(
+            v.render(),
+            "{\n  \"a\": {\"x\": 1, \"y\": null},\n  \"b\": []\n}"
+        );
         assert!(parse("{\"a\": 1,}").is_err());
         assert!(parse("[1 2]").is_err());
         assert!(parse("\"raw\ncontrol\"").is_err());

@@ -30,7 +30,8 @@ use super::backend::Backend;
 /// `ping <direction> <a line of ping output>`, `iperf <direction> <iperf3 receiver or error
 /// line>`, `iperf-status <direction> <status>`, `no-iperf <direction> <reason>`,
 /// `cpu <direction> before|after <contents of /proc/<vmm pid>/stat>`,
-/// `second-guest <status> <message>`, `note <text>`, `skip <reason>`.
+/// `second-guest <status> <message>`, `note <text>`, `skip <reason>`, and `done` when the
+/// backend is finished (measured or skipped). Each line also goes to stdout.
 ///
 /// Quoting: the guest's init evaluates its command line once, so every `$` meant for the
 /// guest's own shell is written `\$` (single-quoted here, so the scenario leaves it alone).
@@ -38,7 +39,10 @@ pub const SCENARIO: &str = r#"
 R=$W/results
 mkdir -p "$W"; : > "$R"
 say() { echo "netvmm compare: $*"; }
-res() { echo "cmp $*" >> "$R"; }
+# A result goes to the results file and to the console, which the caller reads as it comes
+# (should the lab die, the figures of the backends that finished are not lost).
+res() { printf 'cmp %s\n' "$*" >> "$R"; printf 'cmp %s\n' "$*"; }
+tag() { while IFS= read -r l; do res "$1 $l"; done; }
 LAN="$IP netns exec lan"
 G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout $GT"
 LAN_PEER=203.0.113.1
@@ -113,23 +117,33 @@ measure() {
   say "$b: setting up"
   setup $b
   forget
+  rm -f "$W/$b-A.log" "$W/$b-B.log"
   bpid=
-  if [ $b != macvtap-passthru ]; then
+  try=0
+  while [ $b != macvtap-passthru ] && [ $try -lt 2 ]; do
+    try=$((try + 1))
     say "$b: booting the second guest (it answers the guest_to_guest ping)"
+    rm -f "$W/$b-B.log"
     $NETVMM run $G --memory 256 --net $NB --serial-log "$W/$b-B.log" \
       --cmdline "quiet netvmm.ip=$IPB $GWB netvmm.run=\"sleep 100000\"" </dev/null >/dev/null 2>"$W/$b-B.err" &
     bpid=$!
-    if ! wait_for "$W/$b-B.log" 'netvmm-guest: ready' $bpid 120; then
-      res "$b note the second guest did not come up: $(last_err "$W/$b-B.err")"
-      stop $bpid; bpid=
+    wait_for "$W/$b-B.log" 'netvmm-guest: ready' $bpid 120 && break
+    if kill -0 $bpid 2>/dev/null; then
+      why="its guest printed no ready line within 120 s"
+    else
+      why="its netvmm ended: $(last_err "$W/$b-B.err")"
     fi
-  fi
+    say "$b: the second guest did not come up ($why)"
+    res "$b note the second guest did not come up (attempt $try): $why"
+    stop $bpid; bpid=
+  done
   peer=; [ -n "$bpid" ] && peer=$ADDR_B
   say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
   NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$W/$b-A.log" \
     --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$W/$b-A.err" &
   apid=$!
-  if ! wait_for "$W/$b-A.log" 'cmp-guest-done' $apid 180; then
+  # Anchored: the guest's command line, should a kernel print it, holds these words too.
+  if ! wait_for "$W/$b-A.log" '^cmp-guest-done' $apid 180; then
     if kill -0 $apid 2>/dev/null; then
       why="the guest did not finish its pings within 180 s"
     else
@@ -139,6 +153,7 @@ measure() {
     say "$b: skipped: ${why:-netvmm ended without a message}"
     stop $apid; [ -n "$bpid" ] && stop $bpid
     teardown $b
+    res "$b done"
     return
   fi
   [ -n "$bpid" ] && stop $bpid
@@ -150,8 +165,8 @@ measure() {
 
   say "$b: the host and the LAN peer ping the guest"
   forget
-  ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | sed "s/^/cmp $b ping host_to_guest /" >> "$R"
-  $LAN ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | sed "s/^/cmp $b ping lan_to_guest /" >> "$R"
+  ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | tag "$b ping host_to_guest"
+  $LAN ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | tag "$b ping lan_to_guest"
 
   for d in lan_to_guest guest_to_lan host_to_guest guest_to_host; do
     case $d in
@@ -166,24 +181,28 @@ measure() {
     fi
     say "$b: iperf3 $d, $T s"
     before=$(cat /proc/$apid/stat)
-    $cl -c $ADDR_A -t $T -f m $rev --connect-timeout 5000 > "$W/iperf.out" 2>&1
+    timeout $((T + 30)) $cl -c $ADDR_A -t $T -f m $rev --connect-timeout 5000 > "$W/iperf.out" 2>&1
     st=$?
     after=$(cat /proc/$apid/stat)
     res "$b cpu $d before $before"
     res "$b cpu $d after $after"
-    grep -E 'receiver|error' "$W/iperf.out" | sed "s/^/cmp $b iperf $d /" >> "$R"
+    grep -E 'receiver|error' "$W/iperf.out" | tag "$b iperf $d"
     res "$b iperf-status $d $st"
   done
 
   stop $apid
   res "$b report $(grep 'netvmm-report:' "$W/$b-A.err" | tail -n 1)"
   res "$b ready $(tr -d '\r' < "$W/$b-A.log" | grep -m 1 'netvmm-guest: ready')"
-  tr -d '\r' < "$W/$b-A.log" | sed -n -e "s/^.*cmp-netup=/cmp $b netup /p" \
-    -e "s/^.*cmp-ping-\([a-z_]*\):/cmp $b ping \1 /p" >> "$R"
+  tr -d '\r' < "$W/$b-A.log" | sed -n -e "s/^cmp-netup=/netup /p" \
+    -e "s/^cmp-ping-\([a-z_]*\):/ping \1 /p" | tag "$b"
   teardown $b
+  res "$b done"
   say "$b: done"
 }
 
+# A heartbeat for the caller's watchdog: a lab host that stops printing has hung.
+(while sleep 15; do echo cmp-alive; done) &
+hb=$!
 say "building the topology: NIC lanA, its wire to the LAN host (netns lan: switch sw0, peer $LAN_PEER)"
 $IP link set lo up
 $IP netns add lan
@@ -197,17 +216,21 @@ $LAN $IP link set lanB up
 $IP link set lanA up
 for b in $BACKENDS; do measure $b; done
 $IP netns del lan
+kill $hb
 "#;
 
-/// What a guest may take at most, given the iperf3 time: its boot and pings, then four
-/// iperf3 runs with their start-up.
+/// What the measured guest may take at most: its boot and pings (the scenario waits 180 s
+/// for them), then four iperf3 runs of at most `iperf_seconds` + 30 s each.
 pub fn guest_timeout(iperf_seconds: u32) -> Duration {
-    Duration::from_secs(240 + 8 * u64::from(iperf_seconds))
+    Duration::from_secs(240 + 4 * (u64::from(iperf_seconds) + 30))
 }
 
-/// How long the whole scenario may take for `n` backends.
+/// How long the whole scenario may take for `n` backends: every wait in it at its limit (two
+/// tries of the second guest, 120 s each, and the measured guest), plus the topology. A
+/// last resort: a lab host that hangs is noticed sooner, by its missing heartbeat.
 pub fn scenario_timeout(n: usize, iperf_seconds: u32) -> Duration {
-    Duration::from_secs(120) + guest_timeout(iperf_seconds) * 2 * n.max(1) as u32
+    Duration::from_secs(120)
+        + (Duration::from_secs(240) + guest_timeout(iperf_seconds)) * n.max(1) as u32
 }
 
 /// The scenario's environment, less the guest image and the tools' paths.
@@ -241,7 +264,7 @@ mod tests {
         assert_eq!(get("BACKENDS"), "tap macvtap-passthru");
         assert_eq!(get("T"), "3");
         assert_eq!(get("W"), "/tmp/cmp");
-        assert_eq!(get("GT"), "264");
+        assert_eq!(get("GT"), "372");
         assert!(scenario_timeout(6, 3) > guest_timeout(3) * 6);
     }
 
@@ -250,7 +273,10 @@ mod tests {
         // Every `$` the guest's shell must see is written `\$` in the single-quoted parts.
         let start = SCENARIO.find("gcmd() {").unwrap();
         let end = start + SCENARIO[start..].find("\n}\n").unwrap();
-        for line in SCENARIO[start..end].lines().filter(|l| l.trim_start().starts_with("c=")) {
+        for line in SCENARIO[start..end]
+            .lines()
+            .filter(|l| l.trim_start().starts_with("c="))
+        {
             let single: String = line.split('\'').skip(1).step_by(2).collect();
             for (i, _) in single.match_indices('$') {
                 assert!(single[..i].ends_with('\\'), "unescaped $ in {line}");

@@ -1,0 +1,167 @@
+//! `netvmm compare --explain`: per backend, the path a frame takes and why the measured
+//! facts are what they are.
+
+use super::backend::Backend;
+use super::results::{Outcome, REACH};
+use super::table::mark;
+
+/// What the kernel lets talk to what, in the topology the scenario builds (indexed like
+/// `REACH`: guest_to_host, host_to_guest, guest_to_lan, lan_to_guest, guest_to_guest). The
+/// LAN switch hairpins the NIC's port for vepa and private only.
+pub fn expected(b: Backend) -> [bool; 5] {
+    match b {
+        Backend::Tap | Backend::Bridge | Backend::MacvtapVepa => [true; 5],
+        Backend::MacvtapBridge => [false, false, true, true, true],
+        Backend::MacvtapPrivate => [false, true, true, true, false],
+        Backend::MacvtapPassthru => [false, false, true, true, false],
+    }
+}
+
+/// The path of a frame, guest to LAN.
+pub fn diagram(b: Backend) -> &'static str {
+    match b {
+        Backend::Tap => {
+            "guest eth0 -- nvtapN (host 192.0.2.1) == host IP routing (ip_forward=1) == lanA (203.0.113.10) -- wire -- sw0 -- LAN peer"
+        }
+        Backend::Bridge => {
+            "guest eth0 -- nvtapN -- br0 (host 203.0.113.10) -- lanA -- wire -- sw0 -- LAN peer"
+        }
+        Backend::MacvtapBridge => {
+            "guest eth0 -- /dev/tapN = nvmvtN (mode bridge) -- lanA's transmit path -- wire -- sw0 -- LAN peer   (host 203.0.113.10 on lanA: off the path)"
+        }
+        Backend::MacvtapVepa => {
+            "guest eth0 -- /dev/tapN = nvmvtN (mode vepa) -- lanA -- wire -- sw0 (hairpin: back out the port it came in) -- wire -- lanA -- host or sibling"
+        }
+        Backend::MacvtapPrivate => {
+            "guest eth0 -- /dev/tapN = nvmvtN (mode private) -- lanA -- wire -- sw0 (hairpin) -- wire -- lanA -x- sibling (broadcast from a sibling dropped)"
+        }
+        Backend::MacvtapPassthru => {
+            "guest eth0 -- /dev/tapN = nvmvtN (mode passthru: the whole NIC) -- lanA -- wire -- sw0 -- LAN peer   (host 203.0.113.10 on lanA: cut off)"
+        }
+    }
+}
+
+/// Why the facts are what they are.
+pub fn why(b: Backend) -> &'static str {
+    match b {
+        Backend::Tap => {
+            "Layer 3. The tap is a point-to-point link between the guest and the host's own IP stack: the guest sits on a subnet of its own, with the host's tap address as its gateway. \
+The host reaches the guest directly; everything else is routed by the host (ip_forward=1, and the LAN peer has a route back to 192.0.2.0/24 via the host's LAN address), \
+so the LAN sees the guest's own address one hop further away (TTL decremented; no NAT here), and two guests on two taps reach each other through the host's routing table. \
+No bridge, no promiscuous NIC; but every frame to or from the LAN goes up and down the host's IP stack, and broadcasts (DHCP, ARP, mDNS) stop at the host."
+        }
+        Backend::Bridge => {
+            "Layer 2. br0 is a learning switch in the host's kernel; the guest's tap and the NIC lanA are two of its ports, and the host's address sits on br0 itself, \
+so the host is just another station on the segment. Guest, host, LAN peer and other guests share one broadcast domain: ARP, DHCP and everything else works as on a real switch, in every direction. \
+The NIC, being a bridge port, runs promiscuous and the host's address has to move from lanA to br0 (the step that cuts people off when done over SSH)."
+        }
+        Backend::MacvtapBridge => {
+            "A macvtap is a macvlan (a second MAC address on lanA) with a tap-like character device. Frames from the guest leave through lanA's transmit path; frames for the guest's MAC are taken off lanA's receive path before the host's stack sees them. \
+In bridge mode, siblings on the same lanA are switched inside the macvlan port, so guest<->guest works without touching the wire. \
+But nothing a macvtap sends ever comes up lanA's own stack, and the host's frames for the guest go out on the wire: host<->guest through lanA fails both ways, unless the outside switch sends them back. \
+The usual fix is a macvlan of the host's own on lanA (mode bridge) holding the host's address: netvmm makes one with --net macvtap=lanA,host-access=ADDR/PREFIX."
+        }
+        Backend::MacvtapVepa => {
+            "VEPA (Virtual Ethernet Port Aggregator, 802.1Qbg): every frame from the guest goes out to the external switch, even one for a sibling on the same NIC, and comes back only if the switch sends it out the port it came in on (hairpin, reflective relay). \
+Here sw0 hairpins lanB, so guest<->guest works, each such frame crossing the wire twice; the same reflection brings the guest's frames back up lanA to the host and the host's frames back down to the guest, so host<->guest works too. \
+Without a hairpinning switch, VEPA guests reach neither each other nor the host."
+        }
+        Backend::MacvtapPrivate => {
+            "Like VEPA, every frame goes out to the switch (which hairpins here), but the macvlan port drops what comes back from a private sibling: a broadcast or multicast whose source is a private macvtap on lanA is handed back to its sender alone, \
+never to a sibling and never to the host's stack. ARP requests are broadcasts, so a guest cannot resolve a sibling's or the host's address: guest_to_guest and guest_to_host fail. \
+It is not full isolation: a reflected unicast to a known MAC is delivered (the mode is checked for broadcast/multicast only), so the host, whose own ARP request comes back from the switch and reaches the guest, does get through (host_to_guest), \
+and two siblings with static neighbour entries would too."
+        }
+        Backend::MacvtapPassthru => {
+            "The one macvtap takes the whole NIC: the guest gets lanA's own MAC address, lanA goes promiscuous, and every frame arriving on it goes to the guest, whatever its destination MAC. \
+The host's address on lanA receives nothing any more (host<->guest fails, and the host is cut off from the LAN through lanA), and netvmm refuses a second guest on lanA. \
+It is the software stand-in for handing the guest the NIC (or an SR-IOV VF) without device assignment; it ran last and alone for that reason."
+        }
+    }
+}
+
+/// The explanation for every backend that ran, with the measured marks and anything that
+/// differs from what the kernel's semantics predict.
+pub fn explain(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    for o in outcomes {
+        s.push_str(&format!("\n== {} ==\n", o.backend.name()));
+        s.push_str(&format!("  {}\n", diagram(o.backend)));
+        for line in wrap(why(o.backend), 96) {
+            s.push_str(&format!("  {line}\n"));
+        }
+        if let Some(reason) = &o.skipped {
+            s.push_str(&format!("  Not measured here: {reason}\n"));
+            continue;
+        }
+        let measured: Vec<String> = REACH
+            .iter()
+            .zip(o.reachability)
+            .map(|(r, v)| format!("{r} {}", mark(v)))
+            .collect();
+        s.push_str(&format!("  Measured: {}\n", measured.join(", ")));
+        let surprises: Vec<String> = REACH
+            .iter()
+            .zip(o.reachability)
+            .zip(expected(o.backend))
+            .filter_map(|((r, got), want)| match got {
+                Some(g) if g != want => Some(format!(
+                    "{r} is {}, the kernel's semantics say {}",
+                    mark(Some(g)),
+                    mark(Some(want))
+                )),
+                _ => None,
+            })
+            .collect();
+        if !surprises.is_empty() {
+            s.push_str(&format!("  Unexpected: {}\n", surprises.join("; ")));
+        }
+    }
+    s
+}
+
+/// Words of `text` in lines of at most `width` characters.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for w in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + w.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(w);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_is_explained_and_surprises_are_named() {
+        let mut a = Outcome::new(Backend::MacvtapBridge);
+        a.reachability = [Some(true), Some(false), Some(true), Some(true), None];
+        let mut b = Outcome::new(Backend::MacvtapPassthru);
+        b.skipped = Some("no spare NIC".into());
+        let text = explain(&[a, b]);
+        assert!(text.contains("== macvtap-bridge =="));
+        assert!(text.contains(diagram(Backend::MacvtapBridge)));
+        assert!(
+            text.contains("Unexpected: guest_to_host is ✓, the kernel's semantics say ✗\n"),
+            "{text}"
+        );
+        assert!(text.contains("Not measured here: no spare NIC"));
+        for b in Backend::ALL {
+            assert!(diagram(b).starts_with("guest eth0 -- "));
+            assert!(why(b).len() > 200);
+            assert!(wrap(why(b), 96).iter().all(|l| l.chars().count() <= 96));
+        }
+        assert_eq!(wrap("a b  c", 3), ["a b", "c"]);
+    }
+}

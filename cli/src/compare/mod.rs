@@ -1,0 +1,695 @@
+//! `netvmm compare`: tap, bridge and macvtap side by side, same guest, same device, only the
+//! backend changing; measured, not assumed.
+//!
+//! One shell scenario (`scenario`) builds an isolated topology, a "NIC" (veth lanA) whose
+//! wire leads to a LAN host (network namespace `lan`: switch sw0 and a LAN peer), and for
+//! each backend boots the guest (and a second one for guest<->guest), pings and runs iperf3
+//! in every direction, and reads the VMM's CPU time around the transfers. It runs either in
+//! the emulated lab host (QEMU TCG with nested KVM: no root, nothing touches this machine's
+//! network) or natively inside a fresh network and mount namespace that netvmm creates with
+//! unshare(1): the host's own interfaces are never touched, and everything created dies
+//! with the namespace, also on Ctrl-C. The scenario writes `cmp ...` result lines
+//! (`results`), which become the table (`table`), the JSON (`json`), the chart (`chart`)
+//! and the explanation (`explain`).
+
+mod backend;
+mod chart;
+mod explain;
+mod json;
+mod results;
+mod scenario;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm::kvm_kind::{self, KvmKind};
+
+pub use backend::Backend;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+/// Where the scenario keeps its files inside the emulated lab.
+const LAB_WORK: &str = "/tmp/cmp";
+/// The scenario prints a heartbeat every 15 s; a lab host silent this long has hung.
+const LAB_STALL: Duration = Duration::from_secs(120);
+
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct CompareArgs {
+    /// Backends to compare, comma separated (all by default; passthru always runs last).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = Backend::ALL,
+        value_name = "LIST"
+    )]
+    pub backends: Vec<Backend>,
+    /// Where to run: natively in a private network namespace (needs a KVM that boots stock
+    /// kernels, CAP_NET_ADMIN and CAP_SYS_ADMIN), in the emulated lab host, or whichever
+    /// this host allows.
+    #[arg(long, value_enum, default_value_t = LabChoice::Auto)]
+    pub lab: LabChoice,
+    /// Seconds of each iperf3 run (four per backend).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=600))]
+    pub duration: u32,
+    /// Print the results as JSON on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an SVG chart of throughput and latency per backend.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
+    /// Explain, per backend, the path a frame takes and why the facts are what they are.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabChoice {
+    Auto,
+    Native,
+    Emulated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lab {
+    Native,
+    Emulated,
+}
+
+impl Lab {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lab::Native => "native",
+            Lab::Emulated => "emulated",
+        }
+    }
+
+    /// The line that says which lab ran and what its figures are good for.
+    pub fn line(self) -> &'static str {
+        match self {
+            Lab::Native => "lab: native (this host's KVM, in a private network namespace netvmm created): real figures for this machine.",
+            Lab::Emulated => "lab: emulated (QEMU TCG lab host with nested KVM): figures are bounded by emulation; compare them only with each other, never with bare metal.",
+        }
+    }
+}
+
+/// What decides where the comparison can run.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    pub kvm: KvmKind,
+    pub net_admin: bool,
+    pub sys_admin: bool,
+    /// Tools the native scenario needs that are not on PATH.
+    pub missing_tools: Vec<String>,
+}
+
+impl HostFacts {
+    fn detect() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        Self {
+            kvm: kvm_kind::detect(),
+            net_admin: crate::doctor::has_capability(&status, CAP_NET_ADMIN),
+            sys_admin: crate::doctor::has_capability(&status, CAP_SYS_ADMIN),
+            missing_tools: [
+                "unshare", "ip", "bridge", "iperf3", "ping", "timeout", "mount",
+            ]
+            .into_iter()
+            .filter(|t| which(t).is_none())
+            .map(String::from)
+            .collect(),
+        }
+    }
+
+    /// Why the native lab cannot run here; empty when it can.
+    fn native_blockers(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.kvm.boots_stock_kernels() {
+            v.push(self.kvm.describe());
+        }
+        if !self.net_admin {
+            v.push("no CAP_NET_ADMIN (interfaces cannot be created)".into());
+        }
+        if !self.sys_admin {
+            v.push("no CAP_SYS_ADMIN (no private network and mount namespace)".into());
+        }
+        if !self.missing_tools.is_empty() {
+            v.push(format!("not on PATH: {}", self.missing_tools.join(", ")));
+        }
+        v
+    }
+}
+
+/// The lab to use and why, or why the requested one cannot run.
+pub fn decide_lab(
+    choice: LabChoice,
+    facts: &HostFacts,
+) -> std::result::Result<(Lab, String), String> {
+    let blockers = facts.native_blockers();
+    match choice {
+        LabChoice::Emulated => Ok((Lab::Emulated, "asked for with --lab emulated".into())),
+        LabChoice::Native if blockers.is_empty() => {
+            Ok((Lab::Native, "asked for with --lab native".into()))
+        }
+        LabChoice::Native => Err(format!(
+            "--lab native cannot run here: {}",
+            blockers.join("; ")
+        )),
+        LabChoice::Auto if blockers.is_empty() => Ok((
+            Lab::Native,
+            format!("{}, and netvmm has the privileges", facts.kvm.describe()),
+        )),
+        LabChoice::Auto => Ok((Lab::Emulated, blockers.join("; "))),
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn say(msg: &str) {
+    eprintln!("netvmm compare: {msg}");
+}
+
+pub fn run(args: CompareArgs) -> Result<i32> {
+    let started = Instant::now();
+    let backends = backend::run_order(&args.backends);
+    if let Some(chart) = &args.chart {
+        // Fail now rather than after minutes of measuring.
+        let dir = chart
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!(
+                "--chart {}: {} is not a directory",
+                chart.display(),
+                dir.display()
+            )
+            .into());
+        }
+    }
+    let (lab, why) = decide_lab(args.lab, &HostFacts::detect())?;
+    say(&format!("lab: {} ({why})", lab.name()));
+    say(&format!(
+        "backends: {}; iperf3 {} s per direction",
+        backends
+            .iter()
+            .map(|b| b.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.duration
+    ));
+    let got = match lab {
+        Lab::Emulated => run_emulated(&backends, args.duration)?,
+        Lab::Native => run_native(&backends, args.duration)?,
+    };
+    let status = got.status;
+    if got.text.lines().all(|l| !l.starts_with("cmp ")) {
+        return Err(format!(
+            "the {} lab's scenario produced no results ({}; its output is above)",
+            lab.name(),
+            got.unfinished
+        )
+        .into());
+    }
+    let outcomes = results::parse(&got.text, &backends, &got.unfinished);
+
+    let mut report = table::table(&outcomes);
+    report.push('\n');
+    report.push_str(&table::legend(lab.line()));
+    let notes = table::notes(&outcomes);
+    if !notes.is_empty() {
+        report.push_str("\nNot measured, and why:\n");
+        report.push_str(&notes);
+    }
+    if args.explain {
+        report.push_str(&explain::explain(&outcomes));
+    }
+    if args.json {
+        eprint!("\n{report}");
+        println!("{}", json::report(lab.name(), &outcomes).render());
+    } else {
+        print!("\n{report}");
+    }
+    if let Some(path) = &args.chart {
+        std::fs::write(path, chart::svg(lab.line(), &outcomes))
+            .map_err(|e| format!("cannot write the chart {}: {e}", path.display()))?;
+        say(&format!("chart written to {}", path.display()));
+    }
+    say(&format!(
+        "total time {:.0} s",
+        started.elapsed().as_secs_f64()
+    ));
+    if status != 0 {
+        say(&format!("the scenario ended with status {status}"));
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// A private temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("netvmm-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What running the scenario gave back.
+struct Got {
+    /// The scenario's exit status (non-zero also when it was stopped).
+    status: i32,
+    /// Its `cmp ...` result lines.
+    text: String,
+    /// Why a backend without results did not finish.
+    unfinished: String,
+}
+
+/// The scenario in the emulated lab host. Should the lab host die (the emulated machine
+/// under nested KVM has, rarely, crashed under load), the backends it did not finish run
+/// once more in a fresh one; what finished is kept.
+fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
+    let mut text = String::new();
+    let mut pending = backends.to_vec();
+    for attempt in 1..=2 {
+        let (outcome, got, stalled) = lab_once(&pending, duration)?;
+        text.push_str(&got);
+        let done = results::finished(&text, backends);
+        pending.retain(|b| !done.contains(b));
+        let unfinished = match outcome {
+            Ok(status) => {
+                return Ok(Got {
+                    status,
+                    text,
+                    unfinished: format!(
+                        "the scenario ended (status {status}) before this backend finished; its output is above"
+                    ),
+                })
+            }
+            Err(lab::LabError::NoStatus) => {
+                "the lab host died before this backend finished; its console output is above"
+                    .to_string()
+            }
+            Err(lab::LabError::Signalled(_)) if stalled => format!(
+                "the lab host hung (no output for {} s) before this backend finished; it was stopped",
+                LAB_STALL.as_secs()
+            ),
+            Err(e @ lab::LabError::Timeout(_)) => format!("{e} before this backend finished"),
+            Err(e) => return Err(e.into()),
+        };
+        if pending.is_empty() || attempt == 2 {
+            return Ok(Got {
+                // Every backend finished before the lab went down: nothing is missing.
+                status: if pending.is_empty() { 0 } else { 1 },
+                text,
+                unfinished,
+            });
+        }
+        let names: Vec<&str> = pending.iter().map(|b| b.name()).collect();
+        say(&format!(
+            "{unfinished}; running {} once more in a fresh lab host",
+            names.join(", ")
+        ));
+        for b in &pending {
+            text = results::without(&text, *b);
+        }
+    }
+    unreachable!("the loop returns on its last attempt")
+}
+
+/// One boot of the lab host for `backends`: its outcome, the result lines (from the
+/// results file when the lab finished, else as they came on its console), and whether the
+/// watchdog stopped it.
+fn lab_once(
+    backends: &[Backend],
+    duration: u32,
+) -> Result<(std::result::Result<i32, lab::LabError>, String, bool)> {
+    let tmp = TempDir::new()?;
+    let results = tmp.0.join("results");
+    let mut run = lab::LabRun::new(scenario::SCENARIO);
+    run.env = scenario::env(backends, duration, LAB_WORK);
+    for (k, v) in [
+        ("NETVMM", "netvmm"),
+        ("IP", "/sbin/ip"),
+        ("BRIDGE", "/sbin/bridge"),
+    ] {
+        run.env.push((k.into(), v.into()));
+    }
+    run.outputs = vec![(format!("{LAB_WORK}/results"), results.clone())];
+    run.timeout = scenario::scenario_timeout(backends.len(), duration);
+    // The lab's console comes out on our stdout, which belongs to the table or the JSON:
+    // meanwhile stdout is a pipe, read line by line (progress to stderr, results kept).
+    let (outcome, streamed, stalled) = with_stdout_captured(Some(LAB_STALL), || run.run())?;
+    let file = std::fs::read_to_string(&results).unwrap_or_default();
+    let text = if outcome.is_ok() && file.lines().any(|l| l.starts_with("cmp ")) {
+        file
+    } else {
+        streamed
+    };
+    Ok((outcome, text, stalled))
+}
+
+/// Reads a console: `cmp ...` lines are kept and returned at EOF, the heartbeat is noted in
+/// `seen` (milliseconds since `since`), everything else goes to stderr as it comes (the
+/// progress lines, and whatever goes wrong).
+fn console_reader(
+    r: impl std::io::Read + Send + 'static,
+    since: Instant,
+    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut kept = String::new();
+        let mut reader = std::io::BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            seen.store(
+                since.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line == "cmp-alive" {
+                continue;
+            }
+            if line.starts_with("cmp ") {
+                kept.push_str(line);
+                kept.push('\n');
+            } else {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
+        }
+        kept
+    })
+}
+
+/// Runs `f` with file descriptor 1 on a pipe (children inherit it), its lines read by
+/// `console_reader`; returns what `f` returned, the `cmp ...` lines, and whether `f` was
+/// asked to stop because nothing came through the pipe for `stall` (it is asked the way
+/// Ctrl-C asks: the lab runner then stops QEMU).
+fn with_stdout_captured<T>(
+    stall: Option<Duration>,
+    f: impl FnOnce() -> T,
+) -> Result<(T, String, bool)> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let _ = std::io::stdout().flush();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors into the array; the result is checked.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("cannot make a pipe: {}", std::io::Error::last_os_error()).into());
+    }
+    // SAFETY: fds[0] is a fresh descriptor that nothing else owns.
+    let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+    // SAFETY: dup of a descriptor this process has open; the result is checked.
+    let saved = unsafe { libc::dup(1) };
+    // SAFETY: both descriptors are open; dup2 replaces fd 1 atomically (without
+    // O_CLOEXEC, so children inherit it).
+    if saved < 0 || unsafe { libc::dup2(fds[1], 1) } < 0 {
+        let e = std::io::Error::last_os_error();
+        // SAFETY: closing descriptors this function made, once each.
+        unsafe {
+            libc::close(fds[1]);
+            if saved >= 0 {
+                libc::close(saved);
+            }
+        }
+        return Err(format!("cannot point stdout at a pipe: {e}").into());
+    }
+    // SAFETY: fd 1 now holds the pipe; this copy is ours alone.
+    unsafe { libc::close(fds[1]) };
+    let since = Instant::now();
+    let seen = Arc::new(AtomicU64::new(0));
+    let reader = console_reader(read_end, since, seen.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let watchdog = stall.map(|limit| {
+        let (done, stalled) = (done.clone(), stalled.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let last = Duration::from_millis(seen.load(Ordering::SeqCst));
+                if since.elapsed().saturating_sub(last) > limit {
+                    stalled.store(true, Ordering::SeqCst);
+                    vmm::signals::request_stop(libc::SIGALRM);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    });
+    let out = f();
+    done.store(true, Ordering::SeqCst);
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
+    let stalled = stalled.load(Ordering::SeqCst);
+    if stalled {
+        // The stop was ours, not the user's: clear it for what comes next.
+        vmm::signals::request_stop(0);
+    }
+    let _ = std::io::stdout().flush();
+    // SAFETY: `saved` is the original stdout; restoring it closes the pipe's last write
+    // end we hold (the children that inherited it have exited), so the reader sees EOF.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    let kept = reader.join().unwrap_or_default();
+    Ok((out, kept, stalled))
+}
+
+/// The wrapper unshare(1) runs: a sysfs for the new network namespace (so /sys/class/net
+/// shows its interfaces, not the host's) and a private /run (so `ip netns add` leaves no
+/// trace in the host's /run/netns), then the scenario.
+const NATIVE_WRAPPER: &str =
+    "mount -t sysfs sysfs /sys && mount -t tmpfs tmpfs /run && exec sh \"$1\"";
+
+/// The scenario on this host, inside a fresh network and mount namespace.
+fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
+    let images = lab::Images::guest()?;
+    let tmp = TempDir::new()?;
+    let work = tmp.0.join("work");
+    let script = tmp.0.join("scenario.sh");
+    std::fs::write(&script, scenario::SCENARIO)
+        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+    let exe = std::env::current_exe()?;
+    let tool = |n: &str| {
+        which(n)
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok_or_else(|| format!("{n} is not on PATH"))
+    };
+    let mut cmd = Command::new(tool("unshare")?);
+    cmd.args(["--net", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c", NATIVE_WRAPPER, "netvmm-compare"])
+        .arg(&script)
+        .envs(scenario::env(backends, duration, &work.to_string_lossy()))
+        .env("NETVMM", &exe)
+        .env("IP", tool("ip")?)
+        .env("BRIDGE", tool("bridge")?)
+        .env("NETVMM_GUEST_KERNEL", &images.guest_kernel)
+        .env("NETVMM_GUEST_INITRD", &images.guest_initrd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // Its own process group: on Ctrl-C netvmm stops the whole scenario (every guest's
+    // netvmm removes its interfaces; the namespaces go with the last process).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    vmm::signals::install()?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run unshare: {e}"))?;
+    let reader = console_reader(
+        child.stdout.take().expect("piped stdout"),
+        Instant::now(),
+        Default::default(),
+    );
+    let limit = scenario::scenario_timeout(backends.len(), duration);
+    let start = Instant::now();
+    let stop = |child: &mut std::process::Child| {
+        let pgid = child.id() as i32;
+        // SAFETY: signalling the process group we created; the result does not matter.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait();
+    };
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st.code().unwrap_or(128);
+        }
+        if let Some(sig) = vmm::signals::pending() {
+            stop(&mut child);
+            return Err(format!(
+                "interrupted by signal {sig}; the scenario was stopped and its namespaces are gone"
+            )
+            .into());
+        }
+        if start.elapsed() > limit {
+            stop(&mut child);
+            return Err(format!(
+                "the native scenario did not finish within {limit:?}; it was stopped"
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let streamed = reader.join().unwrap_or_default();
+    let file = std::fs::read_to_string(work.join("results")).unwrap_or_default();
+    Ok(Got {
+        status,
+        text: if file.is_empty() { streamed } else { file },
+        unfinished: format!(
+            "the scenario ended (status {status}) before this backend finished; its output is above"
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn facts(kvm: KvmKind, caps: bool, missing: &[&str]) -> HostFacts {
+        HostFacts {
+            kvm,
+            net_admin: caps,
+            sys_admin: caps,
+            missing_tools: missing.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn lab_choice_follows_kvm_privileges_and_tools() {
+        let hw = KvmKind::Hardware("kvm_amd");
+        let (lab, why) = decide_lab(LabChoice::Auto, &facts(hw.clone(), true, &[])).unwrap();
+        assert_eq!(lab, Lab::Native);
+        assert!(why.contains("kvm_amd"), "{why}");
+        let (lab, why) = decide_lab(LabChoice::Auto, &facts(KvmKind::Pvm, true, &[])).unwrap();
+        assert_eq!(lab, Lab::Emulated);
+        assert!(why.contains("PVM"), "{why}");
+        let (lab, why) = decide_lab(LabChoice::Auto, &facts(hw.clone(), false, &[])).unwrap();
+        assert_eq!(lab, Lab::Emulated);
+        assert!(
+            why.contains("CAP_NET_ADMIN") && why.contains("CAP_SYS_ADMIN"),
+            "{why}"
+        );
+        let e = decide_lab(LabChoice::Native, &facts(hw.clone(), true, &["iperf3"])).unwrap_err();
+        assert!(e.contains("--lab native") && e.contains("iperf3"), "{e}");
+        let e = decide_lab(LabChoice::Native, &facts(KvmKind::Pvm, true, &[])).unwrap_err();
+        assert!(e.contains("PVM"), "{e}");
+        let (lab, _) = decide_lab(LabChoice::Emulated, &facts(hw, true, &[])).unwrap();
+        assert_eq!(lab, Lab::Emulated);
+    }
+
+    #[test]
+    fn arguments_parse_with_defaults() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["netvmm", "compare"];
+            v.extend_from_slice(args);
+            crate::args::Cli::try_parse_from(v).map(|c| match c.command {
+                crate::args::Command::Compare(a) => a,
+                other => panic!("{other:?}"),
+            })
+        };
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.backends, Backend::ALL);
+        assert_eq!(
+            (a.lab, a.duration, a.json, a.explain),
+            (LabChoice::Auto, 5, false, false)
+        );
+        let a = parse(&[
+            "--backends",
+            "macvtap-vepa,tap",
+            "--lab",
+            "emulated",
+            "--duration",
+            "2",
+            "--json",
+            "--chart",
+            "/tmp/c.svg",
+            "--explain",
+        ])
+        .unwrap();
+        assert_eq!(a.backends, [Backend::MacvtapVepa, Backend::Tap]);
+        assert_eq!(a.lab, LabChoice::Emulated);
+        assert_eq!(a.duration, 2);
+        assert!(a.json && a.explain);
+        assert_eq!(a.chart, Some(PathBuf::from("/tmp/c.svg")));
+        assert!(parse(&["--backends", "vde"]).is_err());
+        assert!(parse(&["--duration", "0"]).is_err());
+        assert!(parse(&["--lab", "cloud"]).is_err());
+    }
+
+    /// Tests that point fd 1 elsewhere must not overlap.
+    static STDOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn a_silent_console_trips_the_watchdog() {
+        let _one = STDOUT.lock().unwrap_or_else(|p| p.into_inner());
+        let (pending, _, stalled) = with_stdout_captured(Some(Duration::from_millis(300)), || {
+            let end = Instant::now() + Duration::from_secs(5);
+            while vmm::signals::pending().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            vmm::signals::pending()
+        })
+        .unwrap();
+        assert_eq!((pending, stalled), (Some(libc::SIGALRM), true));
+        assert_eq!(
+            vmm::signals::pending(),
+            None,
+            "the watchdog's stop is cleared"
+        );
+    }
+
+    #[test]
+    fn a_child_console_is_split_into_results_and_progress() {
+        let _one = STDOUT.lock().unwrap_or_else(|p| p.into_inner());
+        let (code, kept, stalled) = with_stdout_captured(None, || {
+            Command::new("sh")
+                .args([
+                    "-c",
+                    "echo 'cmp tap done\r'; echo cmp-alive; echo progress; printf 'cmp tap ping x'",
+                ])
+                .status()
+                .unwrap()
+                .code()
+        })
+        .unwrap();
+        assert_eq!((code, stalled), (Some(0), false));
+        assert_eq!(kept, "cmp tap done\ncmp tap ping x\n");
+        // SAFETY: fcntl on fd 1 only queries it.
+        assert!(unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0);
+    }
+}

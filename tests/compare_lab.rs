@@ -1,4 +1,4 @@
-//! `netvmm compare` end to end in the emulated lab: all six backends, `--json`, and the
+//! `netvmm compare` end to end in the emulated lab: all seven backends (macvtap-bridge+host: the host's address on netvmm's host-access shim), `--json`, and the
 //! reachability matrix held against what the kernel does in the topology compare builds
 //! (a NIC whose wire leads to a LAN switch; the switch hairpins the NIC's port for
 //! macvtap vepa and private only):
@@ -8,6 +8,7 @@
 //! | tap (routed)     | yes     | yes     | yes    | yes    | yes  |
 //! | bridge           | yes     | yes     | yes    | yes    | yes  |
 //! | macvtap-bridge   | no      | no      | yes    | yes    | yes  |
+//! | macvtap-bridge+host | yes  | yes     | yes    | yes    | yes  |
 //! | macvtap-vepa     | yes     | yes     | yes    | yes    | yes  |
 //! | macvtap-private  | no      | yes     | yes    | yes    | no   |
 //! | macvtap-passthru | no      | no      | yes    | yes    | no   |
@@ -22,10 +23,11 @@ mod common;
 
 use std::process::Command;
 
-const BACKENDS: [&str; 6] = [
+const BACKENDS: [&str; 7] = [
     "tap",
     "bridge",
     "macvtap-bridge",
+    "macvtap-bridge+host",
     "macvtap-vepa",
     "macvtap-private",
     "macvtap-passthru",
@@ -40,7 +42,7 @@ const REACH: [&str; 5] = [
 
 fn expected(backend: &str) -> [bool; 5] {
     match backend {
-        "tap" | "bridge" | "macvtap-vepa" => [true; 5],
+        "tap" | "bridge" | "macvtap-bridge+host" | "macvtap-vepa" => [true; 5],
         "macvtap-bridge" => [false, false, true, true, true],
         "macvtap-private" => [false, true, true, true, false],
         "macvtap-passthru" => [false, false, true, true, false],
@@ -160,7 +162,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     assert!(!stderr.contains("Unexpected:"), "{dump}");
     let svg = std::fs::read_to_string(&chart).expect("chart written");
     assert!(svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches(r#"<g class="backend""#).count(), 12, "{svg}");
+    assert_eq!(svg.matches(r#"<g class="backend""#).count(), 14, "{svg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

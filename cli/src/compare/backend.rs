@@ -1,4 +1,4 @@
-//! The six host arrangements `netvmm compare` measures, and what each one looks like.
+//! The host arrangements `netvmm compare` measures, and what each one looks like.
 
 use std::fmt;
 
@@ -12,6 +12,10 @@ pub enum Backend {
     Bridge,
     /// A macvtap on the NIC, bridge mode.
     MacvtapBridge,
+    /// A macvtap on the NIC, bridge mode, with netvmm's host-access shim holding the host's
+    /// address instead of the NIC.
+    #[value(name = "macvtap-bridge+host")]
+    MacvtapBridgeHost,
     /// A macvtap on the NIC, VEPA mode, behind a LAN switch that hairpins.
     MacvtapVepa,
     /// A macvtap on the NIC, private mode, behind a LAN switch that hairpins.
@@ -23,10 +27,11 @@ pub enum Backend {
 impl Backend {
     /// All of them, in the order they run and are reported (passthru last: it takes the
     /// NIC to itself).
-    pub const ALL: [Backend; 6] = [
+    pub const ALL: [Backend; 7] = [
         Backend::Tap,
         Backend::Bridge,
         Backend::MacvtapBridge,
+        Backend::MacvtapBridgeHost,
         Backend::MacvtapVepa,
         Backend::MacvtapPrivate,
         Backend::MacvtapPassthru,
@@ -38,6 +43,7 @@ impl Backend {
             Backend::Tap => "tap",
             Backend::Bridge => "bridge",
             Backend::MacvtapBridge => "macvtap-bridge",
+            Backend::MacvtapBridgeHost => "macvtap-bridge+host",
             Backend::MacvtapVepa => "macvtap-vepa",
             Backend::MacvtapPrivate => "macvtap-private",
             Backend::MacvtapPassthru => "macvtap-passthru",

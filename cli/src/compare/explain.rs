@@ -10,7 +10,9 @@ use super::table::mark;
 /// LAN switch hairpins the NIC's port for vepa and private only.
 pub fn expected(b: Backend) -> [bool; 5] {
     match b {
-        Backend::Tap | Backend::Bridge | Backend::MacvtapVepa => [true; 5],
+        Backend::Tap | Backend::Bridge | Backend::MacvtapBridgeHost | Backend::MacvtapVepa => {
+            [true; 5]
+        }
         Backend::MacvtapBridge => [false, false, true, true, true],
         Backend::MacvtapPrivate => [false, true, true, true, false],
         Backend::MacvtapPassthru => [false, false, true, true, false],
@@ -28,6 +30,9 @@ pub fn diagram(b: Backend) -> &'static str {
         }
         Backend::MacvtapBridge => {
             "guest eth0 -- /dev/tapN = nvmvtN (mode bridge) -- lanA's transmit path -- wire -- sw0 -- LAN peer   (host 203.0.113.10 on lanA: off the path)"
+        }
+        Backend::MacvtapBridgeHost => {
+            "guest eth0 -- /dev/tapN = nvmvtN (mode bridge) -- lanA's macvlan port -- nvshimN (mode bridge, host 203.0.113.10) = the host's stack; lanA -- wire -- sw0 -- LAN peer"
         }
         Backend::MacvtapVepa => {
             "guest eth0 -- /dev/tapN = nvmvtN (mode vepa) -- lanA -- wire -- sw0 (hairpin: back out the port it came in) -- wire -- lanA -- host or sibling"
@@ -60,6 +65,12 @@ The NIC, being a bridge port, runs promiscuous and the host's address has to mov
 In bridge mode, siblings on the same lanA are switched inside the macvlan port, so guest<->guest works without touching the wire. \
 But nothing a macvtap sends ever comes up lanA's own stack, and the host's frames for the guest go out on the wire: host<->guest through lanA fails both ways, unless the outside switch sends them back. \
 The usual fix is a macvlan of the host's own on lanA (mode bridge) holding the host's address: netvmm makes one with --net macvtap=lanA,host-access=ADDR/PREFIX."
+        }
+        Backend::MacvtapBridgeHost => {
+            "The same macvtap in bridge mode, but the host's address is no longer on lanA: netvmm's host-access shim, a macvlan of the host's own on lanA in bridge mode, holds it (lanA itself keeps no address). \
+Guest and host are now two siblings on lanA's macvlan port, and bridge mode switches frames between siblings inside the kernel, so host<->guest works both ways without the wire; \
+the host reaches the LAN through the shim as well. Both guests share the one shim, which the last of their netvmm processes removes. \
+It is the workaround everyone is told for macvtap, done by netvmm: --net macvtap=lanA,host-access=203.0.113.10/24. In vepa or private mode the sibling path does not exist, so netvmm refuses it there."
         }
         Backend::MacvtapVepa => {
             "VEPA (Virtual Ethernet Port Aggregator, 802.1Qbg): every frame from the guest goes out to the external switch, even one for a sibling on the same NIC, and comes back only if the switch sends it out the port it came in on (hairpin, reflective relay). \

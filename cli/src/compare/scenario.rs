@@ -92,6 +92,10 @@ setup() {
     $IP link add br0 type bridge; $IP link set lanA master br0; $IP link set br0 up
     $IP addr add $HOST_LAN/24 dev br0
     NA=bridge=br0; NB=bridge=br0 ;;
+  macvtap-bridge+host)
+    # The host's address on netvmm's host-access shim (a bridge-mode macvlan on lanA, shared
+    # by both guests), not on lanA: host and guests are siblings on lanA.
+    NA=macvtap=lanA,mode=bridge,host-access=$HOST_LAN/24; NB=$NA ;;
   macvtap-*)
     $IP addr add $HOST_LAN/24 dev lanA
     case $1 in macvtap-vepa|macvtap-private) $LAN $BRIDGE link set dev lanB hairpin on ;; esac
@@ -191,6 +195,8 @@ measure() {
   done
 
   stop $apid
+  shims=$(ls /sys/class/net | grep -c '^nvshim')
+  [ "$shims" = 0 ] || res "$b note $shims host-access shim(s) left behind after the last guest"
   res "$b report $(grep 'netvmm-report:' "$W/$b-A.err" | tail -n 1)"
   res "$b ready $(tr -d '\r' < "$W/$b-A.log" | grep -m 1 'netvmm-guest: ready')"
   tr -d '\r' < "$W/$b-A.log" | sed -n -e "s/^cmp-netup=/netup /p" \

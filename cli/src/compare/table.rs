@@ -4,7 +4,7 @@ use super::results::{Outcome, Rtt};
 
 /// Column widths and headers (second header row); the first row names groups of columns.
 const COLUMNS: [(&str, usize); 16] = [
-    ("backend", 16),
+    ("backend", 20),
     ("ms", 6),
     ("avg", 6),
     ("p99", 6),
@@ -93,7 +93,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
     let mut lines = vec![group_row(), row(&COLUMNS.map(|(h, _)| h.to_string()))];
     for o in outcomes {
         if let Some(why) = &o.skipped {
-            lines.push(format!("{:<16} skipped: {why}", o.backend.name()));
+            lines.push(format!("{:<20} skipped: {why}", o.backend.name()));
             continue;
         }
         let [ha, hp] = rtt_cells(&o.rtt_guest_to_host);
@@ -176,7 +176,7 @@ mod tests {
             ],
             "{t}"
         );
-        assert_eq!(lines[3], "macvtap-passthru skipped: lanA is busy");
+        assert_eq!(lines[3], "macvtap-passthru     skipped: lanA is busy");
         // Every figure ends where its header ends.
         let width = |s: &str| s.chars().count();
         // The last mark sits under the '>' of "g>g".

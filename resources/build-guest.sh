@@ -4,8 +4,10 @@
 #
 # Usage: build-guest.sh [OUT_DIR]
 #   OUT_DIR defaults to ${NETVMM_CACHE:-$HOME/.cache/netvmm}/guest.
-#   NETVMM_IMAGE_REBUILD=1 forces a rebuild; NETVMM_KERNEL_PACKAGE picks a
-#   different linux-image-* package.
+#   NETVMM_IMAGE_REBUILD=1 forces a rebuild; NETVMM_KERNEL_META names the
+#   kernel metapackage (default linux-image-cloud-amd64; `netvmm image build
+#   --flavour generic` uses linux-image-amd64); NETVMM_KERNEL_PACKAGE picks a
+#   versioned linux-image-* package directly.
 #
 # Host packages (Debian 12): apt dpkg coreutils findutils grep sed util-linux
 #   libc-bin cpio gzip xz-utils zstd lz4 kmod

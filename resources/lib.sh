@@ -36,6 +36,7 @@ sources_hash() {
 		done
 		# An explicit kernel choice is part of the image identity.
 		printf 'kernel-override=%s\n' "${NETVMM_KERNEL_PACKAGE:-}"
+		printf 'kernel-meta=%s\n' "${NETVMM_KERNEL_META:-linux-image-cloud-amd64}"
 	} | sha256sum | cut -d' ' -f1
 }
 
@@ -195,7 +196,7 @@ fetch_with_libs() {
 # kernel_package: the versioned kernel package behind the metapackage (the
 # metapackage itself is empty).
 kernel_package() {
-	local meta=linux-image-cloud-amd64 name
+	local meta=${NETVMM_KERNEL_META:-linux-image-cloud-amd64} name
 	if [[ -n ${NETVMM_KERNEL_PACKAGE:-} ]]; then
 		printf '%s' "$NETVMM_KERNEL_PACKAGE"
 		return

@@ -1,6 +1,7 @@
 //! End-to-end boot tests: the real Debian guest image booted by netvmm inside the emulated
 //! lab host (QEMU TCG with nested KVM), so that they run on hosts whose own KVM cannot boot
-//! a stock kernel. All cases share one lab boot; each case is one `netvmm run`.
+//! a stock kernel. The cloud kernel's cases share one lab boot, each case one `netvmm run`;
+//! Debian's generic kernel boots in a lab of its own.
 
 mod common;
 
@@ -99,4 +100,79 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(999);
     assert!(elapsed < 60, "timeout took {elapsed} s\n{dump}");
+}
+
+/// Debian's generic kernel (linux-image-amd64, the kernel of a standard install) boots too:
+/// it finds both CPUs through the MADT and the virtio-mmio NIC through the DSDT, with its
+/// own modules in the same initramfs, and passes traffic.
+#[test]
+fn debian_generic_kernel_boots_with_both_cpus_and_its_nic() {
+    let built = common::netvmm(&["image", "build", "--flavour", "generic"]);
+    let listing = String::from_utf8_lossy(&built.stdout).into_owned();
+    assert!(
+        built.status.success(),
+        "{listing}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let part = |name: &str| {
+        listing
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {listing}"))
+    };
+    let (kernel, initrd) = (part("kernel"), part("initrd"));
+    assert!(kernel.contains("guest-generic"), "{listing}");
+
+    let dir = std::env::temp_dir().join(format!("netvmm-generic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("serial.log");
+    let out = common::netvmm_in_lab(&[
+        "lab",
+        "run",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cpus",
+        "2",
+        "--memory",
+        "384",
+        "--timeout",
+        "300",
+        "--net",
+        "tap,host-ip=192.0.2.1/24",
+        "--serial-log",
+        log.to_str().unwrap(),
+        "--cmdline",
+        "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"echo release=\\$(uname -r); ping -c 2 -W 2 192.0.2.1\"",
+    ]);
+    let console = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .replace('\r', "");
+    let dump = format!(
+        "status {:?}\n--- console ---\n{console}\n--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(0), "{dump}");
+    let release = console
+        .lines()
+        .find_map(|l| l.strip_prefix("release="))
+        .unwrap_or_else(|| panic!("no uname line\n{dump}"));
+    assert!(
+        release.ends_with("-amd64") && !release.contains("cloud"),
+        "{release}\n{dump}"
+    );
+    let ready = console
+        .lines()
+        .find(|l| l.contains("netvmm-guest: ready"))
+        .unwrap_or_else(|| panic!("no ready line\n{dump}"));
+    assert!(ready.contains(" cpus=2 "), "{ready}\n{dump}");
+    assert!(console.contains("bytes from 192.0.2.1"), "{dump}");
+    assert!(
+        console.contains("netvmm-guest: command exited with status 0"),
+        "{dump}"
+    );
 }

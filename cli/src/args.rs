@@ -129,8 +129,27 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 #[derive(Args, Debug)]
 pub struct ImageArgs {
+    /// Which Debian kernel the guest carries: cloud (linux-image-cloud-amd64, the default)
+    /// or generic (linux-image-amd64, the kernel of a standard install).
+    #[arg(long, value_enum, default_value_t = Flavour::Cloud, global = true)]
+    pub flavour: Flavour,
     #[command(subcommand)]
     pub command: ImageCommand,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Cloud,
+    Generic,
+}
+
+impl From<Flavour> for lab::GuestFlavour {
+    fn from(f: Flavour) -> Self {
+        match f {
+            Flavour::Cloud => lab::GuestFlavour::Cloud,
+            Flavour::Generic => lab::GuestFlavour::Generic,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,5 +292,29 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn image_flavour_defaults_to_cloud_and_goes_anywhere() {
+        let flavour = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Image(i)) => Ok(i.flavour),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(flavour(&["image", "build"]), Ok(Flavour::Cloud));
+        assert_eq!(
+            flavour(&["image", "--flavour", "generic", "build"]),
+            Ok(Flavour::Generic)
+        );
+        assert_eq!(
+            flavour(&["image", "path", "kernel", "--flavour", "generic"]),
+            Ok(Flavour::Generic)
+        );
+        let e = flavour(&["image", "build", "--flavour", "rt"]).unwrap_err();
+        assert!(e.contains("--flavour") && e.contains("rt"), "{e}");
+        assert_eq!(
+            lab::GuestFlavour::from(Flavour::Generic).metapackage(),
+            "linux-image-amd64"
+        );
     }
 }

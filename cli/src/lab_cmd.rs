@@ -10,7 +10,7 @@ use crate::args::{ImageArgs, ImageCommand, LabArgs, LabCommand, RunArgs};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 pub fn image(a: ImageArgs) -> Result<i32> {
-    let i = Images::guest()?;
+    let i = Images::guest_of(a.flavour.into())?;
     match a.command {
         ImageCommand::Build => {
             println!("kernel  {}", i.guest_kernel.display());

@@ -28,6 +28,35 @@ pub enum ImageError {
     NoCache,
 }
 
+/// Which Debian kernel the guest image carries (the initramfs is the same, with that
+/// kernel's modules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GuestFlavour {
+    /// `linux-image-cloud-amd64`: the default guest, and the lab host's kernel.
+    #[default]
+    Cloud,
+    /// `linux-image-amd64`: the kernel of a standard Debian install.
+    Generic,
+}
+
+impl GuestFlavour {
+    /// The image's directory under the cache.
+    fn dir(self) -> &'static str {
+        match self {
+            GuestFlavour::Cloud => "guest",
+            GuestFlavour::Generic => "guest-generic",
+        }
+    }
+
+    /// The Debian metapackage the builder resolves to a versioned kernel package.
+    pub fn metapackage(self) -> &'static str {
+        match self {
+            GuestFlavour::Cloud => "linux-image-cloud-amd64",
+            GuestFlavour::Generic => "linux-image-amd64",
+        }
+    }
+}
+
 /// Paths of the built images.
 #[derive(Debug, Clone)]
 pub struct Images {
@@ -53,7 +82,12 @@ pub fn resources_dir() -> PathBuf {
 }
 
 /// Runs a builder script; the scripts are idempotent and return at once when up to date.
-fn build(script_name: &str, out: &Path, expect: &[&Path]) -> Result<(), ImageError> {
+fn build(
+    script_name: &str,
+    out: &Path,
+    env: &[(&str, &str)],
+    expect: &[&Path],
+) -> Result<(), ImageError> {
     let script = resources_dir().join(script_name);
     if !script.is_file() {
         return Err(ImageError::NoBuilder(script));
@@ -61,6 +95,7 @@ fn build(script_name: &str, out: &Path, expect: &[&Path]) -> Result<(), ImageErr
     let status = Command::new("bash")
         .arg(&script)
         .arg(out)
+        .envs(env.iter().copied())
         .status()
         .map_err(|source| ImageError::Spawn {
             script: script.clone(),
@@ -81,8 +116,8 @@ fn build(script_name: &str, out: &Path, expect: &[&Path]) -> Result<(), ImageErr
 }
 
 impl Images {
-    fn at(cache: &Path) -> Self {
-        let guest = cache.join("guest");
+    fn at(cache: &Path, flavour: GuestFlavour) -> Self {
+        let guest = cache.join(flavour.dir());
         let lab = cache.join("lab");
         Self {
             guest_kernel: guest.join("vmlinuz"),
@@ -95,11 +130,17 @@ impl Images {
 
     /// The guest image, built if missing or out of date.
     pub fn guest() -> Result<Self, ImageError> {
+        Self::guest_of(GuestFlavour::Cloud)
+    }
+
+    /// The guest image with the given kernel, built if missing or out of date.
+    pub fn guest_of(flavour: GuestFlavour) -> Result<Self, ImageError> {
         let cache = cache_dir()?;
-        let i = Self::at(&cache);
+        let i = Self::at(&cache, flavour);
         build(
             "build-guest.sh",
-            &cache.join("guest"),
+            &cache.join(flavour.dir()),
+            &[("NETVMM_KERNEL_META", flavour.metapackage())],
             &[&i.guest_kernel, &i.guest_vmlinux, &i.guest_initrd],
         )?;
         Ok(i)
@@ -112,6 +153,7 @@ impl Images {
         build(
             "build-lab.sh",
             &cache.join("lab"),
+            &[],
             &[&i.lab_kernel, &i.lab_initrd],
         )?;
         Ok(i)

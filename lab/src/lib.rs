@@ -11,5 +11,5 @@ pub mod cpio;
 pub mod images;
 pub mod runner;
 
-pub use images::{ImageError, Images};
+pub use images::{GuestFlavour, ImageError, Images};
 pub use runner::{LabError, LabRun};

@@ -47,6 +47,12 @@ impl LabOutput {
     }
 }
 
+/// Runs netvmm with `args` that boot a lab host (`netvmm lab run ...`), one lab at a time.
+pub fn netvmm_in_lab(args: &[&str]) -> Output {
+    let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    netvmm(args)
+}
+
 /// Runs `script` inside the lab host with `netvmm lab exec`, one lab at a time.
 pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());

@@ -156,7 +156,8 @@ fn panel(
         };
         let _ = writeln!(
             svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{label}</text>"#,
+            // Small enough for seven backends side by side, the longest name included.
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{label}</text>"#,
             x0 + slot / 2.0,
             y0 + h + 16.0
         );

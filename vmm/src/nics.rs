@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
 use devices::virtio::mmio::{MmioEvents, MmioTransport, TransportError, QUEUE_NOTIFY};
-use devices::virtio::net::Net;
+use devices::virtio::net::{Net, NetStats};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use net::backends::{self, BackendError, Opened};
@@ -80,9 +80,29 @@ pub type NetEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
 pub struct Nics {
     pub slots: Vec<VirtioMmioSlot>,
     pub infos: Vec<NicInfo>,
+    /// Reads each NIC's device counters (in `infos` order).
+    pub counters: Vec<NicCounters>,
     pub events: Option<NetEventManager>,
     pub cleanup: HostCleanup,
     pub bridge_ports: Vec<net::bridge_watch::Port>,
+}
+
+/// Reads one NIC's device counters; they live in its transport, behind the lock the event
+/// loop takes.
+pub struct NicCounters(Box<dyn Fn() -> NetStats + Send>);
+
+impl NicCounters {
+    pub fn read(&self) -> NetStats {
+        (self.0)()
+    }
+}
+
+/// One report line per NIC: what its device moved and dropped.
+pub fn counters_line(guest_name: &str, s: &NetStats) -> String {
+    format!(
+        "netvmm-nic-report: {guest_name} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={}",
+        s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors
+    )
 }
 
 /// The most NICs: one GSI each, from VIRTIO_GSI_START to the last IOAPIC pin.
@@ -168,6 +188,10 @@ pub fn build(
                 .map_err(kvm("register its queue ioeventfd"))?;
         }
         let transport = Arc::new(Mutex::new(transport));
+        let counted = transport.clone();
+        nics.counters.push(NicCounters(Box::new(move || {
+            devices::bus::lock(&counted).device().stats()
+        })));
         mmio.insert(
             &format!("eth{index}"),
             addr,
@@ -200,4 +224,43 @@ pub fn spawn_event_loop(mut em: NetEventManager) -> std::io::Result<()> {
             }
         })
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_line_names_the_nic_and_every_counter() {
+        let s = NetStats {
+            rx_frames: 1,
+            rx_bytes: 2,
+            tx_frames: 3,
+            tx_bytes: 4,
+            tx_invalid: 5,
+            tx_backend_errors: 6,
+            rx_dropped: 7,
+        };
+        let line = counters_line("eth1", &s);
+        let rest = line.strip_prefix("netvmm-nic-report: eth1 ").unwrap();
+        let kv: Vec<(&str, u64)> = rest
+            .split(' ')
+            .map(|f| {
+                let (k, v) = f.split_once('=').unwrap();
+                (k, v.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            kv,
+            [
+                ("rx_frames", 1),
+                ("rx_bytes", 2),
+                ("rx_dropped", 7),
+                ("tx_frames", 3),
+                ("tx_bytes", 4),
+                ("tx_invalid", 5),
+                ("tx_backend_errors", 6)
+            ]
+        );
+    }
 }

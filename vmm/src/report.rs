@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Set this variable to have `netvmm run` print one `netvmm-report:` line on stderr at exit.
+/// Set this variable to have `netvmm run` print one `netvmm-report:` line on stderr at exit
+/// (after a `netvmm-nic-report:` line per NIC).
 pub const REPORT_ENV: &str = "NETVMM_BOOT_REPORT";
 
 static SETUP_CPU: OnceLock<Duration> = OnceLock::new();

@@ -135,6 +135,7 @@ pub struct Vmm {
     started: Instant,
     ready_at: Arc<OnceLock<Instant>>,
     nics: Vec<crate::nics::NicInfo>,
+    nic_counters: Vec<crate::nics::NicCounters>,
     net_events: Option<crate::nics::NetEventManager>,
     /// Dropped when `run` returns (or `new` fails): deletes what netvmm created on the host.
     _host_cleanup: crate::nics::HostCleanup,
@@ -204,6 +205,7 @@ impl Vmm {
         let crate::nics::Nics {
             slots: virtio_mmio,
             infos: nics,
+            counters: nic_counters,
             events: net_events,
             cleanup: host_cleanup,
             bridge_ports,
@@ -260,6 +262,7 @@ impl Vmm {
             started,
             ready_at,
             nics,
+            nic_counters,
             net_events,
             _host_cleanup: host_cleanup,
         })
@@ -310,6 +313,12 @@ impl Vmm {
             println!();
         }
         if std::env::var_os(crate::report::REPORT_ENV).is_some() {
+            for (info, counters) in self.nics.iter().zip(&self.nic_counters) {
+                eprintln!(
+                    "{}",
+                    crate::nics::counters_line(&info.guest_name, &counters.read())
+                );
+            }
             eprintln!("{}", self.boot_report(first_run.get().copied()));
         }
         Ok(outcome)

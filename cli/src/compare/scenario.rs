@@ -205,6 +205,9 @@ measure() {
   shims=$(ls /sys/class/net | grep -c '^nvshim')
   [ "$shims" = 0 ] || res "$b note $shims host-access shim(s) left behind after the last guest"
   res "$b report $(grep 'netvmm-report:' "$W/$b-A.err" | tail -n 1)"
+  if grep -q "^cmp $b note iperf3" "$R"; then
+    res "$b note the measured guest's device counters: $(grep 'netvmm-nic-report:' "$W/$b-A.err" | tr '\n' ' ')"
+  fi
   res "$b ready $(tr -d '\r' < "$W/$b-A.log" | grep -m 1 'netvmm-guest: ready')"
   tr -d '\r' < "$W/$b-A.log" | sed -n -e "s/^cmp-netup=/netup /p" \
     -e "s/^cmp-ping-\([a-z_]*\):/ping \1 /p" | tag "$b"

@@ -69,12 +69,16 @@ $IP addr add 198.51.100.1/24 dev bt1
 $IP link set bt1 up
 : > /tmp/results
 
-# The guest's command; no `$` in it, so the guest init's eval leaves it alone.
+# The guest's command; no `$` in it, so the guest init's eval leaves it alone. The lab's
+# iperf3 server can still be winding down the previous guest's test ("the server is busy"):
+# each run is tried up to six times, 2 s apart.
 gcmd() {
   echo "cat /sys/bus/virtio/devices/virtio*/features | sed s/^/feat:/;" \
     "ping -c 10 -i 0.2 -W 3 $1 | grep round-trip | sed s/^/rtt:/;" \
-    "iperf3 -c $1 -t $T -f m | grep receiver | sed s/^/up:/;" \
-    "iperf3 -c $1 -t $T -f m -R | grep receiver | sed s/^/down:/"
+    "for i in 1 2 3 4 5 6; do iperf3 -c $1 -t $T -f m > /tmp/up 2>&1 && break; sleep 2; done;" \
+    "grep receiver /tmp/up | sed s/^/up:/;" \
+    "for i in 1 2 3 4 5 6; do iperf3 -c $1 -t $T -f m -R > /tmp/down 2>&1 && break; sleep 2; done;" \
+    "grep receiver /tmp/down | sed s/^/down:/"
 }
 # collect VMM ROUND STATUS LOG ERR
 collect() {

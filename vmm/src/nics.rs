@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
-use devices::virtio::mmio::{MmioEvents, MmioTransport, TransportError, QUEUE_NOTIFY};
+use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, TransportError, QUEUE_NOTIFY};
 use devices::virtio::net::{Net, NetStats};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -196,7 +196,7 @@ pub fn build(
             &format!("eth{index}"),
             addr,
             MMIO_DEVICE_SIZE,
-            transport.clone(),
+            Arc::new(Mutex::new(MmioFront::new(transport.clone()))),
         )
         .map_err(|source| NicError::Bus { index, source })?;
         let events =

@@ -1,5 +1,6 @@
 //! The virtio-mmio transport (virtio 1.2, 4.2.2), modern (version 2) registers only.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -60,7 +61,9 @@ pub struct MmioTransport<D: VirtioDevice> {
     driver_features: u64,
     queue_sel: u32,
     status: u32,
-    interrupt_status: u32,
+    /// Shared with the transport's `MmioFront`, which serves the interrupt registers
+    /// without this transport's lock.
+    interrupt_status: Arc<AtomicU32>,
     config_generation: u32,
     active: bool,
 }
@@ -98,7 +101,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             driver_features: 0,
             queue_sel: 0,
             status: 0,
-            interrupt_status: 0,
+            interrupt_status: Arc::new(AtomicU32::new(0)),
             config_generation: 0,
             active: false,
         })
@@ -137,7 +140,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn raise(&mut self, bit: u32) {
-        self.interrupt_status |= bit;
+        // Set before the eventfd fires: the guest's handler reads it after the interrupt.
+        self.interrupt_status.fetch_or(bit, Ordering::SeqCst);
         // A full eventfd counter still means "interrupt pending": nothing is lost.
         let _ = self.irq.write(1);
     }
@@ -156,7 +160,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.status = 0;
-        self.interrupt_status = 0;
+        self.interrupt_status.store(0, Ordering::SeqCst);
         self.active = false;
     }
 
@@ -223,7 +227,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             },
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            INTERRUPT_STATUS => self.interrupt_status,
+            INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
             STATUS => self.status,
             CONFIG_GENERATION => self.config_generation,
             _ => 0,
@@ -282,7 +286,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
                     let _ = evt.write(1);
                 }
             }
-            INTERRUPT_ACK => self.interrupt_status &= !v,
+            INTERRUPT_ACK => {
+                self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
+            }
             STATUS => self.set_status(v),
             _ => {}
         }
@@ -314,6 +320,47 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
         if offset.is_multiple_of(4) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         }
+    }
+}
+
+/// What the vCPUs see of a transport: InterruptStatus and InterruptAck, which the guest
+/// touches on every interrupt, are served from the shared atomic without the transport's
+/// lock, which the event thread holds while it moves a burst of frames; every other
+/// register goes to the transport under its lock.
+pub struct MmioFront<D: VirtioDevice> {
+    transport: Arc<Mutex<MmioTransport<D>>>,
+    interrupt_status: Arc<AtomicU32>,
+}
+
+impl<D: VirtioDevice> MmioFront<D> {
+    pub fn new(transport: Arc<Mutex<MmioTransport<D>>>) -> Self {
+        let interrupt_status = lock(&transport).interrupt_status.clone();
+        Self {
+            transport,
+            interrupt_status,
+        }
+    }
+}
+
+impl<D: VirtioDevice> BusDevice for MmioFront<D> {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == INTERRUPT_STATUS && data.len() == 4 {
+            let v = self.interrupt_status.load(Ordering::SeqCst);
+            data.copy_from_slice(&v.to_le_bytes());
+            return;
+        }
+        lock(&self.transport).read(offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == INTERRUPT_ACK {
+            if let Ok(bytes) = <[u8; 4]>::try_from(data) {
+                self.interrupt_status
+                    .fetch_and(!u32::from_le_bytes(bytes), Ordering::SeqCst);
+            }
+            return;
+        }
+        lock(&self.transport).write(offset, data);
     }
 }
 

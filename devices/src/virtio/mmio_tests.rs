@@ -783,3 +783,58 @@ fn event_loop_wakes_the_device_on_activation_notify_and_backend_readiness() {
     assert!(run(&mut em) >= 1);
     assert_eq!(used_idx(&mem, RXQ_AT), 2);
 }
+
+// ---------------------------------------------------------------------------------------
+// The vCPU-side front
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn front_serves_interrupt_registers_while_the_transport_is_busy() {
+    let mut rig = Rig::new();
+    // A config interrupt, raised by the transport (DRIVER_OK without FEATURES_OK).
+    rig.w(
+        STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
+    let Rig { t, .. } = rig;
+    let transport = Arc::new(Mutex::new(t));
+    let mut front = MmioFront::new(transport.clone());
+    let read = |front: &mut MmioFront<_>, offset| {
+        let mut data = [0u8; 4];
+        front.read(offset, &mut data);
+        u32::from_le_bytes(data)
+    };
+
+    // The event thread holds the transport (moving a burst of frames): the guest's
+    // interrupt handler still reads and acknowledges without waiting for it.
+    let busy = transport.lock().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handler = std::thread::spawn(move || {
+        let status = read(&mut front, INTERRUPT_STATUS);
+        front.write(INTERRUPT_ACK, &status.to_le_bytes());
+        let after = read(&mut front, INTERRUPT_STATUS);
+        tx.send((status, after)).unwrap();
+        front
+    });
+    let (status, after) = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the interrupt registers do not wait for the transport's lock");
+    assert_eq!(status & INT_CONFIG, INT_CONFIG);
+    assert_eq!(after, 0);
+    drop(busy);
+    let mut front = handler.join().unwrap();
+
+    // Both views agree, and the other registers still reach the transport.
+    transport.lock().unwrap().raise(INT_VRING);
+    assert_eq!(read(&mut front, INTERRUPT_STATUS), INT_VRING);
+    assert_eq!(read(&mut front, MAGIC_VALUE), MMIO_MAGIC);
+    front.write(INTERRUPT_ACK, &INT_VRING.to_le_bytes());
+    let mut data = [0u8; 4];
+    transport.lock().unwrap().read(INTERRUPT_STATUS, &mut data);
+    assert_eq!(u32::from_le_bytes(data), 0);
+    // A short access to the status register is not served from the atomic.
+    transport.lock().unwrap().raise(INT_VRING);
+    let mut short = [0xffu8; 2];
+    front.read(INTERRUPT_STATUS, &mut short);
+    assert_eq!(short, [0, 0]);
+}

@@ -7,7 +7,28 @@ use lab::{Images, LabRun};
 
 use crate::args::{ImageArgs, ImageCommand, LabArgs, LabCommand, RunArgs};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+/// What can stop `netvmm image ...` and `netvmm lab ...`, each naming the failing object.
+#[derive(Debug, thiserror::Error)]
+pub enum LabCmdError {
+    #[error("cannot read scenario {}: {source}", path.display())]
+    Scenario {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {} does not exist", path.display())]
+    Missing {
+        flag: &'static str,
+        path: std::path::PathBuf,
+    },
+    #[error(transparent)]
+    Args(#[from] crate::args::ArgError),
+    #[error(transparent)]
+    Lab(#[from] lab::LabError),
+    #[error(transparent)]
+    Image(#[from] lab::ImageError),
+}
+
+type Result<T> = std::result::Result<T, LabCmdError>;
 
 pub fn image(a: ImageArgs) -> Result<i32> {
     let i = Images::guest_of(a.flavour.into())?;
@@ -38,8 +59,11 @@ pub fn lab(a: LabArgs) -> Result<i32> {
             Ok(0)
         }
         LabCommand::Exec { script, timeout } => {
-            let text = std::fs::read_to_string(&script)
-                .map_err(|e| format!("cannot read scenario {}: {e}", script.display()))?;
+            let text =
+                std::fs::read_to_string(&script).map_err(|source| LabCmdError::Scenario {
+                    path: script.clone(),
+                    source,
+                })?;
             let mut run = LabRun::new(text);
             run.memory_mib = a.lab_memory;
             if let Some(t) = timeout {
@@ -62,16 +86,20 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
     r.clone().into_config()?;
     let mut files = Vec::new();
     let mut args = vec!["netvmm".to_string(), "run".to_string()];
-    let mut carry = |flag: &str, host: &Path, name: &str, args: &mut Vec<String>| -> Result<()> {
-        if !host.is_file() {
-            return Err(format!("{flag} {} does not exist", host.display()).into());
-        }
-        let at = format!("/lab/files/{name}");
-        files.push((host.to_path_buf(), at.clone()));
-        args.push(flag.to_string());
-        args.push(at);
-        Ok(())
-    };
+    let mut carry =
+        |flag: &'static str, host: &Path, name: &str, args: &mut Vec<String>| -> Result<()> {
+            if !host.is_file() {
+                return Err(LabCmdError::Missing {
+                    flag,
+                    path: host.to_path_buf(),
+                });
+            }
+            let at = format!("/lab/files/{name}");
+            files.push((host.to_path_buf(), at.clone()));
+            args.push(flag.to_string());
+            args.push(at);
+            Ok(())
+        };
     carry("--kernel", &r.kernel, "kernel", &mut args)?;
     if let Some(i) = &r.initrd {
         carry("--initrd", i, "initrd", &mut args)?;

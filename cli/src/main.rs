@@ -61,8 +61,8 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
             }
             Ok(0)
         }
-        Command::Image(a) => lab_cmd::image(a),
-        Command::Lab(a) => lab_cmd::lab(a),
-        Command::Compare(a) => compare::run(a),
+        Command::Image(a) => Ok(lab_cmd::image(a)?),
+        Command::Lab(a) => Ok(lab_cmd::lab(a)?),
+        Command::Compare(a) => Ok(compare::run(a)?),
     }
 }

@@ -14,6 +14,7 @@
 
 mod backend;
 mod chart;
+mod error;
 mod explain;
 mod json;
 mod results;
@@ -27,8 +28,9 @@ use std::time::{Duration, Instant};
 use vmm::kvm_kind::{self, KvmKind};
 
 pub use backend::Backend;
+pub use error::CompareError;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+type Result<T> = std::result::Result<T, CompareError>;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -145,20 +147,14 @@ impl HostFacts {
 }
 
 /// The lab to use and why, or why the requested one cannot run.
-pub fn decide_lab(
-    choice: LabChoice,
-    facts: &HostFacts,
-) -> std::result::Result<(Lab, String), String> {
+pub fn decide_lab(choice: LabChoice, facts: &HostFacts) -> Result<(Lab, String)> {
     let blockers = facts.native_blockers();
     match choice {
         LabChoice::Emulated => Ok((Lab::Emulated, "asked for with --lab emulated".into())),
         LabChoice::Native if blockers.is_empty() => {
             Ok((Lab::Native, "asked for with --lab native".into()))
         }
-        LabChoice::Native => Err(format!(
-            "--lab native cannot run here: {}",
-            blockers.join("; ")
-        )),
+        LabChoice::Native => Err(CompareError::NativeUnavailable(blockers.join("; "))),
         LabChoice::Auto if blockers.is_empty() => Ok((
             Lab::Native,
             format!("{}, and netvmm has the privileges", facts.kvm.describe()),
@@ -189,12 +185,10 @@ pub fn run(args: CompareArgs) -> Result<i32> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         if !dir.is_dir() {
-            return Err(format!(
-                "--chart {}: {} is not a directory",
-                chart.display(),
-                dir.display()
-            )
-            .into());
+            return Err(CompareError::ChartDir {
+                chart: chart.clone(),
+                dir: dir.to_path_buf(),
+            });
         }
     }
     let (lab, why) = decide_lab(args.lab, &HostFacts::detect())?;
@@ -214,12 +208,10 @@ pub fn run(args: CompareArgs) -> Result<i32> {
     };
     let status = got.status;
     if got.text.lines().all(|l| !l.starts_with("cmp ")) {
-        return Err(format!(
-            "the {} lab's scenario produced no results ({}; its output is above)",
-            lab.name(),
-            got.unfinished
-        )
-        .into());
+        return Err(CompareError::NoResults {
+            lab: lab.name(),
+            why: got.unfinished,
+        });
     }
     let outcomes = results::parse(&got.text, &backends, &got.unfinished);
 
@@ -242,7 +234,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
     }
     if let Some(path) = &args.chart {
         std::fs::write(path, chart::svg(lab.line(), &outcomes))
-            .map_err(|e| format!("cannot write the chart {}: {e}", path.display()))?;
+            .map_err(CompareError::file("write the chart", path))?;
         say(&format!("chart written to {}", path.display()));
     }
     say(&format!(
@@ -262,7 +254,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> Result<Self> {
         let p = std::env::temp_dir().join(format!("netvmm-compare-{}", std::process::id()));
-        std::fs::create_dir_all(&p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        std::fs::create_dir_all(&p).map_err(CompareError::file("create", &p))?;
         Ok(Self(p))
     }
 }
@@ -313,7 +305,7 @@ fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
                 LAB_STALL.as_secs()
             ),
             Err(e @ lab::LabError::Timeout(_)) => format!("{e} before this backend finished"),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(CompareError::Lab(e)),
         };
         if pending.is_empty() || attempt == 2 {
             return Ok(Got {
@@ -422,7 +414,10 @@ fn with_stdout_captured<T>(
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors into the array; the result is checked.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("cannot make a pipe: {}", std::io::Error::last_os_error()).into());
+        return Err(CompareError::Os {
+            what: "make a pipe for the lab's console",
+            source: std::io::Error::last_os_error(),
+        });
     }
     // SAFETY: fds[0] is a fresh descriptor that nothing else owns.
     let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
@@ -439,7 +434,10 @@ fn with_stdout_captured<T>(
                 libc::close(saved);
             }
         }
-        return Err(format!("cannot point stdout at a pipe: {e}").into());
+        return Err(CompareError::Os {
+            what: "point stdout at the lab console's pipe",
+            source: e,
+        });
     }
     // SAFETY: fd 1 now holds the pipe; this copy is ours alone.
     unsafe { libc::close(fds[1]) };
@@ -495,13 +493,12 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
     let tmp = TempDir::new()?;
     let work = tmp.0.join("work");
     let script = tmp.0.join("scenario.sh");
-    std::fs::write(&script, scenario::SCENARIO)
-        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
-    let exe = std::env::current_exe()?;
-    let tool = |n: &str| {
+    std::fs::write(&script, scenario::SCENARIO).map_err(CompareError::file("write", &script))?;
+    let exe = std::env::current_exe().map_err(CompareError::os("locate the netvmm binary"))?;
+    let tool = |n: &'static str| {
         which(n)
             .map(|p| p.to_string_lossy().into_owned())
-            .ok_or_else(|| format!("{n} is not on PATH"))
+            .ok_or(CompareError::MissingTool(n))
     };
     let mut cmd = Command::new(tool("unshare")?);
     cmd.args(["--net", "--mount", "--propagation", "private", "--"])
@@ -518,10 +515,8 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
     // Its own process group: on Ctrl-C netvmm stops the whole scenario (every guest's
     // netvmm removes its interfaces; the namespaces go with the last process).
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    vmm::signals::install()?;
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run unshare: {e}"))?;
+    vmm::signals::install().map_err(CompareError::os("install signal handlers"))?;
+    let mut child = cmd.spawn().map_err(CompareError::os("run unshare"))?;
     let reader = console_reader(
         child.stdout.take().expect("piped stdout"),
         Instant::now(),
@@ -545,22 +540,19 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
         let _ = child.wait();
     };
     let status = loop {
-        if let Some(st) = child.try_wait()? {
+        if let Some(st) = child
+            .try_wait()
+            .map_err(CompareError::os("wait for the scenario"))?
+        {
             break st.code().unwrap_or(128);
         }
         if let Some(sig) = vmm::signals::pending() {
             stop(&mut child);
-            return Err(format!(
-                "interrupted by signal {sig}; the scenario was stopped and its namespaces are gone"
-            )
-            .into());
+            return Err(CompareError::Interrupted(sig));
         }
         if start.elapsed() > limit {
             stop(&mut child);
-            return Err(format!(
-                "the native scenario did not finish within {limit:?}; it was stopped"
-            )
-            .into());
+            return Err(CompareError::NativeTimeout(limit));
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -604,9 +596,13 @@ mod tests {
             why.contains("CAP_NET_ADMIN") && why.contains("CAP_SYS_ADMIN"),
             "{why}"
         );
-        let e = decide_lab(LabChoice::Native, &facts(hw.clone(), true, &["iperf3"])).unwrap_err();
+        let e = decide_lab(LabChoice::Native, &facts(hw.clone(), true, &["iperf3"]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--lab native") && e.contains("iperf3"), "{e}");
-        let e = decide_lab(LabChoice::Native, &facts(KvmKind::Pvm, true, &[])).unwrap_err();
+        let e = decide_lab(LabChoice::Native, &facts(KvmKind::Pvm, true, &[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PVM"), "{e}");
         let (lab, _) = decide_lab(LabChoice::Emulated, &facts(hw, true, &[])).unwrap();
         assert_eq!(lab, Lab::Emulated);

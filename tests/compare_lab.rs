@@ -1,5 +1,7 @@
-//! `netvmm compare` end to end in the emulated lab: all seven backends (macvtap-bridge+host: the host's address on netvmm's host-access shim), `--json`, and the
-//! reachability matrix held against what the kernel does in the topology compare builds
+//! `netvmm compare` end to end: in the emulated lab, and in the native lab that `--lab auto`
+//! picks inside the lab host (whose KVM boots stock kernels). The emulated run: all seven
+//! backends (macvtap-bridge+host: the host's address on netvmm's host-access shim), `--json`,
+//! and the reachability matrix held against what the kernel does in the topology compare builds
 //! (a NIC whose wire leads to a LAN switch; the switch hairpins the NIC's port for
 //! macvtap vepa and private only):
 //!
@@ -20,8 +22,6 @@
 //! exactly where the host cannot reach the guest.
 
 mod common;
-
-use std::process::Command;
 
 const BACKENDS: [&str; 7] = [
     "tap",
@@ -56,21 +56,17 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     std::fs::create_dir_all(&dir).unwrap();
     let chart = dir.join("chart.svg");
     let started = std::time::Instant::now();
-    let out = Command::new(common::NETVMM)
-        .args([
-            "compare",
-            "--lab",
-            "emulated",
-            "--json",
-            "--duration",
-            "2",
-            "--explain",
-            "--chart",
-        ])
-        .arg(&chart)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("netvmm compare runs");
+    let out = common::netvmm_in_lab(&[
+        "compare",
+        "--lab",
+        "emulated",
+        "--json",
+        "--duration",
+        "2",
+        "--explain",
+        "--chart",
+        chart.to_str().expect("a UTF-8 temporary path"),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let dump = format!(
@@ -164,6 +160,66 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     assert!(svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches(r#"<g class="backend""#).count(), 14, "{svg}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs in the emulated lab host, whose /dev/kvm (kvm_amd) boots stock kernels and where the
+/// scenario is root: there `--lab auto` must choose the native lab.
+const NATIVE: &str = r#"
+netvmm compare --backends tap,macvtap-bridge --duration 1 --json > /tmp/c.json 2>/tmp/c.err
+s=$?
+cat /tmp/c.err
+echo "case=native status=$s netns=$(ls /run/netns 2>/dev/null | wc -l) links=$(ls /sys/class/net | grep -vc '^lo$')"
+echo "--- json"; cat /tmp/c.json; echo "--- end"
+"#;
+
+/// The native lab for real: the same scenario through unshare(1) in a private network and
+/// mount namespace of the host it runs on (here the lab host), measured, and gone after.
+#[test]
+fn compare_runs_natively_where_kvm_boots_the_guest() {
+    let out = common::lab(NATIVE, 900);
+    let dump = out.dump();
+    assert_eq!(out.status, 0, "{dump}");
+    assert_eq!(
+        out.field("native", "status").as_deref(),
+        Some("0"),
+        "{dump}"
+    );
+    assert!(out.stdout.contains("lab: native"), "{dump}");
+    // Everything the scenario made lived in its own namespaces: none is left on the host.
+    assert_eq!(out.field("native", "netns").as_deref(), Some("0"), "{dump}");
+    assert_eq!(out.field("native", "links").as_deref(), Some("0"), "{dump}");
+    let text = out
+        .stdout
+        .split("--- json")
+        .nth(1)
+        .and_then(|r| r.split("--- end").next())
+        .unwrap_or_else(|| panic!("no JSON\n{dump}"))
+        .replace('\r', "");
+    let doc = json::parse(&text).unwrap_or_else(|e| panic!("not JSON: {e}\n{dump}"));
+    assert_eq!(
+        doc.get("lab").and_then(|v| v.str()),
+        Some("native"),
+        "{dump}"
+    );
+    let results = doc.get("results").and_then(|v| v.arr()).expect("results");
+    assert_eq!(results.len(), 2, "{dump}");
+    for r in results {
+        let b = r.get("backend").and_then(|v| v.str()).unwrap();
+        let reach = r.get("reachability").unwrap();
+        let got: Vec<Option<bool>> = REACH
+            .iter()
+            .map(|k| reach.get(k).and_then(|v| v.bool()))
+            .collect();
+        let want: Vec<Option<bool>> = expected(b).iter().map(|x| Some(*x)).collect();
+        assert_eq!(got, want, "{b}: reachability {REACH:?}\n{dump}");
+        for k in ["guest_to_lan", "lan_to_guest"] {
+            let v = r
+                .get("throughput_mbps")
+                .and_then(|t| t.get(k))
+                .and_then(|v| v.num());
+            assert!(v.is_some_and(|x| x > 0.0), "{b} {k} = {v:?}\n{dump}");
+        }
+    }
 }
 
 /// A small JSON reader: enough to check the stable schema without a dependency.

@@ -481,6 +481,27 @@ fn with_stdout_captured<T>(
     Ok((out, kept, stalled))
 }
 
+/// The guest image for the native lab: the one `NETVMM_GUEST_KERNEL` and
+/// `NETVMM_GUEST_INITRD` name when both are set (as inside the emulated lab host, which
+/// cannot build images), else the cached one, built if needed.
+fn guest_image() -> Result<(PathBuf, PathBuf)> {
+    let given = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    if let (Some(k), Some(i)) = (given("NETVMM_GUEST_KERNEL"), given("NETVMM_GUEST_INITRD")) {
+        for p in [&k, &i] {
+            if !p.is_file() {
+                return Err(CompareError::File {
+                    what: "use the guest image file",
+                    path: p.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+        }
+        return Ok((k, i));
+    }
+    let images = lab::Images::guest()?;
+    Ok((images.guest_kernel, images.guest_initrd))
+}
+
 /// The wrapper unshare(1) runs: a sysfs for the new network namespace (so /sys/class/net
 /// shows its interfaces, not the host's) and a private /run (so `ip netns add` leaves no
 /// trace in the host's /run/netns), then the scenario.
@@ -489,7 +510,7 @@ const NATIVE_WRAPPER: &str =
 
 /// The scenario on this host, inside a fresh network and mount namespace.
 fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
-    let images = lab::Images::guest()?;
+    let (kernel, initrd) = guest_image()?;
     let tmp = TempDir::new()?;
     let work = tmp.0.join("work");
     let script = tmp.0.join("scenario.sh");
@@ -508,8 +529,8 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
         .env("NETVMM", &exe)
         .env("IP", tool("ip")?)
         .env("BRIDGE", tool("bridge")?)
-        .env("NETVMM_GUEST_KERNEL", &images.guest_kernel)
-        .env("NETVMM_GUEST_INITRD", &images.guest_initrd)
+        .env("NETVMM_GUEST_KERNEL", &kernel)
+        .env("NETVMM_GUEST_INITRD", &initrd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     // Its own process group: on Ctrl-C netvmm stops the whole scenario (every guest's

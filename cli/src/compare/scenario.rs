@@ -59,7 +59,10 @@ wait_for() {
   return 1
 }
 stop() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
-last_err() { tail -n 1 "$1" 2>/dev/null | tr -d '\r'; }
+# The last line netvmm wrote on stderr, its exit figures aside.
+last_err() { grep -v '^netvmm-\(nic-\)\{0,1\}report:' "$1" 2>/dev/null | tail -n 1 | tr -d '\r'; }
+# The last lines of a guest's console, on one line.
+console_tail() { tr -d '\r' < "$1" 2>/dev/null | grep -v '^$' | tail -n 3 | tr '\n' '|'; }
 
 # gcmd HOST LAN [PEER]: the measured guest's command. It pings the LAN peer until the first
 # reply (boot to a working network), starts an iperf3 server, then pings the host and the
@@ -142,24 +145,38 @@ measure() {
     stop $bpid; bpid=
   done
   peer=; [ -n "$bpid" ] && peer=$ADDR_B
-  say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
-  NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$W/$b-A.log" \
-    --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$W/$b-A.err" &
-  apid=$!
-  # Anchored: the guest's command line, should a kernel print it, holds these words too.
-  if ! wait_for "$W/$b-A.log" '^cmp-guest-done' $apid 180; then
+  # Two tries: the nested lab has been seen to lose a guest now and then; a lost first try
+  # is on the record.
+  try=0
+  while :; do
+    try=$((try + 1))
+    say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
+    rm -f "$W/$b-A.log"
+    NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$W/$b-A.log" \
+      --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$W/$b-A.err" &
+    apid=$!
+    # Anchored: the guest's command line, should a kernel print it, holds these words too.
+    wait_for "$W/$b-A.log" '^cmp-guest-done' $apid 180 && break
     if kill -0 $apid 2>/dev/null; then
       why="the guest did not finish its pings within 180 s"
+      stop $apid
     else
-      why=$(last_err "$W/$b-A.err")
+      wait $apid
+      why="its netvmm ended with status $?: $(last_err "$W/$b-A.err")"
     fi
-    res "$b skip ${why:-netvmm ended without a message}"
-    say "$b: skipped: ${why:-netvmm ended without a message}"
-    stop $apid; [ -n "$bpid" ] && stop $bpid
+    why="$why; the guest's console ended: $(console_tail "$W/$b-A.log")"
+    if [ $try -lt 2 ]; then
+      say "$b: the measured guest did not come up ($why); once more"
+      res "$b note the measured guest did not come up (attempt $try): $why"
+      continue
+    fi
+    res "$b skip $why"
+    say "$b: skipped: $why"
+    [ -n "$bpid" ] && stop $bpid
     teardown $b
     res "$b done"
     return
-  fi
+  done
   [ -n "$bpid" ] && stop $bpid
   if [ $b = macvtap-passthru ]; then
     say "$b: trying a second guest on the same NIC"
@@ -243,11 +260,12 @@ pub fn guest_timeout(iperf_seconds: u32) -> Duration {
 }
 
 /// How long the whole scenario may take for `n` backends: every wait in it at its limit (two
-/// tries of the second guest, 120 s each, and the measured guest), plus the topology. A
-/// last resort: a lab host that hangs is noticed sooner, by its missing heartbeat.
+/// tries of the second guest, 120 s each, a lost first try of the measured guest, 180 s,
+/// and the measured guest), plus the topology. A last resort: a lab host that hangs is
+/// noticed sooner, by its missing heartbeat.
 pub fn scenario_timeout(n: usize, iperf_seconds: u32) -> Duration {
     Duration::from_secs(120)
-        + (Duration::from_secs(240) + guest_timeout(iperf_seconds)) * n.max(1) as u32
+        + (Duration::from_secs(240 + 180) + guest_timeout(iperf_seconds)) * n.max(1) as u32
 }
 
 /// The scenario's environment, less the guest image and the tools' paths.

@@ -41,6 +41,54 @@ pub enum LabError {
     NoStatus,
     #[error("interrupted by signal {0}; the lab host was stopped")]
     Signalled(i32),
+    /// The lab host's own kernel hung (nested-virtualization emulation has been seen to
+    /// soft-lock it): nothing the scenario did after that can be trusted.
+    #[error("the lab host's kernel hung (\"{0}\"); it was stopped")]
+    HostFailed(String),
+}
+
+/// The lab host's kernel reports a CPU stuck in one of netvmm's threads (a vCPU inside
+/// KVM_RUN that the emulated nested SVM never lets out): `watchdog: BUG: soft lockup - CPU#0
+/// stuck for 45s! [netvmm-vcpu0:196]`. A guest's own messages also reach this console, but
+/// no guest task is called netvmm-*. (A lab kernel that crashes outright ends QEMU, which
+/// `NoStatus` covers.)
+fn host_failure(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    (text.contains("soft lockup") && text.contains("[netvmm-")).then(|| text.trim().to_string())
+}
+
+/// Forwards the lab console to our stdout as it comes (byte for byte, so that an
+/// interactive guest's prompt shows), and notes the first line that says the lab host's
+/// kernel failed.
+fn watch_console(
+    mut console: impl std::io::Read + Send + 'static,
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut line = Vec::new();
+        loop {
+            let n = match console.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&buf[..n]);
+            let _ = out.flush();
+            drop(out);
+            for &b in &buf[..n] {
+                if b != b'\n' {
+                    line.push(b);
+                    continue;
+                }
+                if let Some(mark) = host_failure(&line) {
+                    let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                    f.get_or_insert(mark);
+                }
+                line.clear();
+            }
+        }
+    })
 }
 
 fn file_err<'a>(
@@ -105,11 +153,20 @@ impl LabRun {
             .arg(&initrd)
             .args(["-append", LAB_CMDLINE])
             .stdin(Stdio::inherit())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::piped())
             .spawn()
             .map_err(LabError::NoQemu)?;
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let console = child
+            .stdout
+            .take()
+            .map(|c| watch_console(c, failed.clone()));
         let limit = self.timeout + LAB_BOOT_ALLOWANCE;
-        wait_or_kill(&mut child, limit)?;
+        let waited = wait_or_kill(&mut child, limit, &failed);
+        if let Some(c) = console {
+            let _ = c.join();
+        }
+        waited?;
         let status =
             std::fs::read_to_string(&status_path).map_err(file_err("read", &status_path))?;
         for (idx, (_, host)) in self.outputs.iter().enumerate() {
@@ -266,7 +323,11 @@ pub fn parse_status(text: &str) -> Option<i32> {
         .find_map(|n| n.trim().parse().ok())
 }
 
-fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<(), LabError> {
+fn wait_or_kill(
+    child: &mut Child,
+    limit: Duration,
+    failed: &std::sync::Mutex<Option<String>>,
+) -> Result<(), LabError> {
     vmm::signals::install().map_err(file_err("install signal handlers for", Path::new("qemu")))?;
     let start = Instant::now();
     loop {
@@ -284,6 +345,12 @@ fn wait_or_kill(child: &mut Child, limit: Duration) -> Result<(), LabError> {
             let _ = child.kill();
             let _ = child.wait();
             return Err(LabError::Timeout(limit));
+        }
+        let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(line) = broken {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::HostFailed(line));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -317,6 +384,35 @@ impl Drop for WorkDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lockup_in_a_netvmm_thread_is_a_host_failure_and_a_guests_is_not() {
+        let lab = b"[   72.431780] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [netvmm-vcpu0:196]\r";
+        assert_eq!(
+            host_failure(lab).as_deref(),
+            Some("[   72.431780] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [netvmm-vcpu0:196]")
+        );
+        let guest = b"[   30.1] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [iperf3:88]";
+        assert_eq!(host_failure(guest), None);
+        assert_eq!(
+            host_failure(b"[    3.4] Kernel panic - not syncing: sysrq"),
+            None
+        );
+        assert_eq!(host_failure(b"netvmm-guest: ready uptime=2.30"), None);
+    }
+
+    #[test]
+    fn the_console_is_forwarded_and_a_lockup_noted() {
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let text: &[u8] =
+            b"netvmm-lab: booting\nwatchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]\nlater\n";
+        watch_console(text, failed.clone()).join().unwrap();
+        let got = failed.lock().unwrap().clone();
+        assert_eq!(
+            got.as_deref(),
+            Some("watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]")
+        );
+    }
 
     #[test]
     fn ldd_output_yields_library_paths() {

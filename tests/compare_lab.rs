@@ -23,6 +23,10 @@
 
 mod common;
 
+/// netvmm's own JSON value and its test reader.
+#[path = "../cli/src/compare/json_value.rs"]
+mod json;
+
 const BACKENDS: [&str; 7] = [
     "tap",
     "bridge",
@@ -76,7 +80,8 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     );
     assert_eq!(out.status.code(), Some(0), "{dump}");
 
-    let doc = json::parse(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{dump}"));
+    let doc =
+        json::read::parse(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{dump}"));
     assert_eq!(
         doc.get("lab").and_then(|v| v.str()),
         Some("emulated"),
@@ -95,7 +100,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     for r in results {
         let b = r.get("backend").and_then(|v| v.str()).unwrap();
         assert!(
-            matches!(r.get("skipped"), Some(json::Value::Null)),
+            matches!(r.get("skipped"), Some(json::Json::Null)),
             "{b} skipped\n{dump}"
         );
         let reach = r.get("reachability").unwrap();
@@ -106,11 +111,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
         let want: Vec<Option<bool>> = expected(b).iter().map(|x| Some(*x)).collect();
         assert_eq!(got, want, "{b}: reachability {REACH:?}\n{dump}");
 
-        let num = |path: &[&str]| {
-            path.iter()
-                .try_fold(r, |v, k| v.get(k))
-                .and_then(|v| v.num())
-        };
+        let num = |path: &[&str]| json::read::get(r, path).and_then(|v| v.num());
         let positive = |path: &[&str]| {
             let v = num(path);
             assert!(v.is_some_and(|x| x > 0.0), "{b} {path:?} = {v:?}\n{dump}");
@@ -195,7 +196,7 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
         .and_then(|r| r.split("--- end").next())
         .unwrap_or_else(|| panic!("no JSON\n{dump}"))
         .replace('\r', "");
-    let doc = json::parse(&text).unwrap_or_else(|e| panic!("not JSON: {e}\n{dump}"));
+    let doc = json::read::parse(&text).unwrap_or_else(|e| panic!("not JSON: {e}\n{dump}"));
     assert_eq!(
         doc.get("lab").and_then(|v| v.str()),
         Some("native"),
@@ -218,184 +219,6 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
                 .and_then(|t| t.get(k))
                 .and_then(|v| v.num());
             assert!(v.is_some_and(|x| x > 0.0), "{b} {k} = {v:?}\n{dump}");
-        }
-    }
-}
-
-/// A small JSON reader: enough to check the stable schema without a dependency.
-mod json {
-    #[derive(Debug, Clone, PartialEq)]
-    pub enum Value {
-        Null,
-        Bool(bool),
-        Num(f64),
-        Str(String),
-        Arr(Vec<Value>),
-        Obj(Vec<(String, Value)>),
-    }
-
-    impl Value {
-        pub fn get(&self, key: &str) -> Option<&Value> {
-            match self {
-                Value::Obj(f) => f.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-                _ => None,
-            }
-        }
-        pub fn str(&self) -> Option<&str> {
-            match self {
-                Value::Str(s) => Some(s),
-                _ => None,
-            }
-        }
-        pub fn num(&self) -> Option<f64> {
-            match self {
-                Value::Num(n) => Some(*n),
-                _ => None,
-            }
-        }
-        pub fn bool(&self) -> Option<bool> {
-            match self {
-                Value::Bool(b) => Some(*b),
-                _ => None,
-            }
-        }
-        pub fn arr(&self) -> Option<&[Value]> {
-            match self {
-                Value::Arr(v) => Some(v),
-                _ => None,
-            }
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Value, String> {
-        let mut p = P { s: s.trim(), i: 0 };
-        let v = p.value()?;
-        if p.i != p.s.len() {
-            return Err(format!("trailing text at byte {}", p.i));
-        }
-        Ok(v)
-    }
-
-    struct P<'a> {
-        s: &'a str,
-        i: usize,
-    }
-
-    impl P<'_> {
-        fn rest(&self) -> &str {
-            &self.s[self.i..]
-        }
-        fn ws(&mut self) {
-            let r = self.rest();
-            self.i += r.len() - r.trim_start().len();
-        }
-        fn expect(&mut self, c: char) -> Result<(), String> {
-            self.ws();
-            if self.rest().starts_with(c) {
-                self.i += 1;
-                Ok(())
-            } else {
-                Err(format!("expected {c:?} at byte {}", self.i))
-            }
-        }
-        fn value(&mut self) -> Result<Value, String> {
-            self.ws();
-            let r = self.rest();
-            for (word, v) in [
-                ("null", Value::Null),
-                ("true", Value::Bool(true)),
-                ("false", Value::Bool(false)),
-            ] {
-                if r.starts_with(word) {
-                    self.i += word.len();
-                    return Ok(v);
-                }
-            }
-            match r.chars().next() {
-                Some('"') => self.string().map(Value::Str),
-                Some('[') => {
-                    self.i += 1;
-                    let mut v = Vec::new();
-                    self.ws();
-                    if self.rest().starts_with(']') {
-                        self.i += 1;
-                        return Ok(Value::Arr(v));
-                    }
-                    loop {
-                        v.push(self.value()?);
-                        self.ws();
-                        if self.rest().starts_with(']') {
-                            self.i += 1;
-                            return Ok(Value::Arr(v));
-                        }
-                        self.expect(',')?;
-                    }
-                }
-                Some('{') => {
-                    self.i += 1;
-                    let mut v = Vec::new();
-                    self.ws();
-                    if self.rest().starts_with('}') {
-                        self.i += 1;
-                        return Ok(Value::Obj(v));
-                    }
-                    loop {
-                        self.ws();
-                        let k = self.string()?;
-                        self.expect(':')?;
-                        v.push((k, self.value()?));
-                        self.ws();
-                        if self.rest().starts_with('}') {
-                            self.i += 1;
-                            return Ok(Value::Obj(v));
-                        }
-                        self.expect(',')?;
-                    }
-                }
-                _ => {
-                    let n = r
-                        .find(|c: char| !"-+.eE0123456789".contains(c))
-                        .unwrap_or(r.len());
-                    let v = r[..n]
-                        .parse()
-                        .map_err(|_| format!("bad value at byte {}", self.i))?;
-                    self.i += n;
-                    Ok(Value::Num(v))
-                }
-            }
-        }
-        fn string(&mut self) -> Result<String, String> {
-            self.expect('"')?;
-            let mut out = String::new();
-            let mut chars = self.rest().char_indices();
-            while let Some((at, c)) = chars.next() {
-                match c {
-                    '"' => {
-                        self.i += at + 1;
-                        return Ok(out);
-                    }
-                    '\\' => match chars.next().map(|(_, e)| e) {
-                        Some('n') => out.push('\n'),
-                        Some('t') => out.push('\t'),
-                        Some('r') => out.push('\r'),
-                        Some('b') => out.push('\u{8}'),
-                        Some('f') => out.push('\u{c}'),
-                        Some('u') => {
-                            let hex: String =
-                                (0..4).filter_map(|_| chars.next().map(|x| x.1)).collect();
-                            let n = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
-                            out.push(char::from_u32(n).ok_or("bad \\u escape")?);
-                        }
-                        Some(e) if "\"\\/".contains(e) => out.push(e),
-                        _ => return Err(format!("bad escape at byte {}", self.i + at)),
-                    },
-                    c if (c as u32) < 0x20 => {
-                        return Err("raw control character in a string".into())
-                    }
-                    c => out.push(c),
-                }
-            }
-            Err("unterminated string".into())
         }
     }
 }

@@ -17,6 +17,7 @@ mod chart;
 mod error;
 mod explain;
 mod json;
+mod json_value;
 mod results;
 mod scenario;
 mod table;

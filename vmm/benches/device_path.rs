@@ -278,9 +278,13 @@ impl Injector {
     }
 }
 
+/// How many of the ring's RX_BUF-sized buffers a frame of `len` bytes fills.
+fn buffers_per_frame(len: usize) -> usize {
+    (VNET_HDR_LEN + len).div_ceil(RX_BUF as usize)
+}
+
 fn frames_per_round(len: usize) -> usize {
-    let per_frame = (VNET_HDR_LEN + len).div_ceil(RX_BUF as usize);
-    (usize::from(QSIZE) / per_frame).min(200)
+    (usize::from(QSIZE) / buffers_per_frame(len)).min(200)
 }
 
 fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
@@ -362,7 +366,7 @@ fn rx_raw(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
 fn rx_raw_scattered(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
     let inj = Injector::to(via.0, len, via.1);
     let per_round = frames_per_round(len);
-    let per_frame = (VNET_HDR_LEN + MTU + 14).div_ceil(RX_BUF as usize);
+    let per_frame = buffers_per_frame(len);
     let mut ring = vec![0u8; usize::from(QSIZE) * RX_BUF as usize];
     let base = ring.as_mut_ptr();
     let iovs: Vec<Vec<libc::iovec>> = (0..per_round)

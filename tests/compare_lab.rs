@@ -73,8 +73,15 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Why figures are missing comes first: a CI log that keeps only the head and the tail of
+    // a long failure message still shows it.
+    let why = stderr
+        .split("Not measured, and why:")
+        .nth(1)
+        .map(|rest| rest.split("\n\n").next().unwrap_or(rest))
+        .unwrap_or("(no figure is missing)");
     let dump = format!(
-        "status {:?} after {:.0} s\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        "status {:?} after {:.0} s\n--- not measured, and why ---{why}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         out.status.code(),
         started.elapsed().as_secs_f64()
     );

@@ -48,12 +48,14 @@ G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout $GT"
 LAN_PEER=203.0.113.1
 HOST_LAN=203.0.113.10
 
+# alive PID: the process runs (a zombie that no wait reaped yet does not).
+alive() { [ -e /proc/$1/stat ] && ! grep -q ') Z ' /proc/$1/stat 2>/dev/null; }
 # wait_for FILE PATTERN PID SECONDS: until PATTERN shows in FILE; fails when PID ends first.
 wait_for() {
   n=0
   while [ $n -lt $(($4 * 4)) ]; do
     grep -q "$2" "$1" 2>/dev/null && return 0
-    if ! kill -0 "$3" 2>/dev/null; then grep -q "$2" "$1" 2>/dev/null; return; fi
+    if ! alive "$3"; then grep -q "$2" "$1" 2>/dev/null; return; fi
     sleep 0.25; n=$((n + 1))
   done
   return 1
@@ -119,12 +121,56 @@ teardown() {
 
 forget() { $IP neigh flush all >/dev/null 2>&1; $LAN $IP neigh flush all >/dev/null 2>&1; }
 
+# boot_measured: starts measured guest number $gen of backend $b (console $A.log, netvmm's
+# stderr $A.err, netvmm's pid $apid) and waits until it has done its pings. On failure $why
+# says what happened.
+boot_measured() {
+  say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
+  A=$W/$b-A$gen
+  rm -f "$A.log"
+  NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$A.log" \
+    --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$A.err" &
+  apid=$!
+  # Anchored: the guest's command line, should a kernel print it, holds these words too.
+  wait_for "$A.log" '^cmp-guest-done' $apid 180 && return 0
+  if alive $apid; then
+    why="the guest did not finish its pings within 180 s"
+    stop $apid
+    why="$why; the guest's console ended: $(console_tail "$A.log")"
+  else
+    ended
+  fi
+  return 1
+}
+# ended: $why becomes why the measured guest's netvmm ended (it has).
+ended() {
+  wait $apid
+  why="its netvmm ended with status $?: $(last_err "$A.err"); the guest's console ended: $(console_tail "$A.log")"
+}
+# ensure_guest: the measured guest runs; once per backend a new one replaces a lost one (on
+# the record: the nested lab has been seen to lose a guest mid-run). Fails, $lost saying why,
+# when neither.
+ensure_guest() {
+  alive $apid && return 0
+  [ -n "$lost" ] && return 1
+  ended
+  lost="the measured guest is gone: $why"
+  [ $revived = 1 ] && return 1
+  revived=1
+  say "$b: the measured guest was lost ($why); a new one takes its place"
+  res "$b note the measured guest was lost mid-run: $why; a new one took its place for the iperf3 runs left"
+  gen=$((gen + 1))
+  if boot_measured; then lost=; return 0; fi
+  lost="the measured guest is gone, and its replacement did not come up: $why"
+  return 1
+}
+
 measure() {
   b=$1
   say "$b: setting up"
   setup $b
   forget
-  rm -f "$W/$b-A.log" "$W/$b-B.log"
+  rm -f "$W/$b"-A*.log "$W/$b-B.log"
   bpid=
   try=0
   while [ $b != macvtap-passthru ] && [ $try -lt 2 ]; do
@@ -135,7 +181,7 @@ measure() {
       --cmdline "quiet netvmm.ip=$IPB $GWB netvmm.run=\"sleep 100000\"" </dev/null >/dev/null 2>"$W/$b-B.err" &
     bpid=$!
     wait_for "$W/$b-B.log" 'netvmm-guest: ready' $bpid 120 && break
-    if kill -0 $bpid 2>/dev/null; then
+    if alive $bpid; then
       why="its guest printed no ready line within 120 s"
     else
       why="its netvmm ended: $(last_err "$W/$b-B.err")"
@@ -147,36 +193,23 @@ measure() {
   peer=; [ -n "$bpid" ] && peer=$ADDR_B
   # Two tries: the nested lab has been seen to lose a guest now and then; a lost first try
   # is on the record.
-  try=0
-  while :; do
-    try=$((try + 1))
-    say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
-    rm -f "$W/$b-A.log"
-    NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$W/$b-A.log" \
-      --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$W/$b-A.err" &
-    apid=$!
-    # Anchored: the guest's command line, should a kernel print it, holds these words too.
-    wait_for "$W/$b-A.log" '^cmp-guest-done' $apid 180 && break
-    if kill -0 $apid 2>/dev/null; then
-      why="the guest did not finish its pings within 180 s"
-      stop $apid
-    else
-      wait $apid
-      why="its netvmm ended with status $?: $(last_err "$W/$b-A.err")"
+  gen=1
+  until boot_measured; do
+    if [ $gen -ge 2 ]; then
+      res "$b skip $why"
+      say "$b: skipped: $why"
+      [ -n "$bpid" ] && stop $bpid
+      teardown $b
+      res "$b done"
+      return
     fi
-    why="$why; the guest's console ended: $(console_tail "$W/$b-A.log")"
-    if [ $try -lt 2 ]; then
-      say "$b: the measured guest did not come up ($why); once more"
-      res "$b note the measured guest did not come up (attempt $try): $why"
-      continue
-    fi
-    res "$b skip $why"
-    say "$b: skipped: $why"
-    [ -n "$bpid" ] && stop $bpid
-    teardown $b
-    res "$b done"
-    return
+    say "$b: the measured guest did not come up ($why); once more"
+    res "$b note the measured guest did not come up (attempt $gen): $why"
+    gen=$((gen + 1))
   done
+  # The guest whose boot and pings are the figures; a replacement only carries iperf3.
+  first=$A
+  revived=0; lost=
   [ -n "$bpid" ] && stop $bpid
   if [ $b = macvtap-passthru ]; then
     say "$b: trying a second guest on the same NIC"
@@ -201,17 +234,31 @@ measure() {
       continue
     fi
     say "$b: iperf3 $d, $T s"
+    ran=0
     for attempt in 1 2; do
-      before=$(cat /proc/$apid/stat)
+      ensure_guest || break
+      ran=1
+      before=$(cat /proc/$apid/stat 2>/dev/null)
       timeout $((T + 30)) $cl -c $ADDR_A -t $T -f m $rev --connect-timeout 5000 > "$W/iperf.out" 2>&1
       st=$?
-      after=$(cat /proc/$apid/stat)
-      grep -q receiver "$W/iperf.out" && break
+      after=$(cat /proc/$apid/stat 2>/dev/null)
+      # A summary from a guest that died under it is no measurement.
+      if alive $apid; then
+        grep -q receiver "$W/iperf.out" && break
+        failed=$(grep -m 1 error "$W/iperf.out")
+      else
+        failed="the measured guest ended during the run"
+      fi
       # Once more, on the record: the nested lab has been seen to lose a run now and then.
-      res "$b note iperf3 $d attempt $attempt failed (status $st): $(grep -m 1 error "$W/iperf.out")"
-      [ $attempt = 1 ] && res "$b note the guest's last console lines: $(tr -d '\r' < "$W/$b-A.log" | tail -n 3 | tr '\n' '|')"
+      res "$b note iperf3 $d attempt $attempt failed (status $st): $failed"
+      [ $attempt = 1 ] && res "$b note the guest's last console lines: $(console_tail "$A.log")"
+      : > "$W/iperf.out"
       sleep 1
     done
+    if [ $ran = 0 ]; then
+      res "$b no-iperf $d $lost"
+      continue
+    fi
     res "$b cpu $d before $before"
     res "$b cpu $d after $after"
     grep -E 'receiver|error' "$W/iperf.out" | tag "$b iperf $d"
@@ -221,12 +268,12 @@ measure() {
   stop $apid
   shims=$(ls /sys/class/net | grep -c '^nvshim')
   [ "$shims" = 0 ] || res "$b note $shims host-access shim(s) left behind after the last guest"
-  res "$b report $(grep 'netvmm-report:' "$W/$b-A.err" | tail -n 1)"
-  if grep -q "^cmp $b note iperf3" "$R"; then
-    res "$b note the measured guest's device counters: $(grep 'netvmm-nic-report:' "$W/$b-A.err" | tr '\n' ' ')"
+  res "$b report $(grep 'netvmm-report:' "$first.err" | tail -n 1)"
+  if grep -q "^cmp $b note \(iperf3\|the measured guest was lost\)" "$R"; then
+    res "$b note the measured guests' device counters: $(grep -h 'netvmm-nic-report:' "$W/$b"-A*.err | tr '\n' ' ')"
   fi
-  res "$b ready $(tr -d '\r' < "$W/$b-A.log" | grep -m 1 'netvmm-guest: ready')"
-  tr -d '\r' < "$W/$b-A.log" | sed -n -e "s/^cmp-netup=/netup /p" \
+  res "$b ready $(tr -d '\r' < "$first.log" | grep -m 1 'netvmm-guest: ready')"
+  tr -d '\r' < "$first.log" | sed -n -e "s/^cmp-netup=/netup /p" \
     -e "s/^cmp-ping-\([a-z_]*\):/ping \1 /p" | tag "$b"
   teardown $b
   res "$b done"
@@ -260,12 +307,12 @@ pub fn guest_timeout(iperf_seconds: u32) -> Duration {
 }
 
 /// How long the whole scenario may take for `n` backends: every wait in it at its limit (two
-/// tries of the second guest, 120 s each, a lost first try of the measured guest, 180 s,
-/// and the measured guest), plus the topology. A last resort: a lab host that hangs is
+/// tries of the second guest, 120 s each, a lost first try of the measured guest and a
+/// replacement for one lost mid-run, 180 s each, and the measured guest), plus the topology. A last resort: a lab host that hangs is
 /// noticed sooner, by its missing heartbeat.
 pub fn scenario_timeout(n: usize, iperf_seconds: u32) -> Duration {
     Duration::from_secs(120)
-        + (Duration::from_secs(240 + 180) + guest_timeout(iperf_seconds)) * n.max(1) as u32
+        + (Duration::from_secs(240 + 2 * 180) + guest_timeout(iperf_seconds)) * n.max(1) as u32
 }
 
 /// The scenario's environment, less the guest image and the tools' paths.

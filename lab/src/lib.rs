@@ -12,4 +12,4 @@ pub mod images;
 pub mod runner;
 
 pub use images::{GuestFlavour, ImageError, Images};
-pub use runner::{LabError, LabRun};
+pub use runner::{Console, LabError, LabRun};

@@ -57,36 +57,67 @@ fn host_failure(line: &[u8]) -> Option<String> {
     (text.contains("soft lockup") && text.contains("[netvmm-")).then(|| text.trim().to_string())
 }
 
-/// Forwards the lab console to our stdout as it comes (byte for byte, so that an
-/// interactive guest's prompt shows), and notes the first line that says the lab host's
-/// kernel failed.
+/// Where the lab console goes.
+#[derive(Clone, Default)]
+pub enum Console {
+    /// To our stdout as it comes, byte for byte, so that an interactive guest's prompt shows.
+    #[default]
+    Stdout,
+    /// To a handler, a line at a time (without its line end), for a caller whose stdout is
+    /// not for the lab's chatter.
+    Lines(std::sync::Arc<dyn Fn(&str) + Send + Sync>),
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Console::Stdout => "Console::Stdout",
+            Console::Lines(_) => "Console::Lines",
+        })
+    }
+}
+
+/// Sends the lab console where `to` says, and notes the first line that says the lab
+/// host's kernel failed.
 fn watch_console(
     mut console: impl std::io::Read + Send + 'static,
+    to: Console,
     failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut line = Vec::new();
+        let end_of_line = |line: &[u8]| {
+            if let Some(mark) = host_failure(line) {
+                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                f.get_or_insert(mark);
+            }
+            if let Console::Lines(handler) = &to {
+                let text = String::from_utf8_lossy(line);
+                handler(text.trim_end_matches('\r'));
+            }
+        };
         loop {
             let n = match console.read(&mut buf) {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&buf[..n]);
-            let _ = out.flush();
-            drop(out);
-            for &b in &buf[..n] {
-                if b != b'\n' {
-                    line.push(b);
-                    continue;
-                }
-                if let Some(mark) = host_failure(&line) {
-                    let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                    f.get_or_insert(mark);
-                }
-                line.clear();
+            if let Console::Stdout = to {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&buf[..n]);
+                let _ = out.flush();
             }
+            for &b in &buf[..n] {
+                if b == b'\n' {
+                    end_of_line(&line);
+                    line.clear();
+                } else {
+                    line.push(b);
+                }
+            }
+        }
+        if !line.is_empty() {
+            end_of_line(&line);
         }
     })
 }
@@ -116,6 +147,7 @@ pub struct LabRun {
     pub outputs: Vec<(String, PathBuf)>,
     pub memory_mib: u64,
     pub timeout: Duration,
+    pub console: Console,
 }
 
 impl LabRun {
@@ -127,6 +159,7 @@ impl LabRun {
             outputs: Vec::new(),
             memory_mib: DEFAULT_LAB_MEMORY_MIB,
             timeout: DEFAULT_LAB_TIMEOUT,
+            console: Console::Stdout,
         }
     }
 
@@ -160,7 +193,7 @@ impl LabRun {
         let console = child
             .stdout
             .take()
-            .map(|c| watch_console(c, failed.clone()));
+            .map(|c| watch_console(c, self.console.clone(), failed.clone()));
         let limit = self.timeout + LAB_BOOT_ALLOWANCE;
         let waited = wait_or_kill(&mut child, limit, &failed);
         if let Some(c) = console {
@@ -406,12 +439,32 @@ mod tests {
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
         let text: &[u8] =
             b"netvmm-lab: booting\nwatchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]\nlater\n";
-        watch_console(text, failed.clone()).join().unwrap();
+        watch_console(text, Console::Stdout, failed.clone())
+            .join()
+            .unwrap();
         let got = failed.lock().unwrap().clone();
         assert_eq!(
             got.as_deref(),
             Some("watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]")
         );
+    }
+
+    #[test]
+    fn a_line_handler_gets_whole_lines_without_their_ends() {
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = got.clone();
+        let to = Console::Lines(std::sync::Arc::new(move |l: &str| {
+            sink.lock().unwrap().push(l.to_string())
+        }));
+        // Lines split across reads are whole for the handler; the last needs no newline.
+        let text = std::io::Read::chain(&b"cmp tap do"[..], &b"ne\r\n\nprogress\nlast"[..]);
+        watch_console(text, to, failed.clone()).join().unwrap();
+        assert_eq!(
+            *got.lock().unwrap(),
+            ["cmp tap done", "", "progress", "last"]
+        );
+        assert_eq!(*failed.lock().unwrap(), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 mod backend;
 mod chart;
+mod console;
 mod error;
 mod explain;
 mod json;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 use vmm::kvm_kind::{self, KvmKind};
 
 pub use backend::Backend;
+use console::{Console, Watchdog};
 pub use error::CompareError;
 
 type Result<T> = std::result::Result<T, CompareError>;
@@ -349,9 +351,14 @@ fn lab_once(
     }
     run.outputs = vec![(format!("{LAB_WORK}/results"), results.clone())];
     run.timeout = scenario::scenario_timeout(backends.len(), duration);
-    // The lab's console comes out on our stdout, which belongs to the table or the JSON:
-    // meanwhile stdout is a pipe, read line by line (progress to stderr, results kept).
-    let (outcome, streamed, stalled) = with_stdout_captured(Some(LAB_STALL), || run.run())?;
+    // Our stdout belongs to the table or the JSON: the lab's console comes to us instead.
+    let console = Console::new();
+    let sink = console.clone();
+    run.console = lab::Console::Lines(std::sync::Arc::new(move |l: &str| sink.line(l)));
+    let dog = Watchdog::start(console.clone(), LAB_STALL);
+    let outcome = run.run();
+    let stalled = dog.finish();
+    let streamed = console.kept();
     let file = std::fs::read_to_string(&results).unwrap_or_default();
     let text = if outcome.is_ok() && file.lines().any(|l| l.starts_with("cmp ")) {
         file
@@ -359,128 +366,6 @@ fn lab_once(
         streamed
     };
     Ok((outcome, text, stalled))
-}
-
-/// Reads a console: `cmp ...` lines are kept and returned at EOF, the heartbeat is noted in
-/// `seen` (milliseconds since `since`), everything else goes to stderr as it comes (the
-/// progress lines, and whatever goes wrong).
-fn console_reader(
-    r: impl std::io::Read + Send + 'static,
-    since: Instant,
-    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        use std::io::{BufRead, Write};
-        let mut kept = String::new();
-        let mut reader = std::io::BufReader::new(r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            seen.store(
-                since.elapsed().as_millis() as u64,
-                std::sync::atomic::Ordering::SeqCst,
-            );
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim_end_matches(['\n', '\r']);
-            if line == "cmp-alive" {
-                continue;
-            }
-            if line.starts_with("cmp ") {
-                kept.push_str(line);
-                kept.push('\n');
-            } else {
-                let _ = writeln!(std::io::stderr(), "{line}");
-            }
-        }
-        kept
-    })
-}
-
-/// Runs `f` with file descriptor 1 on a pipe (children inherit it), its lines read by
-/// `console_reader`; returns what `f` returned, the `cmp ...` lines, and whether `f` was
-/// asked to stop because nothing came through the pipe for `stall` (it is asked the way
-/// Ctrl-C asks: the lab runner then stops QEMU).
-fn with_stdout_captured<T>(
-    stall: Option<Duration>,
-    f: impl FnOnce() -> T,
-) -> Result<(T, String, bool)> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-    let _ = std::io::stdout().flush();
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors into the array; the result is checked.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(CompareError::Os {
-            what: "make a pipe for the lab's console",
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: fds[0] is a fresh descriptor that nothing else owns.
-    let read_end = unsafe { std::fs::File::from_raw_fd(fds[0]) };
-    // SAFETY: dup of a descriptor this process has open; the result is checked.
-    let saved = unsafe { libc::dup(1) };
-    // SAFETY: both descriptors are open; dup2 replaces fd 1 atomically (without
-    // O_CLOEXEC, so children inherit it).
-    if saved < 0 || unsafe { libc::dup2(fds[1], 1) } < 0 {
-        let e = std::io::Error::last_os_error();
-        // SAFETY: closing descriptors this function made, once each.
-        unsafe {
-            libc::close(fds[1]);
-            if saved >= 0 {
-                libc::close(saved);
-            }
-        }
-        return Err(CompareError::Os {
-            what: "point stdout at the lab console's pipe",
-            source: e,
-        });
-    }
-    // SAFETY: fd 1 now holds the pipe; this copy is ours alone.
-    unsafe { libc::close(fds[1]) };
-    let since = Instant::now();
-    let seen = Arc::new(AtomicU64::new(0));
-    let reader = console_reader(read_end, since, seen.clone());
-    let done = Arc::new(AtomicBool::new(false));
-    let stalled = Arc::new(AtomicBool::new(false));
-    let watchdog = stall.map(|limit| {
-        let (done, stalled) = (done.clone(), stalled.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                let last = Duration::from_millis(seen.load(Ordering::SeqCst));
-                if since.elapsed().saturating_sub(last) > limit {
-                    stalled.store(true, Ordering::SeqCst);
-                    vmm::signals::request_stop(libc::SIGALRM);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    });
-    let out = f();
-    done.store(true, Ordering::SeqCst);
-    if let Some(w) = watchdog {
-        let _ = w.join();
-    }
-    let stalled = stalled.load(Ordering::SeqCst);
-    if stalled {
-        // The stop was ours, not the user's: clear it for what comes next.
-        vmm::signals::request_stop(0);
-    }
-    let _ = std::io::stdout().flush();
-    // SAFETY: `saved` is the original stdout; restoring it closes the pipe's last write
-    // end we hold (the children that inherited it have exited), so the reader sees EOF.
-    unsafe {
-        libc::dup2(saved, 1);
-        libc::close(saved);
-    }
-    let kept = reader.join().unwrap_or_default();
-    Ok((out, kept, stalled))
 }
 
 /// The guest image for the native lab: the one `NETVMM_GUEST_KERNEL` and
@@ -540,11 +425,8 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     vmm::signals::install().map_err(CompareError::os("install signal handlers"))?;
     let mut child = cmd.spawn().map_err(CompareError::os("run unshare"))?;
-    let reader = console_reader(
-        child.stdout.take().expect("piped stdout"),
-        Instant::now(),
-        Default::default(),
-    );
+    let console = Console::new();
+    let reader = console.read_from(child.stdout.take().expect("piped stdout"));
     let limit = scenario::scenario_timeout(backends.len(), duration);
     let start = Instant::now();
     let stop = |child: &mut std::process::Child| {
@@ -579,7 +461,8 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let streamed = reader.join().unwrap_or_default();
+    let _ = reader.join();
+    let streamed = console.kept();
     let file = std::fs::read_to_string(work.join("results")).unwrap_or_default();
     Ok(Got {
         status,
@@ -668,47 +551,5 @@ mod tests {
         assert!(parse(&["--backends", "vde"]).is_err());
         assert!(parse(&["--duration", "0"]).is_err());
         assert!(parse(&["--lab", "cloud"]).is_err());
-    }
-
-    /// Tests that point fd 1 elsewhere must not overlap.
-    static STDOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    #[test]
-    fn a_silent_console_trips_the_watchdog() {
-        let _one = STDOUT.lock().unwrap_or_else(|p| p.into_inner());
-        let (pending, _, stalled) = with_stdout_captured(Some(Duration::from_millis(300)), || {
-            let end = Instant::now() + Duration::from_secs(5);
-            while vmm::signals::pending().is_none() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            vmm::signals::pending()
-        })
-        .unwrap();
-        assert_eq!((pending, stalled), (Some(libc::SIGALRM), true));
-        assert_eq!(
-            vmm::signals::pending(),
-            None,
-            "the watchdog's stop is cleared"
-        );
-    }
-
-    #[test]
-    fn a_child_console_is_split_into_results_and_progress() {
-        let _one = STDOUT.lock().unwrap_or_else(|p| p.into_inner());
-        let (code, kept, stalled) = with_stdout_captured(None, || {
-            Command::new("sh")
-                .args([
-                    "-c",
-                    "echo 'cmp tap done\r'; echo cmp-alive; echo progress; printf 'cmp tap ping x'",
-                ])
-                .status()
-                .unwrap()
-                .code()
-        })
-        .unwrap();
-        assert_eq!((code, stalled), (Some(0), false));
-        assert_eq!(kept, "cmp tap done\ncmp tap ping x\n");
-        // SAFETY: fcntl on fd 1 only queries it.
-        assert!(unsafe { libc::fcntl(1, libc::F_GETFD) } >= 0);
     }
 }

@@ -88,7 +88,8 @@ pub struct Net<B: NetBackend> {
 
 // SAFETY: the raw pointers in `tx_iovs` and `win_iovs` point into guest memory, which stays
 // mapped for the VM's life; they are only dereferenced (by the kernel, in readv/writev) on the
-// thread that holds the device, and the window is emptied at the end of every RX pass.
+// thread that holds the device. Chains held in the receive window between passes keep
+// their pointers valid for the same reason; a device reset drops them.
 unsafe impl<B: NetBackend> Send for Net<B> {}
 
 impl<B: NetBackend> Net<B> {
@@ -447,7 +448,8 @@ impl<B: NetBackend> Net<B> {
                 Err(()) => return false,
             }
         }
-        self.release_window(q);
+        // A full window stays popped for the next pass: releasing and popping it again
+        // every time the backend runs dry cost as much ring work as delivering a frame.
         delivered && q.needs_notification(mem).unwrap_or(false)
     }
 }

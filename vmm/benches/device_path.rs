@@ -6,6 +6,9 @@
 //! the ring: a 64 KiB frame scatters over 17 of them, which costs the kernel's copy more than
 //! one contiguous buffer does; the second ratio is what the device adds to that.
 //!
+//! RX1 is RX with one frame per wake-up of the device (frames that trickle in, not a burst):
+//! each wake-up also pays the read that finds the backend empty, which raw does not.
+//!
 //! `cargo bench -p vmm --bench device_path` (NETVMM_BENCH_SECONDS per figure, default 1;
 //! NETVMM_BENCH_ONLY=tap,RX,64 KiB picks cases).
 
@@ -287,7 +290,7 @@ fn frames_per_round(len: usize) -> usize {
     (usize::from(QSIZE) / buffers_per_frame(len)).min(200)
 }
 
-fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
+fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usize) -> Figure {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     let (mut rxr, rxq) = Ring::new(&mem, 0x1000, 0x10_0000, RX_BUF, DESC_F_WRITE);
     let (_txr, txq) = Ring::new(&mem, 0x8000, 0x20_0000, 2048, 0);
@@ -296,7 +299,6 @@ fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
         .unwrap();
     let mut queues = [rxq, txq];
     let inj = Injector::to(via.0, len, via.1);
-    let per_round = frames_per_round(len);
     let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
     while elapsed < budget() {
         rxr.refill(&mem, RX_BUF);
@@ -333,9 +335,8 @@ fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
     }
 }
 
-fn rx_raw(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
+fn rx_raw(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usize) -> Figure {
     let inj = Injector::to(via.0, len, via.1);
-    let per_round = frames_per_round(len);
     // One buffer per frame of a round, like the guest's ring.
     let mut bufs: Vec<Vec<u8>> = (0..per_round)
         .map(|_| vec![0u8; VNET_HDR_LEN + MTU + 14])
@@ -363,9 +364,13 @@ fn rx_raw(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
 /// Raw readv into the buffer layout the device gets from the ring: each frame scattered over
 /// as many RX_BUF-sized buffers as it needs, the buffers of a round spread over a ring's
 /// worth of memory. What the device costs beyond this is its own ring work.
-fn rx_raw_scattered(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize) -> Figure {
+fn rx_raw_scattered(
+    tap: &mut Tap,
+    via: (u32, Option<[u8; 6]>),
+    len: usize,
+    per_round: usize,
+) -> Figure {
     let inj = Injector::to(via.0, len, via.1);
-    let per_round = frames_per_round(len);
     let per_frame = buffers_per_frame(len);
     let mut ring = vec![0u8; usize::from(QSIZE) * RX_BUF as usize];
     let base = ring.as_mut_ptr();
@@ -500,7 +505,7 @@ fn main() {
         );
         for mut sub in subjects() {
             for (label, len) in [("64 B", 64usize), ("1500 B", 1500), ("64 KiB", BIG_FRAME)] {
-                for dir in ["TX", "RX"] {
+                for dir in ["TX", "RX", "RX1"] {
                     // NETVMM_BENCH_ONLY=tap,RX,64 KiB: just the cases that match (for a
                     // profiler).
                     if let Ok(only) = std::env::var("NETVMM_BENCH_ONLY") {
@@ -516,9 +521,16 @@ fn main() {
                         let d = tx_device(dev_tap, len);
                         (d, tx_raw(&mut sub.tap, len), None)
                     } else {
-                        let d = rx_device(dev_tap, sub.via, len);
-                        let r = rx_raw(&mut sub.tap, sub.via, len);
-                        (d, r, Some(rx_raw_scattered(&mut sub.tap, sub.via, len)))
+                        // RX1: one frame per wake-up, as when frames trickle in; RX: as
+                        // many as the ring holds.
+                        let n = if dir == "RX1" {
+                            1
+                        } else {
+                            frames_per_round(len)
+                        };
+                        let d = rx_device(dev_tap, sub.via, len, n);
+                        let r = rx_raw(&mut sub.tap, sub.via, len, n);
+                        (d, r, Some(rx_raw_scattered(&mut sub.tap, sub.via, len, n)))
                     };
                     let (s_fps, s_ratio) = match &scattered {
                         Some(s) => (

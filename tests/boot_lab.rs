@@ -30,15 +30,55 @@ netvmm run $G --timeout 300 --serial-log /tmp/panic.log \
   --cmdline 'netvmm.run="echo c > /proc/sysrq-trigger"'
 s=$?; echo "case=panic status=$s $(ready /tmp/panic.log)"
 
+printf "$TRIPLE_FAULT_ELF" > /tmp/triple.elf
+netvmm run --kernel /tmp/triple.elf --timeout 60 2>/tmp/triple.err
+s=$?; echo "case=triple status=$s said=$(grep -c 'vCPU 0 triple-faulted' /tmp/triple.err)"
+
 start=$(date +%s)
 netvmm run $G --timeout 25 --serial-log /tmp/timeout.log --cmdline 'netvmm.run="sleep 100000"'
 s=$?; end=$(date +%s)
 echo "case=timeout status=$s elapsed=$((end - start)) $(ready /tmp/timeout.log)"
 "#;
 
+/// The smallest x86-64 ELF kernel that crashes: `lidt` of an empty IDT, then `int3`. The
+/// breakpoint's vector lies beyond the IDT (#GP), so does the #GP's (#DF), and the #DF's: the
+/// CPU shuts down (a triple fault), as a kernel that dies before its IDT is set up would.
+fn triple_fault_elf() -> Vec<u8> {
+    const AT: u64 = 0x100_0000;
+    const HEADERS: u64 = 64 + 56;
+    // lidt [rip+1]; int3; then the 10-byte IDT descriptor (limit 0, base 0).
+    let code: [u8; 18] = [
+        0x0f, 0x01, 0x1d, 0x01, 0x00, 0x00, 0x00, 0xcc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let size = HEADERS + code.len() as u64;
+    let mut e = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    e.extend(2u16.to_le_bytes()); // ET_EXEC
+    e.extend(0x3eu16.to_le_bytes()); // EM_X86_64
+    e.extend(1u32.to_le_bytes());
+    e.extend((AT + HEADERS).to_le_bytes()); // entry: the code after the headers
+    e.extend(64u64.to_le_bytes()); // program headers right after this header
+    e.extend(0u64.to_le_bytes());
+    e.extend(0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        e.extend(v.to_le_bytes());
+    }
+    e.extend(1u32.to_le_bytes()); // PT_LOAD
+    e.extend(5u32.to_le_bytes()); // R+X
+    for v in [0, AT, AT, size, size, 0x1000] {
+        e.extend(v.to_le_bytes());
+    }
+    e.extend(code);
+    e
+}
+
 #[test]
 fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
-    let out = common::lab(SCENARIO, 1500);
+    // printf(1) writes the ELF inside the lab: every byte as an octal escape.
+    let elf: String = triple_fault_elf()
+        .iter()
+        .map(|b| format!("\\{b:03o}"))
+        .collect();
+    let out = common::lab(&format!("TRIPLE_FAULT_ELF='{elf}'\n{SCENARIO}"), 1500);
     let dump = out.dump();
     assert_eq!(out.status, 0, "{dump}");
 
@@ -87,6 +127,14 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
     // A kernel panic is status 3, after the guest had booted.
     assert!(out.field("panic", "cpus").is_some(), "{dump}");
     assert_eq!(out.field("panic", "status").as_deref(), Some("3"), "{dump}");
+
+    // A triple fault is a crash (3), said in one line, not a clean reboot (0).
+    assert_eq!(
+        out.field("triple", "status").as_deref(),
+        Some("3"),
+        "{dump}"
+    );
+    assert_eq!(out.field("triple", "said").as_deref(), Some("1"), "{dump}");
 
     // The timeout kills a running guest with 124, and not much later than asked.
     assert!(out.field("timeout", "cpus").is_some(), "{dump}");

@@ -9,10 +9,13 @@ use std::sync::{Arc, Mutex};
 pub enum VmExit {
     /// ACPI S5 written to the sleep control register (guest `poweroff`).
     PowerOff,
-    /// Reset through the i8042, a triple fault, or KVM_EXIT_SHUTDOWN (guest `reboot`).
+    /// Reset through the i8042 (guest `reboot`: netvmm gives the kernel `reboot=k`).
     Reset,
     /// The guest kernel panicked and said so through pvpanic.
     GuestPanic,
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the guest crashed, since its reboot goes
+    /// through the i8042 and never ends this way.
+    TripleFault { cpu: u8 },
     /// A vCPU hit something the VMM cannot continue from; the text names the vCPU and cause.
     Fault(String),
 }

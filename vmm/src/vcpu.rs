@@ -34,8 +34,10 @@ pub fn handle_exit(cpu: u8, exit: VcpuExit<'_>, buses: &Buses) -> Option<VmExit>
             buses.mmio.write(addr, data);
             None
         }
-        // A triple fault: how CPUs reset, and the kernel's last resort for `reboot`.
-        VcpuExit::Shutdown => Some(VmExit::Reset),
+        // A triple fault. Linux falls back to one only when every other reboot method
+        // failed, and the i8042 (reboot=k) does not fail: this is a crash, and a CI job
+        // must not read it as a clean reboot.
+        VcpuExit::Shutdown => Some(VmExit::TripleFault { cpu }),
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => Some(VmExit::PowerOff),
             KVM_SYSTEM_EVENT_RESET => Some(VmExit::Reset),
@@ -201,6 +203,20 @@ mod tests {
         assert!(
             matches!(end, Some(VmExit::Fault(ref m)) if m.contains("halted")),
             "{end:?}"
+        );
+    }
+
+    #[test]
+    fn a_triple_fault_is_a_guest_crash_not_a_reboot() {
+        // (PVM reports a real-mode triple fault as an internal error; the lab's boot test
+        // runs a real one on kvm_amd.)
+        let buses = Buses {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+        };
+        assert_eq!(
+            handle_exit(2, VcpuExit::Shutdown, &buses),
+            Some(VmExit::TripleFault { cpu: 2 })
         );
     }
 

@@ -92,7 +92,8 @@ pub enum Outcome {
     Signalled(i32),
 }
 
-/// Exit status for a guest panic: distinct from errors (1), usage (1) and timeouts (124).
+/// Exit status for a guest crash (a kernel panic, a triple fault): distinct from errors (1),
+/// usage (1) and timeouts (124).
 pub const EXIT_GUEST_PANIC: i32 = 3;
 /// Exit status when `--timeout` expired, as timeout(1) uses.
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -102,7 +103,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Exited(VmExit::PowerOff | VmExit::Reset) => 0,
-            Outcome::Exited(VmExit::GuestPanic) => EXIT_GUEST_PANIC,
+            Outcome::Exited(VmExit::GuestPanic | VmExit::TripleFault { .. }) => EXIT_GUEST_PANIC,
             Outcome::Exited(VmExit::Fault(_)) => 1,
             Outcome::TimedOut => EXIT_TIMEOUT,
             Outcome::Signalled(sig) => 128 + sig,
@@ -114,6 +115,9 @@ impl Outcome {
         match self {
             Outcome::Exited(VmExit::PowerOff | VmExit::Reset) => None,
             Outcome::Exited(VmExit::GuestPanic) => Some("the guest kernel panicked".into()),
+            Outcome::Exited(VmExit::TripleFault { cpu }) => Some(format!(
+                "the guest crashed: vCPU {cpu} triple-faulted (a reboot would have gone through the keyboard controller)"
+            )),
             Outcome::Exited(VmExit::Fault(why)) => Some(why.clone()),
             Outcome::TimedOut => Some("timeout expired: the VM was stopped".into()),
             Outcome::Signalled(sig) => Some(format!("stopped by signal {sig}")),
@@ -418,6 +422,9 @@ mod tests {
         assert_eq!(Outcome::Exited(VmExit::PowerOff).exit_code(), 0);
         assert_eq!(Outcome::Exited(VmExit::Reset).exit_code(), 0);
         assert_eq!(Outcome::Exited(VmExit::GuestPanic).exit_code(), 3);
+        let crash = Outcome::Exited(VmExit::TripleFault { cpu: 1 });
+        assert_eq!(crash.exit_code(), 3);
+        assert!(crash.message().unwrap().contains("vCPU 1 triple-faulted"));
         assert_eq!(Outcome::Exited(VmExit::Fault("x".into())).exit_code(), 1);
         assert_eq!(Outcome::TimedOut.exit_code(), 124);
         assert_eq!(Outcome::Signalled(libc::SIGTERM).exit_code(), 143);

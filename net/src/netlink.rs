@@ -421,17 +421,8 @@ impl Conn {
                 .sock
                 .recv_from_full()
                 .map_err(|e| ReqError::Os(e, None))?;
-            let mut off = 0;
-            while off + NLMSG_HDRLEN <= data.len() {
-                let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
-                if len < NLMSG_HDRLEN || off + len > data.len() {
-                    return Err(ReqError::Protocol(format!(
-                        "truncated message ({len} bytes at offset {off} of {})",
-                        data.len()
-                    )));
-                }
-                let chunk = &data[off..off + len];
-                off += (len + 3) & !3;
+            let (chunks, truncated) = split_datagram(&data);
+            for chunk in chunks {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(chunk)
                     .map_err(|e| ReqError::Protocol(e.to_string()))?;
                 if reply.header.sequence_number != self.seq
@@ -457,6 +448,9 @@ impl Conn {
                     }
                     _ => {}
                 }
+            }
+            if let Some(why) = truncated {
+                return Err(ReqError::Protocol(why));
             }
         }
     }
@@ -1052,14 +1046,8 @@ impl LinkMonitor {
                     })
                 }
             };
-            let mut off = 0;
-            while off + NLMSG_HDRLEN <= data.len() {
-                let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
-                if len < NLMSG_HDRLEN || off + len > data.len() {
-                    break;
-                }
-                let chunk = &data[off..off + len];
-                off += (len + 3) & !3;
+            // A truncated tail is dropped: the messages before it still count.
+            for chunk in split_datagram(&data).0 {
                 let msg =
                     NetlinkMessage::<RouteNetlinkMessage>::deserialize(chunk).map_err(|e| {
                         NetlinkError::Protocol {
@@ -1084,6 +1072,29 @@ impl LinkMonitor {
             }
         }
     }
+}
+
+/// The netlink messages in one datagram (each header's length, 4-byte aligned, leads to the
+/// next), and why the rest could not be read when a length runs short or past the end.
+fn split_datagram(data: &[u8]) -> (Vec<&[u8]>, Option<String>) {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while let Some(&[a, b, c, d]) = data.get(off..off + 4) {
+        if off + NLMSG_HDRLEN > data.len() {
+            break;
+        }
+        let len = u32::from_ne_bytes([a, b, c, d]) as usize;
+        if len < NLMSG_HDRLEN || len > data.len() - off {
+            let why = format!(
+                "truncated message ({len} bytes at offset {off} of {})",
+                data.len()
+            );
+            return (out, Some(why));
+        }
+        out.push(&data[off..off + len]);
+        off += (len + 3) & !3;
+    }
+    (out, None)
 }
 
 impl AsRawFd for LinkMonitor {

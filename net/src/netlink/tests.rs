@@ -542,3 +542,35 @@ fn interface_names_are_checked_like_the_kernel_does() {
         assert!(!valid_ifname(bad), "{bad}");
     }
 }
+
+#[test]
+fn a_datagram_splits_into_its_messages_and_a_bad_length_stops_it() {
+    // Two messages: 20 bytes (padded to 20) and 17 bytes (padded to 20), as the kernel packs them.
+    let msg = |len: u32, fill: u8| {
+        let mut m = len.to_ne_bytes().to_vec();
+        m.resize(len as usize, fill);
+        m
+    };
+    let mut data = msg(20, 1);
+    data.extend(msg(17, 2));
+    data.extend([0; 3]);
+    let (chunks, bad) = split_datagram(&data);
+    assert_eq!(chunks.len(), 2);
+    assert_eq!((chunks[0].len(), chunks[1].len()), (20, 17));
+    assert_eq!(bad, None);
+
+    // A length past the end, or shorter than a header, ends the split with a reason; what
+    // came before is kept.
+    let mut long = msg(20, 1);
+    long.extend(msg(16, 2));
+    long[20..24].copy_from_slice(&64u32.to_ne_bytes());
+    let (chunks, bad) = split_datagram(&long);
+    assert_eq!(chunks.len(), 1);
+    assert!(bad.is_some_and(|b| b.contains("64 bytes at offset 20")));
+    let short = 4u32.to_ne_bytes().repeat(5);
+    let (chunks, bad) = split_datagram(&short);
+    assert!(chunks.is_empty() && bad.is_some());
+    // Fewer bytes than a header: nothing, and nothing wrong.
+    assert_eq!(split_datagram(&[1, 2, 3]), (vec![], None));
+    assert_eq!(split_datagram(&[]), (vec![], None));
+}

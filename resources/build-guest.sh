@@ -39,28 +39,7 @@ OUTPUTS=(vmlinuz vmlinux kernel-release initrd.cpio.gz)
 GUEST_MODULES=(virtio_mmio virtio_net pvpanic pvpanic_mmio)
 
 STAMP=$(sources_hash "$HERE/build-guest.sh" "$HERE/lib.sh" "$HERE/guest-init.sh")
-if image_up_to_date "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"; then
-	log "guest image is up to date in $OUT_DIR"
-	exit 0
-fi
-
-require_tools apt-get apt-cache dpkg-deb ldd cpio gzip od dd sha256sum flock
-mkdir -p "$OUT_DIR" "$NETVMM_DEBS_DIR"
-lock_path "$OUT_DIR/.lock"
-# Someone else may have finished the same build while we waited.
-if image_up_to_date "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"; then
-	log "guest image is up to date in $OUT_DIR"
-	exit 0
-fi
-
-# Leftovers of a killed build; nobody else can be using them while we hold
-# the lock.
-rm -rf "$OUT_DIR"/.build.*
-# Work next to the output so the final moves are renames on one filesystem.
-WORK=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-
-log "building guest image in $OUT_DIR"
+begin_build guest "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"
 KPKG=$(kernel_package)
 lock_path "$NETVMM_DEBS_DIR/.lock"
 DEBS_LOCK=$LOCK_FD

@@ -42,23 +42,7 @@ LAB_MODULES=(kvm kvm_amd tun bridge macvlan macvtap veth vhost_net)
 HOST_LIBS=(libgcc_s.so.1 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libutil.so.1)
 
 STAMP=$(sources_hash "$HERE/build-lab.sh" "$HERE/lib.sh" "$HERE/lab-init.sh")
-if image_up_to_date "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"; then
-	log "lab image is up to date in $OUT_DIR"
-	exit 0
-fi
-
-require_tools apt-get apt-cache dpkg-deb ldd cpio gzip od sha256sum flock
-mkdir -p "$OUT_DIR" "$NETVMM_DEBS_DIR"
-lock_path "$OUT_DIR/.lock"
-if image_up_to_date "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"; then
-	log "lab image is up to date in $OUT_DIR"
-	exit 0
-fi
-rm -rf "$OUT_DIR"/.build.*
-WORK=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
-
-log "building lab image in $OUT_DIR"
+begin_build lab "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"
 KPKG=$(kernel_package)
 lock_path "$NETVMM_DEBS_DIR/.lock"
 DEBS_LOCK=$LOCK_FD

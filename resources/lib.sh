@@ -51,6 +51,31 @@ image_up_to_date() {
 	done
 }
 
+# begin_build WHAT OUT_DIR STAMP OUTPUT...: exits (0) when the image in OUT_DIR is
+# up to date, also when another build finished it while we waited for its lock;
+# otherwise holds OUT_DIR's lock and sets WORK, a fresh directory beside the outputs
+# (so that the final moves are renames on one filesystem), removed at exit.
+begin_build() {
+	local what=$1 out=$2 stamp=$3
+	shift 3
+	if image_up_to_date "$out" "$stamp" "$@"; then
+		log "$what image is up to date in $out"
+		exit 0
+	fi
+	require_tools apt-get apt-cache dpkg-deb ldd cpio gzip od dd sha256sum flock
+	mkdir -p "$out" "$NETVMM_DEBS_DIR"
+	lock_path "$out/.lock"
+	if image_up_to_date "$out" "$stamp" "$@"; then
+		log "$what image is up to date in $out"
+		exit 0
+	fi
+	# Leftovers of a killed build: nobody else uses them while we hold the lock.
+	rm -rf "$out"/.build.*
+	WORK=$(mktemp -d "$out/.build.XXXXXX")
+	trap 'rm -rf "$WORK"' EXIT
+	log "building $what image in $out"
+}
+
 # lock_path FILE: take an exclusive flock on FILE and leave its descriptor in
 # LOCK_FD (released on exit, or earlier with unlock_fd "$LOCK_FD"). Two test processes
 # building the same image, or downloading into the shared deb cache, then wait

@@ -54,6 +54,19 @@ fn expected(backend: &str) -> [bool; 5] {
     }
 }
 
+/// Holds backend `b`'s measured reachability (result `r`) against the kernel's semantics.
+fn reaches_as_expected(b: &str, r: &json::Json, dump: &str) {
+    let reach = r
+        .get("reachability")
+        .unwrap_or_else(|| panic!("{b}: no reachability\n{dump}"));
+    let got: Vec<Option<bool>> = REACH
+        .iter()
+        .map(|k| reach.get(k).and_then(|v| v.bool()))
+        .collect();
+    let want: Vec<Option<bool>> = expected(b).iter().map(|x| Some(*x)).collect();
+    assert_eq!(got, want, "{b}: reachability {REACH:?}\n{dump}");
+}
+
 #[test]
 fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     let dir = std::env::temp_dir().join(format!("netvmm-compare-test-{}", std::process::id()));
@@ -110,13 +123,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
             matches!(r.get("skipped"), Some(json::Json::Null)),
             "{b} skipped\n{dump}"
         );
-        let reach = r.get("reachability").unwrap();
-        let got: Vec<Option<bool>> = REACH
-            .iter()
-            .map(|k| reach.get(k).and_then(|v| v.bool()))
-            .collect();
-        let want: Vec<Option<bool>> = expected(b).iter().map(|x| Some(*x)).collect();
-        assert_eq!(got, want, "{b}: reachability {REACH:?}\n{dump}");
+        reaches_as_expected(b, r, &dump);
 
         let num = |path: &[&str]| json::read::get(r, path).and_then(|v| v.num());
         let positive = |path: &[&str]| {
@@ -213,13 +220,7 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
     assert_eq!(results.len(), 2, "{dump}");
     for r in results {
         let b = r.get("backend").and_then(|v| v.str()).unwrap();
-        let reach = r.get("reachability").unwrap();
-        let got: Vec<Option<bool>> = REACH
-            .iter()
-            .map(|k| reach.get(k).and_then(|v| v.bool()))
-            .collect();
-        let want: Vec<Option<bool>> = expected(b).iter().map(|x| Some(*x)).collect();
-        assert_eq!(got, want, "{b}: reachability {REACH:?}\n{dump}");
+        reaches_as_expected(b, r, &dump);
         for k in ["guest_to_lan", "lan_to_guest"] {
             let v = r
                 .get("throughput_mbps")

@@ -59,6 +59,33 @@ pub mod read {
                 Err(format!("bad literal at {}", self.i))
             }
         }
+        /// The comma-separated items of an array or object, from its opening bracket (at
+        /// the cursor) through `close`.
+        fn items(
+            &mut self,
+            close: u8,
+            what: &str,
+            mut item: impl FnMut(&mut Self) -> Result<(), String>,
+        ) -> Result<(), String> {
+            self.i += 1;
+            self.ws();
+            if self.b.get(self.i) == Some(&close) {
+                self.i += 1;
+                return Ok(());
+            }
+            loop {
+                item(self)?;
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(&c) if c == close => {
+                        self.i += 1;
+                        return Ok(());
+                    }
+                    _ => return Err(format!("bad {what} at {}", self.i)),
+                }
+            }
+        }
         fn value(&mut self) -> Result<Json, String> {
             self.ws();
             match self.b.get(self.i) {
@@ -67,49 +94,23 @@ pub mod read {
                 Some(b'f') => self.lit("false", Json::Bool(false)),
                 Some(b'"') => self.string().map(Json::Str),
                 Some(b'[') => {
-                    self.i += 1;
                     let mut v = Vec::new();
-                    self.ws();
-                    if self.b.get(self.i) == Some(&b']') {
-                        self.i += 1;
-                        return Ok(Json::Arr(v));
-                    }
-                    loop {
-                        v.push(self.value()?);
-                        self.ws();
-                        match self.b.get(self.i) {
-                            Some(b',') => self.i += 1,
-                            Some(b']') => {
-                                self.i += 1;
-                                return Ok(Json::Arr(v));
-                            }
-                            _ => return Err(format!("bad array at {}", self.i)),
-                        }
-                    }
+                    self.items(b']', "array", |p| {
+                        v.push(p.value()?);
+                        Ok(())
+                    })?;
+                    Ok(Json::Arr(v))
                 }
                 Some(b'{') => {
-                    self.i += 1;
                     let mut v = Vec::new();
-                    self.ws();
-                    if self.b.get(self.i) == Some(&b'}') {
-                        self.i += 1;
-                        return Ok(Json::Obj(v));
-                    }
-                    loop {
-                        self.ws();
-                        let k = self.string()?;
-                        self.eat(b':')?;
-                        v.push((k, self.value()?));
-                        self.ws();
-                        match self.b.get(self.i) {
-                            Some(b',') => self.i += 1,
-                            Some(b'}') => {
-                                self.i += 1;
-                                return Ok(Json::Obj(v));
-                            }
-                            _ => return Err(format!("bad object at {}", self.i)),
-                        }
-                    }
+                    self.items(b'}', "object", |p| {
+                        p.ws();
+                        let k = p.string()?;
+                        p.eat(b':')?;
+                        v.push((k, p.value()?));
+                        Ok(())
+                    })?;
+                    Ok(Json::Obj(v))
                 }
                 _ => {
                     let start = self.i;

@@ -341,15 +341,26 @@ fn rx_raw(tap: &mut Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usi
     let mut bufs: Vec<Vec<u8>> = (0..per_round)
         .map(|_| vec![0u8; VNET_HDR_LEN + MTU + 14])
         .collect();
+    raw_rounds(&inj, len, per_round, |i| tap.recv(&mut bufs[i]).is_ok())
+}
+
+/// Rounds of `per_round` frames injected, then read back with `read(i)` for the round's
+/// i-th frame (false: the tap had none left); only the reads are timed.
+fn raw_rounds(
+    inj: &Injector,
+    len: usize,
+    per_round: usize,
+    mut read: impl FnMut(usize) -> bool,
+) -> Figure {
     let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
     while elapsed < budget() {
         inj.inject(per_round);
         let t = Instant::now();
-        for buf in bufs.iter_mut() {
-            match tap.recv(buf) {
-                Ok(_) => frames += 1,
-                Err(_) => break,
+        for i in 0..per_round {
+            if !read(i) {
+                break;
             }
+            frames += 1;
         }
         elapsed += t.elapsed();
     }
@@ -389,26 +400,12 @@ fn rx_raw_scattered(
                 .collect()
         })
         .collect();
-    let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
-    while elapsed < budget() {
-        inj.inject(per_round);
-        let t = Instant::now();
-        for v in &iovs {
-            // SAFETY: every iovec points into `ring`, which outlives the call.
-            match unsafe { tap.recv_iovecs(v) } {
-                Ok(_) => frames += 1,
-                Err(_) => break,
-            }
-        }
-        elapsed += t.elapsed();
-    }
+    let figure = raw_rounds(&inj, len, per_round, |i| {
+        // SAFETY: every iovec points into `ring`, which outlives the call.
+        unsafe { tap.recv_iovecs(&iovs[i]) }.is_ok()
+    });
     drop(ring);
-    Figure {
-        frames,
-        bytes: frames * len as u64,
-        elapsed,
-        refused: 0,
-    }
+    figure
 }
 
 fn set_mtu(name: &str, mtu: usize) {

@@ -170,7 +170,7 @@ measure() {
   say "$b: setting up"
   setup $b
   forget
-  rm -f "$W/$b"-A*.log "$W/$b-B.log"
+  rm -f "$W/$b"-A*.log "$W/$b"-A*.err "$W/$b-B.log"
   bpid=
   try=0
   while [ $b != macvtap-passthru ] && [ $try -lt 2 ]; do

@@ -180,9 +180,9 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
 /// Runs in the emulated lab host, whose /dev/kvm (kvm_amd) boots stock kernels and where the
 /// scenario is root: there `--lab auto` must choose the native lab.
 const NATIVE: &str = r#"
-netvmm compare --backends tap,macvtap-bridge --duration 1 --json > /tmp/c.json 2>/tmp/c.err
-s=$?
-cat /tmp/c.err
+# Progress comes out as it happens (tee), so that a lab that stops shows where.
+{ netvmm compare --backends tap,macvtap-bridge --duration 1 --json > /tmp/c.json; echo $? > /tmp/c.st; } 2>&1 | tee /tmp/c.err
+s=$(cat /tmp/c.st)
 echo "case=native status=$s netns=$(ls /run/netns 2>/dev/null | wc -l) links=$(ls /sys/class/net | grep -vc '^lo$')"
 echo "--- json"; cat /tmp/c.json; echo "--- end"
 "#;

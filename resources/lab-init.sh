@@ -53,6 +53,29 @@ fi
 hostname netvmm-lab
 /sbin/ip link set lo up
 
+# The lab kernel is quiet (loglevel=1): of a soft lockup only the one EMERG line
+# reaches the console, and an RCU stall or hung-task report not at all. Copy
+# those reports, with the backtrace lines that follow them, to the console, so a
+# hang of the emulated nested virtualization says where the CPU was. cat, not
+# the shell's read, reads /dev/kmsg: each read(2) must take a whole record.
+watch_kernel_reports() {
+	left=0
+	cat /dev/kmsg | while IFS= read -r rec; do
+		case $rec in " "*) continue ;; esac # a record's key=value continuation
+		msg=${rec#*;}
+		case $msg in
+		*"soft lockup"* | *"rcu: INFO:"* | *"self-detected stall"* | *"blocked for more than"*)
+			left=60
+			;;
+		esac
+		if [ "$left" -gt 0 ]; then
+			echo "netvmm-lab: kernel: $msg"
+			left=$((left - 1))
+		fi
+	done
+}
+watch_kernel_reports >/dev/console 2>&1 &
+
 if [ ! -c /dev/kvm ]; then
 	echo "netvmm-lab: /dev/kvm is missing in the lab host (kvm_amd did not load)"
 	finish 125

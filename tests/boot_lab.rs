@@ -224,3 +224,35 @@ fn debian_generic_kernel_boots_with_both_cpus_and_its_nic() {
         "{dump}"
     );
 }
+
+/// A lab host whose kernel reports a netvmm task stuck is stopped with one line, and the
+/// report's backtrace reaches the console first (lab-init copies it from the kernel log,
+/// which the quiet lab console would not show). The report here is written to /dev/kmsg at
+/// warning level, below the console's loglevel, so only that copy can bring it out.
+#[test]
+fn a_hung_lab_host_is_stopped_and_says_where_it_hung() {
+    let out = common::lab_once(
+        r#"
+echo '<4>watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [netvmm:190]' > /dev/kmsg
+echo '<4>Call Trace: test_frame_one+0x1/0x2' > /dev/kmsg
+echo '<4>RIP: 0010:test_frame_two+0x3/0x4' > /dev/kmsg
+sleep 120
+echo case=hang finished=yes
+"#,
+        150,
+    );
+    let dump = out.dump();
+    assert_ne!(out.status, 0, "{dump}");
+    assert!(
+        out.stderr.contains(common::LAB_HOST_HUNG) && out.stderr.contains("[netvmm:190]"),
+        "{dump}"
+    );
+    for frame in ["Call Trace: test_frame_one", "RIP: 0010:test_frame_two"] {
+        assert!(
+            out.stdout.contains(&format!("netvmm-lab: kernel: {frame}")),
+            "{frame}\n{dump}"
+        );
+    }
+    // Stopped when the hang was seen, not when the scenario ended.
+    assert_eq!(out.field("hang", "finished"), None, "{dump}");
+}

@@ -48,16 +48,37 @@ impl LabOutput {
 }
 
 /// What `netvmm lab ...` says when the lab host's own kernel hung (see lab::LabError).
-const LAB_HOST_HUNG: &str = "the lab host's kernel hung";
+pub const LAB_HOST_HUNG: &str = "the lab host's kernel hung";
+
+/// Where the harness keeps what a lab host printed before its kernel hung: the rerun's
+/// success would otherwise hide it, and it is the only record of where the hang was.
+/// `.ci/run` prints this file at its end.
+pub fn hang_log() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-host-hangs.log")
+}
 
 /// Runs `f` once more when the lab host's kernel hung under it: that is the emulated nested
-/// virtualization failing, not netvmm (the first try's message stays on the test's stderr).
+/// virtualization failing, not netvmm. The first try's output goes to `hang_log()`.
 fn with_one_rerun_on_host_hang(f: impl Fn() -> Output) -> Output {
     let out = f();
     let stderr = String::from_utf8_lossy(&out.stderr);
     match stderr.lines().find(|l| l.contains(LAB_HOST_HUNG)) {
         Some(line) => {
             eprintln!("test harness: {line}; running the lab once more");
+            let record = format!(
+                "=== {}: {line}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}\n",
+                std::thread::current().name().unwrap_or("a test"),
+                String::from_utf8_lossy(&out.stdout)
+            );
+            use std::io::Write;
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(hang_log())
+                .and_then(|mut f| f.write_all(record.as_bytes()));
+            if let Err(e) = appended {
+                eprintln!("test harness: cannot write {}: {e}", hang_log().display());
+            }
             f()
         }
         None => out,
@@ -71,21 +92,36 @@ pub fn netvmm_in_lab(args: &[&str]) -> Output {
     with_one_rerun_on_host_hang(|| netvmm(args))
 }
 
-/// Runs `script` inside the lab host with `netvmm lab exec`, one lab at a time.
+/// Runs `script` inside the lab host with `netvmm lab exec`, one lab at a time, once more
+/// if the lab host's kernel hung.
 pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    with_scenario_file(script, |path| {
+        with_one_rerun_on_host_hang(|| lab_exec(path, timeout_s))
+    })
+}
+
+/// Runs `script` inside the lab host once, whatever happens to the lab host.
+pub fn lab_once(script: &str, timeout_s: u32) -> LabOutput {
+    let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    with_scenario_file(script, |path| lab_exec(path, timeout_s))
+}
+
+fn lab_exec(scenario: &std::path::Path, timeout_s: u32) -> Output {
+    Command::new(NETVMM)
+        .args(["lab", "exec", "--timeout", &timeout_s.to_string()])
+        .arg(scenario)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("netvmm lab exec runs")
+}
+
+fn with_scenario_file(script: &str, run: impl FnOnce(&std::path::Path) -> Output) -> LabOutput {
     let dir = std::env::temp_dir().join(format!("netvmm-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("scenario.sh");
     std::fs::write(&path, script).unwrap();
-    let out = with_one_rerun_on_host_hang(|| {
-        Command::new(NETVMM)
-            .args(["lab", "exec", "--timeout", &timeout_s.to_string()])
-            .arg(&path)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("netvmm lab exec runs")
-    });
+    let out = run(&path);
     let _ = std::fs::remove_dir_all(&dir);
     LabOutput {
         status: out.status.code().unwrap_or(-1),

@@ -8,6 +8,8 @@
 #     on /dev/console (ttyS0);
 #   - the scenario's exit status is written as the single line
 #     "netvmm-lab-exit=<status>" to /dev/ttyS1, then the lab powers off;
+#   - it writes a line to /dev/ttyS2 every 5 s while it lives (its pid is in
+#     /run/netvmm-lab-heartbeat.pid);
 #   - status 125: /dev/kvm did not appear (kvm_amd did not load),
 #     status 127: there is no /lab/scenario.
 #
@@ -75,6 +77,17 @@ watch_kernel_reports() {
 	done
 }
 watch_kernel_reports >/dev/console 2>&1 &
+
+# The heartbeat on the third serial port: the runner stops a lab host that falls
+# silent there (both CPUs stuck, which no watchdog in here can report).
+heartbeat() {
+	while :; do
+		echo . || return
+		sleep 5
+	done
+}
+heartbeat >/dev/ttyS2 2>/dev/null &
+echo $! >/run/netvmm-lab-heartbeat.pid
 
 if [ ! -c /dev/kvm ]; then
 	echo "netvmm-lab: /dev/kvm is missing in the lab host (kvm_amd did not load)"

@@ -240,6 +240,7 @@ sleep 120
 echo case=hang finished=yes
 "#,
         150,
+        &[],
     );
     let dump = out.dump();
     assert_ne!(out.status, 0, "{dump}");
@@ -255,4 +256,22 @@ echo case=hang finished=yes
     }
     // Stopped when the hang was seen, not when the scenario ended.
     assert_eq!(out.field("hang", "finished"), None, "{dump}");
+}
+
+/// A lab host that falls silent as a whole (both CPUs stuck: nothing inside it can report
+/// that) is stopped once its heartbeat stops. Stopping the heartbeat job stands in for it.
+#[test]
+fn a_silent_lab_host_is_stopped() {
+    let out = common::lab_once(
+        "kill -STOP $(cat /run/netvmm-lab-heartbeat.pid)\nsleep 120\necho case=silent finished=yes\n",
+        150,
+        &[("NETVMM_LAB_SILENCE_S", "15")],
+    );
+    let dump = out.dump();
+    assert_ne!(out.status, 0, "{dump}");
+    assert!(
+        out.stderr.contains(common::LAB_HOST_HUNG) && out.stderr.contains("no sign of life"),
+        "{dump}"
+    );
+    assert_eq!(out.field("silent", "finished"), None, "{dump}");
 }

@@ -58,6 +58,53 @@ fn host_failure(line: &[u8]) -> Option<String> {
     (text.contains("soft lockup") && netvmm_task).then(|| text.trim().to_string())
 }
 
+/// lab-init writes a line to the third serial port every few seconds; a lab host silent
+/// there for this long has stopped as a whole (both CPUs stuck, which no watchdog inside it
+/// can report). `NETVMM_LAB_SILENCE_S` changes it (the tests shorten it).
+const HOST_SILENCE_LIMIT: Duration = Duration::from_secs(120);
+const SILENCE_ENV: &str = "NETVMM_LAB_SILENCE_S";
+
+fn host_silence_limit() -> Duration {
+    std::env::var(SILENCE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(HOST_SILENCE_LIMIT, Duration::from_secs)
+}
+
+/// The lab host's heartbeat: a file that grows while the host lives.
+struct Heartbeat {
+    path: PathBuf,
+    len: u64,
+    /// When the file last grew; None until the first beat (the host is still booting, which
+    /// the overall time limit covers).
+    grew: Option<Instant>,
+}
+
+impl Heartbeat {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            len: 0,
+            grew: None,
+        }
+    }
+
+    /// How long the host has been silent, given the heartbeat file's length now.
+    fn silent_for(&mut self, len: u64, now: Instant) -> Duration {
+        if len > self.len {
+            self.len = len;
+            self.grew = Some(now);
+        }
+        self.grew
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    fn check(&mut self) -> Duration {
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        self.silent_for(len, Instant::now())
+    }
+}
+
 /// How long a lab host whose kernel reported a hang keeps running before it is stopped: long
 /// enough for lab-init's kernel-log watcher to copy the report's backtrace to the console.
 const HANG_REPORT_GRACE: Duration = Duration::from_secs(5);
@@ -176,6 +223,7 @@ impl LabRun {
         self.write_initrd(&images, &initrd)?;
         let status_path = work.path.join("status");
         File::create(&status_path).map_err(file_err("create", &status_path))?;
+        let alive_path = work.path.join("alive");
 
         eprintln!("netvmm-lab: booting the emulated lab host (QEMU TCG, -cpu max)");
         let mut child = Command::new("qemu-system-x86_64")
@@ -185,6 +233,8 @@ impl LabRun {
             .args(["-serial", "stdio"])
             .arg("-serial")
             .arg(format!("file:{}", status_path.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", alive_path.display()))
             .arg("-kernel")
             .arg(&images.lab_kernel)
             .arg("-initrd")
@@ -200,7 +250,8 @@ impl LabRun {
             .take()
             .map(|c| watch_console(c, self.console.clone(), failed.clone()));
         let limit = self.timeout + LAB_BOOT_ALLOWANCE;
-        let waited = wait_or_kill(&mut child, limit, &failed);
+        let mut heartbeat = Heartbeat::new(alive_path);
+        let waited = wait_or_kill(&mut child, limit, &failed, &mut heartbeat);
         if let Some(c) = console {
             let _ = c.join();
         }
@@ -365,7 +416,9 @@ fn wait_or_kill(
     child: &mut Child,
     limit: Duration,
     failed: &std::sync::Mutex<Option<String>>,
+    heartbeat: &mut Heartbeat,
 ) -> Result<(), LabError> {
+    let silence_limit = host_silence_limit();
     vmm::signals::install().map_err(file_err("install signal handlers for", Path::new("qemu")))?;
     let start = Instant::now();
     let mut hang_seen: Option<Instant> = None;
@@ -388,6 +441,15 @@ fn wait_or_kill(
             let _ = child.kill();
             let _ = child.wait();
             return Err(LabError::Timeout(limit));
+        }
+        let silent = heartbeat.check();
+        if silent > silence_limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LabError::HostFailed(format!(
+                "no sign of life from the lab host for {} s",
+                silent.as_secs()
+            )));
         }
         let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(line) = broken {
@@ -448,6 +510,33 @@ mod tests {
             None
         );
         assert_eq!(host_failure(b"netvmm-guest: ready uptime=2.30"), None);
+    }
+
+    #[test]
+    fn a_heartbeat_counts_silence_from_its_last_beat_and_not_before_the_first() {
+        let mut hb = Heartbeat::new(PathBuf::from("/nonexistent"));
+        let t0 = Instant::now();
+        // Booting: no beat yet, so no silence.
+        assert_eq!(
+            hb.silent_for(0, t0 + Duration::from_secs(500)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            hb.silent_for(2, t0 + Duration::from_secs(501)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            hb.silent_for(2, t0 + Duration::from_secs(531)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            hb.silent_for(4, t0 + Duration::from_secs(532)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            hb.silent_for(4, t0 + Duration::from_secs(660)),
+            Duration::from_secs(128)
+        );
     }
 
     #[test]

@@ -97,20 +97,22 @@ pub fn netvmm_in_lab(args: &[&str]) -> Output {
 pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
     with_scenario_file(script, |path| {
-        with_one_rerun_on_host_hang(|| lab_exec(path, timeout_s))
+        with_one_rerun_on_host_hang(|| lab_exec(path, timeout_s, &[]))
     })
 }
 
-/// Runs `script` inside the lab host once, whatever happens to the lab host.
-pub fn lab_once(script: &str, timeout_s: u32) -> LabOutput {
+/// Runs `script` inside the lab host once, whatever happens to the lab host, with `env`
+/// set for netvmm.
+pub fn lab_once(script: &str, timeout_s: u32, env: &[(&str, &str)]) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
-    with_scenario_file(script, |path| lab_exec(path, timeout_s))
+    with_scenario_file(script, |path| lab_exec(path, timeout_s, env))
 }
 
-fn lab_exec(scenario: &std::path::Path, timeout_s: u32) -> Output {
+fn lab_exec(scenario: &std::path::Path, timeout_s: u32, env: &[(&str, &str)]) -> Output {
     Command::new(NETVMM)
         .args(["lab", "exec", "--timeout", &timeout_s.to_string()])
         .arg(scenario)
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("netvmm lab exec runs")

@@ -254,6 +254,12 @@ echo case=hang finished=yes
             "{frame}\n{dump}"
         );
     }
+    // Where the lab host's CPUs were, from QEMU's monitor.
+    assert!(
+        out.stderr.contains("the hung lab host's CPUs: CPU#0 RIP=")
+            && out.stderr.contains("; CPU#1 RIP="),
+        "{dump}"
+    );
     // Stopped when the hang was seen, not when the scenario ended.
     assert_eq!(out.field("hang", "finished"), None, "{dump}");
 }
@@ -271,6 +277,10 @@ fn a_silent_lab_host_is_stopped() {
     assert_ne!(out.status, 0, "{dump}");
     assert!(
         out.stderr.contains(common::LAB_HOST_HUNG) && out.stderr.contains("no sign of life"),
+        "{dump}"
+    );
+    assert!(
+        out.stderr.contains("the hung lab host's CPUs: CPU#0 RIP="),
         "{dump}"
     );
     assert_eq!(out.field("silent", "finished"), None, "{dump}");

@@ -9,6 +9,7 @@
 
 pub mod cpio;
 pub mod images;
+pub mod monitor;
 pub mod runner;
 
 pub use images::{GuestFlavour, ImageError, Images};

@@ -13,7 +13,8 @@ use crate::images::{ImageError, Images};
 const EXIT_PREFIX: &str = "netvmm-lab-exit=";
 /// Kernel arguments for the lab host: console on the first serial port, and quiet, so that
 /// what reaches our stdout is the scenario's own output.
-const LAB_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
+/// `nokaslr`: a hung lab host's RIPs (see monitor.rs) can then be looked up in its symbols.
+const LAB_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 nokaslr";
 /// Lab host RAM when the caller does not say: room for two 256 MiB guests and the images.
 pub const DEFAULT_LAB_MEMORY_MIB: u64 = 2048;
 /// How long a lab run may take when the scenario has no timeout of its own.
@@ -59,8 +60,8 @@ fn host_failure(line: &[u8]) -> Option<String> {
 }
 
 /// lab-init writes a line to the third serial port every few seconds; a lab host silent
-/// there for this long has stopped as a whole (both CPUs stuck, which no watchdog inside it
-/// can report). `NETVMM_LAB_SILENCE_S` changes it (the tests shorten it).
+/// there for this long (or that never beats: it hung while booting) has stopped as a whole
+/// (both CPUs stuck, which no watchdog inside it can report). `NETVMM_LAB_SILENCE_S` changes it (the tests shorten it).
 const HOST_SILENCE_LIMIT: Duration = Duration::from_secs(120);
 const SILENCE_ENV: &str = "NETVMM_LAB_SILENCE_S";
 
@@ -75,17 +76,17 @@ fn host_silence_limit() -> Duration {
 struct Heartbeat {
     path: PathBuf,
     len: u64,
-    /// When the file last grew; None until the first beat (the host is still booting, which
-    /// the overall time limit covers).
-    grew: Option<Instant>,
+    /// When the file last grew, or when QEMU started: a lab host boots in seconds, and one
+    /// that hangs while booting (seen in CI: no output at all) is as hung as any.
+    grew: Instant,
 }
 
 impl Heartbeat {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, started: Instant) -> Self {
         Self {
             path,
             len: 0,
-            grew: None,
+            grew: started,
         }
     }
 
@@ -93,10 +94,9 @@ impl Heartbeat {
     fn silent_for(&mut self, len: u64, now: Instant) -> Duration {
         if len > self.len {
             self.len = len;
-            self.grew = Some(now);
+            self.grew = now;
         }
-        self.grew
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+        now.saturating_duration_since(self.grew)
     }
 
     fn check(&mut self) -> Duration {
@@ -224,6 +224,7 @@ impl LabRun {
         let status_path = work.path.join("status");
         File::create(&status_path).map_err(file_err("create", &status_path))?;
         let alive_path = work.path.join("alive");
+        let monitor_path = work.path.join("monitor");
 
         eprintln!("netvmm-lab: booting the emulated lab host (QEMU TCG, -cpu max)");
         let mut child = Command::new("qemu-system-x86_64")
@@ -235,6 +236,11 @@ impl LabRun {
             .arg(format!("file:{}", status_path.display()))
             .arg("-serial")
             .arg(format!("file:{}", alive_path.display()))
+            .arg("-monitor")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                monitor_path.display()
+            ))
             .arg("-kernel")
             .arg(&images.lab_kernel)
             .arg("-initrd")
@@ -250,8 +256,8 @@ impl LabRun {
             .take()
             .map(|c| watch_console(c, self.console.clone(), failed.clone()));
         let limit = self.timeout + LAB_BOOT_ALLOWANCE;
-        let mut heartbeat = Heartbeat::new(alive_path);
-        let waited = wait_or_kill(&mut child, limit, &failed, &mut heartbeat);
+        let mut heartbeat = Heartbeat::new(alive_path, Instant::now());
+        let waited = wait_or_kill(&mut child, limit, &failed, &mut heartbeat, &monitor_path);
         if let Some(c) = console {
             let _ = c.join();
         }
@@ -417,7 +423,18 @@ fn wait_or_kill(
     limit: Duration,
     failed: &std::sync::Mutex<Option<String>>,
     heartbeat: &mut Heartbeat,
+    monitor: &Path,
 ) -> Result<(), LabError> {
+    // A hung host: first where its CPUs are, then stop it.
+    let stop_hung = |child: &mut Child, why: String| {
+        match crate::monitor::cpu_states(monitor) {
+            Ok(cpus) => eprintln!("netvmm-lab: the hung lab host's CPUs: {}", cpus.join("; ")),
+            Err(e) => eprintln!("netvmm-lab: cannot read the hung lab host's CPUs: {e}"),
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        LabError::HostFailed(why)
+    };
     let silence_limit = host_silence_limit();
     vmm::signals::install().map_err(file_err("install signal handlers for", Path::new("qemu")))?;
     let start = Instant::now();
@@ -444,20 +461,17 @@ fn wait_or_kill(
         }
         let silent = heartbeat.check();
         if silent > silence_limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(LabError::HostFailed(format!(
+            let why = format!(
                 "no sign of life from the lab host for {} s",
                 silent.as_secs()
-            )));
+            );
+            return Err(stop_hung(child, why));
         }
         let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(line) = broken {
             let seen = *hang_seen.get_or_insert_with(Instant::now);
             if seen.elapsed() >= HANG_REPORT_GRACE {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(LabError::HostFailed(line));
+                return Err(stop_hung(child, line));
             }
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -513,30 +527,16 @@ mod tests {
     }
 
     #[test]
-    fn a_heartbeat_counts_silence_from_its_last_beat_and_not_before_the_first() {
-        let mut hb = Heartbeat::new(PathBuf::from("/nonexistent"));
+    fn a_heartbeat_counts_silence_from_its_last_beat_or_the_start() {
         let t0 = Instant::now();
-        // Booting: no beat yet, so no silence.
-        assert_eq!(
-            hb.silent_for(0, t0 + Duration::from_secs(500)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            hb.silent_for(2, t0 + Duration::from_secs(501)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            hb.silent_for(2, t0 + Duration::from_secs(531)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            hb.silent_for(4, t0 + Duration::from_secs(532)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            hb.silent_for(4, t0 + Duration::from_secs(660)),
-            Duration::from_secs(128)
-        );
+        let mut hb = Heartbeat::new(PathBuf::from("/nonexistent"), t0);
+        let at = |s| t0 + Duration::from_secs(s);
+        // A host that never beats is silent from the start (it hung while booting).
+        assert_eq!(hb.silent_for(0, at(3)), Duration::from_secs(3));
+        assert_eq!(hb.silent_for(2, at(4)), Duration::ZERO);
+        assert_eq!(hb.silent_for(2, at(34)), Duration::from_secs(30));
+        assert_eq!(hb.silent_for(4, at(35)), Duration::ZERO);
+        assert_eq!(hb.silent_for(4, at(163)), Duration::from_secs(128));
     }
 
     #[test]

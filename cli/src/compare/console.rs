@@ -50,7 +50,8 @@ impl Console {
         self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn silent_for(&self) -> Duration {
+    /// How long since the scenario's last line.
+    pub fn silent_for(&self) -> Duration {
         self.since
             .elapsed()
             .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))

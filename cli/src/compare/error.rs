@@ -28,6 +28,8 @@ pub enum CompareError {
     Interrupted(i32),
     #[error("the native scenario did not finish within {} s; it was stopped", .0.as_secs())]
     NativeTimeout(Duration),
+    #[error("the native scenario printed nothing for {} s (it prints a heartbeat every 15 s); it was stopped", .0.as_secs())]
+    NativeStalled(Duration),
     #[error(transparent)]
     Lab(#[from] lab::LabError),
     #[error(transparent)]

@@ -39,7 +39,8 @@ const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 /// Where the scenario keeps its files inside the emulated lab.
 const LAB_WORK: &str = "/tmp/cmp";
-/// The scenario prints a heartbeat every 15 s; a lab host silent this long has hung.
+/// The scenario prints a heartbeat every 15 s; a lab host (or, natively, a scenario)
+/// silent this long has hung.
 const LAB_STALL: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
@@ -458,6 +459,11 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
         if start.elapsed() > limit {
             stop(&mut child);
             return Err(CompareError::NativeTimeout(limit));
+        }
+        let silent = console.silent_for();
+        if silent > LAB_STALL {
+            stop(&mut child);
+            return Err(CompareError::NativeStalled(silent));
         }
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -98,19 +98,6 @@ if [ ! -e /lab/scenario ]; then
 	finish 127
 fi
 
-# A VM that never runs keeps KVM's static key apic_sw_disabled (a vCPU's LAPIC
-# starts software-disabled) above zero, so the lab kernel does not patch its own
-# text (int3 and IPIs to every CPU) each time a guest comes or goes. In a stress
-# loop of guests booted and killed, rounds where both guests stalled went from 3
-# in 19 to none in 27 with it (../shared/DESIGN.md). The guest is a 124-byte ELF
-# whose code is `cli; hlt; jmp` back: its vCPU halts with interrupts off and KVM
-# keeps it blocked, at no CPU cost.
-if [ -x /lab/bin/netvmm ] &&
-	echo 'f0VMRgIBAQAAAAAAAAAAAAIAPgABAAAAeAAAAQAAAABAAAAAAAAAAAAAAAAAAAAAAAAAAEAAOAABAEAAAAAAAAEAAAAFAAAAAAAAAAAAAAAAAAABAAAAAAAAAAEAAAAAfAAAAAAAAAB8AAAAAAAAAAAQAAAAAAAA+vTr/Q==' | base64 -d >/run/netvmm-lab-keeper.elf; then
-	/lab/bin/netvmm run --kernel /run/netvmm-lab-keeper.elf --memory 32 \
-		</dev/null >/dev/null 2>&1 &
-fi
-
 cd /lab || finish 127
 # A scenario without the x bit (e.g. written by a cpio tool that dropped the
 # mode) still runs as a shell script.

@@ -7,7 +7,6 @@ mod common;
 
 const SCENARIO: &str = r#"
 G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD"
-echo "case=keeper running=$(ps | grep -c '[n]etvmm-lab-keeper')"
 ready() { grep -a 'netvmm-guest: ready' "$1" | tr -d '\r' | sed 's/^.*netvmm-guest: ready//' | head -n 1; }
 
 netvmm run $G --cpus 2 --memory 384 --timeout 300 --serial-log /tmp/smp.log \
@@ -82,12 +81,6 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
     let out = common::lab(&format!("TRIPLE_FAULT_ELF='{elf}'\n{SCENARIO}"), 1500);
     let dump = out.dump();
     assert_eq!(out.status, 0, "{dump}");
-    // lab-init's idle VM that keeps KVM's static keys from being patched runs beside them.
-    assert_eq!(
-        out.field("keeper", "running").as_deref(),
-        Some("1"),
-        "{dump}"
-    );
 
     // --cpus 2 --memory 384: the guest sees both CPUs (MADT) and about 384 MiB.
     assert_eq!(out.field("smp", "status").as_deref(), Some("0"), "{dump}");

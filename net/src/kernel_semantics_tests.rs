@@ -63,6 +63,8 @@ const VNET_HDR_LEN: usize = 12;
 const REPLY_WAIT: Duration = Duration::from_secs(5);
 /// How long the tests listen before they conclude that nothing comes.
 const SILENCE_WAIT: Duration = Duration::from_secs(1);
+/// How long `who_has` waits for an answer before it asks again.
+const ARP_RETRY: Duration = Duration::from_secs(1);
 
 const PREFIX: u8 = 24;
 /// `sw0`'s address in the LAN namespace: the LAN peer.
@@ -516,14 +518,25 @@ impl Guest {
         None
     }
 
-    /// Asks who has `ip`; the MAC of whoever answered (to us, about `ip`) within `limit`.
+    /// Asks who has `ip`, once a second as a real ARP client would (a request sent while a
+    /// just-made port is still coming up is lost: seen in CI); the MAC of whoever answered
+    /// (to us, about `ip`) within `limit`.
     fn who_has(&mut self, ip: Ipv4Addr, limit: Duration) -> Option<MacAddr> {
-        self.send(&Arp::request(self.mac, self.ip, ip).frame());
+        let deadline = Instant::now() + limit;
         let (mac, me) = (self.mac, self.ip);
-        self.wait_arp(limit, |a| {
+        let answer = |a: &Arp| {
             a.op == ARP_REPLY && a.eth_dst == mac.0 && a.spa == ip && a.tha == mac.0 && a.tpa == me
-        })
-        .map(|a| a.sha)
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.send(&Arp::request(self.mac, self.ip, ip).frame());
+            if let Some(a) = self.wait_arp(left.min(ARP_RETRY), answer) {
+                return Some(a.sha);
+            }
+        }
     }
 
     /// Whether the ARP packet `sent` (by someone else) arrives here within `limit`.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 /// How long the monitor gets to answer: the emulation is busy, but a register dump is quick.
 const ANSWER_TIME: Duration = Duration::from_secs(3);
+/// What the human monitor prints when it waits for the next command.
+const PROMPT: &str = "(qemu)";
 
 /// One line per CPU (`CPU#1 RIP=ffffffff81123456 CPL=0 HLT=0`), or why there is none.
 pub fn cpu_states(socket: &Path) -> Result<Vec<String>, String> {
@@ -22,16 +24,20 @@ pub fn cpu_states(socket: &Path) -> Result<Vec<String>, String> {
     let mut text = Vec::new();
     let mut buf = [0u8; 8192];
     let start = Instant::now();
+    let mut states = Vec::new();
     while start.elapsed() < ANSWER_TIME {
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => text.extend_from_slice(&buf[..n]),
-            // Quiet for a moment after something came: the dump is complete.
-            Err(_) if parse(&String::from_utf8_lossy(&text)).len() > 1 => break,
-            Err(_) => {}
+            Err(_) => continue,
+        }
+        // The dump is complete when the monitor's prompt follows it.
+        let so_far = String::from_utf8_lossy(&text);
+        states = parse(&so_far);
+        if !states.is_empty() && so_far.trim_end().ends_with(PROMPT) {
+            break;
         }
     }
-    let states = parse(&String::from_utf8_lossy(&text));
     if states.is_empty() {
         return Err("the monitor gave no register dump".into());
     }

@@ -61,7 +61,8 @@ fn host_failure(line: &[u8]) -> Option<String> {
 
 /// lab-init writes a line to the third serial port every few seconds; a lab host silent
 /// there for this long (or that never beats: it hung while booting) has stopped as a whole
-/// (both CPUs stuck, which no watchdog inside it can report). `NETVMM_LAB_SILENCE_S` changes it (the tests shorten it).
+/// (both CPUs stuck, which no watchdog inside it can report). `NETVMM_LAB_SILENCE_S`
+/// changes it (the tests shorten it).
 const HOST_SILENCE_LIMIT: Duration = Duration::from_secs(120);
 const SILENCE_ENV: &str = "NETVMM_LAB_SILENCE_S";
 
@@ -425,14 +426,17 @@ fn wait_or_kill(
     heartbeat: &mut Heartbeat,
     monitor: &Path,
 ) -> Result<(), LabError> {
+    let stop = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
     // A hung host: first where its CPUs are, then stop it.
     let stop_hung = |child: &mut Child, why: String| {
         match crate::monitor::cpu_states(monitor) {
             Ok(cpus) => eprintln!("netvmm-lab: the hung lab host's CPUs: {}", cpus.join("; ")),
             Err(e) => eprintln!("netvmm-lab: cannot read the hung lab host's CPUs: {e}"),
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        stop(child);
         LabError::HostFailed(why)
     };
     let silence_limit = host_silence_limit();
@@ -440,23 +444,21 @@ fn wait_or_kill(
     let start = Instant::now();
     let mut hang_seen: Option<Instant> = None;
     loop {
-        match child.try_wait() {
-            Ok(Some(_)) => {
-                // A scenario that finished after its host hung is still not to be trusted.
-                let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                return broken.map_or(Ok(()), |line| Err(LabError::HostFailed(line)));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(file_err("wait for", Path::new("qemu-system-x86_64"))(e)),
+        let exited = child
+            .try_wait()
+            .map_err(file_err("wait for", Path::new("qemu-system-x86_64")))?
+            .is_some();
+        let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if exited {
+            // A scenario that finished after its host hung is still not to be trusted.
+            return broken.map_or(Ok(()), |line| Err(LabError::HostFailed(line)));
         }
         if let Some(sig) = vmm::signals::pending() {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(child);
             return Err(LabError::Signalled(sig));
         }
         if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(child);
             return Err(LabError::Timeout(limit));
         }
         let silent = heartbeat.check();
@@ -467,7 +469,6 @@ fn wait_or_kill(
             );
             return Err(stop_hung(child, why));
         }
-        let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(line) = broken {
             let seen = *hang_seen.get_or_insert_with(Instant::now);
             if seen.elapsed() >= HANG_REPORT_GRACE {

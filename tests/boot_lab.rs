@@ -285,3 +285,24 @@ fn a_silent_lab_host_is_stopped() {
     );
     assert_eq!(out.field("silent", "finished"), None, "{dump}");
 }
+
+/// A lab host whose own kernel panics (QEMU ends, no status) is reported as crashed, naming
+/// the panic, so that the harness runs the lab again (seen in the nested emulation:
+/// "corrupted stack end detected inside scheduler"). A sysrq crash stands in for it.
+#[test]
+fn a_crashed_lab_host_says_its_kernel_panicked() {
+    let out = common::lab_once(
+        "echo c > /proc/sysrq-trigger\nsleep 30\necho case=crash finished=yes\n",
+        120,
+        &[],
+    );
+    let dump = out.dump();
+    assert_ne!(out.status, 0, "{dump}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(common::LAB_HOST_CRASHED))
+        .unwrap_or_else(|| panic!("no crash line\n{dump}"));
+    assert!(line.contains("Kernel panic - not syncing"), "{dump}");
+    assert_eq!(out.field("crash", "finished"), None, "{dump}");
+}

@@ -46,13 +46,33 @@ pub enum LabError {
     /// soft-lock it): nothing the scenario did after that can be trusted.
     #[error("the lab host's kernel hung (\"{0}\"); it was stopped")]
     HostFailed(String),
+    /// The lab host's own kernel panicked, which ends QEMU (seen: "corrupted stack end
+    /// detected inside scheduler" in a netvmm vCPU thread, under the same emulation).
+    #[error("the lab host's kernel crashed (\"{0}\")")]
+    HostCrashed(String),
+}
+
+/// What the lab console said about the lab host's own kernel.
+#[derive(Debug, Default, Clone)]
+struct ConsoleMarks {
+    /// The first report of a hang in a netvmm task.
+    hang: Option<String>,
+    /// The last kernel panic line. A guest's panic reaches this console too, so it only
+    /// names the cause when the lab host then ended without a status.
+    panic: Option<String>,
+}
+
+fn kernel_panic(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    text.contains("Kernel panic - not syncing")
+        .then(|| text.trim().to_string())
 }
 
 /// The lab host's kernel reports a CPU stuck in a netvmm task: a vCPU inside KVM_RUN that
 /// the emulated nested SVM never lets out (`watchdog: BUG: soft lockup - CPU#0 stuck for 45s!
 /// [netvmm-vcpu0:196]`), or a process's main thread (`[netvmm:190]`, seen in CI: a guest's
 /// VMM or compare itself). A guest's own messages also reach this console, but no guest task
-/// is called netvmm. (A lab kernel that crashes outright ends QEMU, which `NoStatus` covers.)
+/// is called netvmm. (A lab kernel that crashes outright ends QEMU: see `kernel_panic`.)
 fn host_failure(line: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(line);
     let netvmm_task = text.contains("[netvmm-") || text.contains("[netvmm:");
@@ -135,15 +155,21 @@ impl std::fmt::Debug for Console {
 fn watch_console(
     mut console: impl std::io::Read + Send + 'static,
     to: Console,
-    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    marks: std::sync::Arc<std::sync::Mutex<ConsoleMarks>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         let mut line = Vec::new();
         let end_of_line = |line: &[u8]| {
-            if let Some(mark) = host_failure(line) {
-                let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
-                f.get_or_insert(mark);
+            let (hang, panic) = (host_failure(line), kernel_panic(line));
+            if hang.is_some() || panic.is_some() {
+                let mut m = marks.lock().unwrap_or_else(|p| p.into_inner());
+                if m.hang.is_none() {
+                    m.hang = hang;
+                }
+                if panic.is_some() {
+                    m.panic = panic;
+                }
             }
             if let Console::Lines(handler) = &to {
                 let text = String::from_utf8_lossy(line);
@@ -251,14 +277,14 @@ impl LabRun {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(LabError::NoQemu)?;
-        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let marks = std::sync::Arc::new(std::sync::Mutex::new(ConsoleMarks::default()));
         let console = child
             .stdout
             .take()
-            .map(|c| watch_console(c, self.console.clone(), failed.clone()));
+            .map(|c| watch_console(c, self.console.clone(), marks.clone()));
         let limit = self.timeout + LAB_BOOT_ALLOWANCE;
         let mut heartbeat = Heartbeat::new(alive_path, Instant::now());
-        let waited = wait_or_kill(&mut child, limit, &failed, &mut heartbeat, &monitor_path);
+        let waited = wait_or_kill(&mut child, limit, &marks, &mut heartbeat, &monitor_path);
         if let Some(c) = console {
             let _ = c.join();
         }
@@ -270,7 +296,12 @@ impl LabRun {
                 std::fs::write(host, data).map_err(file_err("write", host))?;
             }
         }
-        parse_status(&status).ok_or(LabError::NoStatus)
+        parse_status(&status).ok_or_else(|| {
+            let m = marks.lock().unwrap_or_else(|p| p.into_inner());
+            m.panic
+                .clone()
+                .map_or(LabError::NoStatus, LabError::HostCrashed)
+        })
     }
 
     fn write_initrd(&self, images: &Images, out: &Path) -> Result<(), LabError> {
@@ -422,7 +453,7 @@ pub fn parse_status(text: &str) -> Option<i32> {
 fn wait_or_kill(
     child: &mut Child,
     limit: Duration,
-    failed: &std::sync::Mutex<Option<String>>,
+    marks: &std::sync::Mutex<ConsoleMarks>,
     heartbeat: &mut Heartbeat,
     monitor: &Path,
 ) -> Result<(), LabError> {
@@ -448,7 +479,7 @@ fn wait_or_kill(
             .try_wait()
             .map_err(file_err("wait for", Path::new("qemu-system-x86_64")))?
             .is_some();
-        let broken = failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let broken = marks.lock().unwrap_or_else(|p| p.into_inner()).hang.clone();
         if exited {
             // A scenario that finished after its host hung is still not to be trusted.
             return broken.map_or(Ok(()), |line| Err(LabError::HostFailed(line)));
@@ -528,6 +559,16 @@ mod tests {
     }
 
     #[test]
+    fn a_kernel_panic_line_is_recognised_with_its_reason() {
+        let line = b"[  158.762318] Kernel panic - not syncing: corrupted stack end detected inside scheduler\r";
+        assert_eq!(
+            kernel_panic(line).as_deref(),
+            Some("[  158.762318] Kernel panic - not syncing: corrupted stack end detected inside scheduler")
+        );
+        assert_eq!(kernel_panic(b"[  158.763727]  <TASK>"), None);
+    }
+
+    #[test]
     fn a_heartbeat_counts_silence_from_its_last_beat_or_the_start() {
         let t0 = Instant::now();
         let mut hb = Heartbeat::new(PathBuf::from("/nonexistent"), t0);
@@ -541,23 +582,26 @@ mod tests {
     }
 
     #[test]
-    fn the_console_is_forwarded_and_a_lockup_noted() {
-        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
-        let text: &[u8] =
-            b"netvmm-lab: booting\nwatchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]\nlater\n";
-        watch_console(text, Console::Stdout, failed.clone())
+    fn the_console_is_forwarded_and_a_lockup_and_the_last_panic_noted() {
+        let marks = std::sync::Arc::new(std::sync::Mutex::new(ConsoleMarks::default()));
+        let text: &[u8] = b"netvmm-lab: booting\nwatchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]\nKernel panic - not syncing: one\nlater\nKernel panic - not syncing: two\n";
+        watch_console(text, Console::Stdout, marks.clone())
             .join()
             .unwrap();
-        let got = failed.lock().unwrap().clone();
+        let got = marks.lock().unwrap().clone();
         assert_eq!(
-            got.as_deref(),
+            got.hang.as_deref(),
             Some("watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [netvmm-net:7]")
+        );
+        assert_eq!(
+            got.panic.as_deref(),
+            Some("Kernel panic - not syncing: two")
         );
     }
 
     #[test]
     fn a_line_handler_gets_whole_lines_without_their_ends() {
-        let failed = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let marks = std::sync::Arc::new(std::sync::Mutex::new(ConsoleMarks::default()));
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let sink = got.clone();
         let to = Console::Lines(std::sync::Arc::new(move |l: &str| {
@@ -565,12 +609,13 @@ mod tests {
         }));
         // Lines split across reads are whole for the handler; the last needs no newline.
         let text = std::io::Read::chain(&b"cmp tap do"[..], &b"ne\r\n\nprogress\nlast"[..]);
-        watch_console(text, to, failed.clone()).join().unwrap();
+        watch_console(text, to, marks.clone()).join().unwrap();
         assert_eq!(
             *got.lock().unwrap(),
             ["cmp tap done", "", "progress", "last"]
         );
-        assert_eq!(*failed.lock().unwrap(), None);
+        let m = marks.lock().unwrap();
+        assert_eq!((m.hang.as_deref(), m.panic.as_deref()), (None, None));
     }
 
     #[test]

@@ -49,6 +49,8 @@ impl LabOutput {
 
 /// What `netvmm lab ...` says when the lab host's own kernel hung (see lab::LabError).
 pub const LAB_HOST_HUNG: &str = "the lab host's kernel hung";
+/// What it says when the lab host's own kernel panicked.
+pub const LAB_HOST_CRASHED: &str = "the lab host's kernel crashed";
 
 /// Where the harness keeps what a lab host printed before its kernel hung: the rerun's
 /// success would otherwise hide it, and it is the only record of where the hang was.
@@ -72,7 +74,8 @@ fn with_reruns_on_host_hang(f: impl Fn() -> Output) -> Output {
             break;
         }
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let Some(line) = stderr.lines().find(|l| l.contains(LAB_HOST_HUNG)) else {
+        let failed = |l: &&str| l.contains(LAB_HOST_HUNG) || l.contains(LAB_HOST_CRASHED);
+        let Some(line) = stderr.lines().find(failed) else {
             break;
         };
         eprintln!("test harness: {line}; running the lab once more");

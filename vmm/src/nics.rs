@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
+use devices::virtio::mmio::RingState;
 use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, TransportError, QUEUE_NOTIFY};
 use devices::virtio::net::{Net, NetStats};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -87,22 +88,50 @@ pub struct Nics {
     pub bridge_ports: Vec<net::bridge_watch::Port>,
 }
 
-/// Reads one NIC's device counters; they live in its transport, behind the lock the event
-/// loop takes.
-pub struct NicCounters(Box<dyn Fn() -> NetStats + Send>);
+/// Reads one NIC's device counters and ring state; they live in its transport, behind the
+/// lock the event loop takes.
+pub struct NicCounters(Box<dyn Fn() -> NicReport + Send>);
 
 impl NicCounters {
-    pub fn read(&self) -> NetStats {
+    pub fn read(&self) -> NicReport {
         (self.0)()
     }
 }
 
-/// One report line per NIC: what its device moved and dropped.
-pub fn counters_line(guest_name: &str, s: &NetStats) -> String {
-    format!(
-        "netvmm-nic-report: {guest_name} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={}",
-        s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors
-    )
+/// What a NIC's device moved and dropped, and where its rings stand.
+#[derive(Debug, Clone, Default)]
+pub struct NicReport {
+    pub stats: NetStats,
+    pub rings: RingState,
+}
+
+/// One report line per NIC: its counters, then, for each ready queue (`rx`, `tx`), the
+/// driver's avail index, the chains the device took and returned, the two EVENT_IDX
+/// fields, and the pending interrupt bits. A network that stopped says here whether the
+/// device waits for the guest or the guest for the device.
+pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
+    let s = &r.stats;
+    let mut line = format!(
+        "netvmm-nic-report: {guest_name} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
+        s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
+    );
+    for (name, q) in ["rx", "tx"].iter().zip(&r.rings.queues) {
+        let Some(q) = q else { continue };
+        let fields = [
+            ("avail", q.avail),
+            ("taken", Some(q.taken)),
+            ("used", Some(q.used)),
+            ("used_event", q.used_event),
+            ("avail_event", q.avail_event),
+        ];
+        for (key, value) in fields {
+            if let Some(v) = value {
+                line.push_str(&format!(" {name}_{key}={v}"));
+            }
+        }
+    }
+    line.push_str(&format!(" isr={}", r.rings.interrupt_status));
+    line
 }
 
 /// The most NICs: one GSI each, from VIRTIO_GSI_START to the last IOAPIC pin.
@@ -190,7 +219,11 @@ pub fn build(
         let transport = Arc::new(Mutex::new(transport));
         let counted = transport.clone();
         nics.counters.push(NicCounters(Box::new(move || {
-            devices::bus::lock(&counted).device().stats()
+            let t = devices::bus::lock(&counted);
+            NicReport {
+                stats: t.device().stats(),
+                rings: t.ring_state(),
+            }
         })));
         mmio.insert(
             &format!("eth{index}"),
@@ -231,17 +264,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counters_line_names_the_nic_and_every_counter() {
-        let s = NetStats {
-            rx_frames: 1,
-            rx_bytes: 2,
-            tx_frames: 3,
-            tx_bytes: 4,
-            tx_invalid: 5,
-            tx_backend_errors: 6,
-            rx_dropped: 7,
+    fn counters_line_names_the_nic_every_counter_and_the_rings() {
+        use devices::virtio::mmio::QueueState;
+        let r = NicReport {
+            stats: NetStats {
+                rx_frames: 1,
+                rx_bytes: 2,
+                tx_frames: 3,
+                tx_bytes: 4,
+                tx_invalid: 5,
+                tx_backend_errors: 6,
+                rx_dropped: 7,
+                rx_waiting: 8,
+                rx_window: 9,
+            },
+            rings: RingState {
+                queues: vec![
+                    Some(QueueState {
+                        avail: Some(10),
+                        taken: 11,
+                        used: 12,
+                        used_event: Some(13),
+                        avail_event: None,
+                    }),
+                    None,
+                ],
+                interrupt_status: 1,
+            },
         };
-        let line = counters_line("eth1", &s);
+        let line = counters_line("eth1", &r);
         let rest = line.strip_prefix("netvmm-nic-report: eth1 ").unwrap();
         let kv: Vec<(&str, u64)> = rest
             .split(' ')
@@ -259,7 +310,14 @@ mod tests {
                 ("tx_frames", 3),
                 ("tx_bytes", 4),
                 ("tx_invalid", 5),
-                ("tx_backend_errors", 6)
+                ("tx_backend_errors", 6),
+                ("rx_waiting", 8),
+                ("rx_window", 9),
+                ("rx_avail", 10),
+                ("rx_taken", 11),
+                ("rx_used", 12),
+                ("rx_used_event", 13),
+                ("isr", 1),
             ]
         );
     }

@@ -304,7 +304,9 @@ fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
                 "the lab host died before this backend finished; its console output is above"
                     .to_string()
             }
-            Err(e @ lab::LabError::HostFailed(_)) => format!("{e} before this backend finished"),
+            Err(e @ (lab::LabError::HostFailed(_) | lab::LabError::HostCrashed(_))) => {
+                format!("{e} before this backend finished")
+            }
             Err(lab::LabError::Signalled(_)) if stalled => format!(
                 "the lab host hung (no output for {} s) before this backend finished; it was stopped",
                 LAB_STALL.as_secs()

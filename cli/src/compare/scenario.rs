@@ -119,6 +119,13 @@ teardown() {
   esac
 }
 
+# What the host knows of the measured guest, on one line: its neighbour entry, and the
+# counters of netvmm's interfaces (a tap whose TX drops grow is one netvmm stopped reading).
+host_view() {
+  $IP neigh show $ADDR_A | tr '\n' ' '
+  $IP -s -o link show 2>/dev/null | grep ' nv[a-z]*[0-9]*[@:]' | sed 's/  */ /g' | tr '\n' ' '
+}
+
 forget() { $IP neigh flush all >/dev/null 2>&1; $LAN $IP neigh flush all >/dev/null 2>&1; }
 
 # boot_measured: starts measured guest number $gen of backend $b (console $A.log, netvmm's
@@ -244,14 +251,25 @@ measure() {
       after=$(cat /proc/$apid/stat 2>/dev/null)
       # A summary from a guest that died under it is no measurement.
       if alive $apid; then
-        grep -q receiver "$W/iperf.out" && break
+        grep receiver "$W/iperf.out" | grep -qv ' 0\.00 Mbits/sec' && break
         failed=$(grep -m 1 error "$W/iperf.out")
+        [ -n "$failed" ] || failed="no data reached the receiver: $(grep -m 1 receiver "$W/iperf.out")"
       else
         failed="the measured guest ended during the run"
       fi
       # Once more, on the record: the nested lab has been seen to lose a run now and then.
       res "$b note iperf3 $d attempt $attempt failed (status $st): $failed"
-      [ $attempt = 1 ] && res "$b note the guest's last console lines: $(console_tail "$A.log")"
+      if [ $attempt = 1 ]; then
+        res "$b note the guest's last console lines: $(console_tail "$A.log")"
+        res "$b note the host's view of the guest: $(host_view)"
+        # A guest cut off from the network (the nested lab has been seen to do that mid-run)
+        # gets a replacement for the runs left; its netvmm's exit report, among the device
+        # counters below, says where its rings stood.
+        if alive $apid && ! ${cl%iperf3}ping -c 2 -W 1 $ADDR_A >/dev/null 2>&1; then
+          res "$b note the measured guest no longer answers a ping from the $d client; it is replaced"
+          stop $apid
+        fi
+      fi
       : > "$W/iperf.out"
       sleep 1
     done

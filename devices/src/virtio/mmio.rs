@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{status, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -68,6 +68,51 @@ pub struct MmioTransport<D: VirtioDevice> {
     active: bool,
 }
 
+/// A transport's queues (None: not ready) and its InterruptStatus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingState {
+    pub queues: Vec<Option<QueueState>>,
+    pub interrupt_status: u32,
+}
+
+/// One queue as the driver published it and as the device has consumed it. With EVENT_IDX
+/// the two event fields say who is waiting for whom; `None` where guest memory could not
+/// be read there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueState {
+    /// The driver's avail index: chains it has offered.
+    pub avail: Option<u16>,
+    /// The device's next avail position: chains it has taken.
+    pub taken: u16,
+    /// The device's next used index: chains it has returned.
+    pub used: u16,
+    /// The driver wants an interrupt when `used` passes this (EVENT_IDX only).
+    pub used_event: Option<u16>,
+    /// The device wants a notification when `avail` passes this (EVENT_IDX only).
+    pub avail_event: Option<u16>,
+}
+
+impl QueueState {
+    fn read(q: &Queue, mem: &GuestMemoryMmap) -> Self {
+        let at = |base: u64, skip: u64| -> Option<u16> {
+            let addr = base.checked_add(skip)?;
+            mem.read_obj::<u16>(vm_memory::GuestAddress(addr))
+                .ok()
+                .map(u16::from_le)
+        };
+        let size = u64::from(q.size());
+        let event_idx = q.event_idx_enabled();
+        Self {
+            avail: q.avail_idx(mem, Ordering::Acquire).ok().map(|w| w.0),
+            taken: q.next_avail(),
+            used: q.next_used(),
+            // virtio 1.2, 2.7.6 and 2.7.8: each event field follows its ring's entries.
+            used_event: at(q.avail_ring(), 4 + 2 * size).filter(|_| event_idx),
+            avail_event: at(q.used_ring(), 4 + 8 * size).filter(|_| event_idx),
+        }
+    }
+}
+
 /// Errors building a transport.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -126,6 +171,19 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// Where each ready queue stands and the pending interrupt bits: what a stalled
+    /// network is diagnosed from (the VMM prints it at exit).
+    pub fn ring_state(&self) -> RingState {
+        RingState {
+            queues: self
+                .queues
+                .iter()
+                .map(|q| q.ready().then(|| QueueState::read(q, &self.mem)))
+                .collect(),
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+        }
     }
 
     /// Runs device work for `wake` and raises the interrupt if the device asks for it.

@@ -838,3 +838,34 @@ fn front_serves_interrupt_registers_while_the_transport_is_busy() {
     front.read(INTERRUPT_STATUS, &mut short);
     assert_eq!(short, [0, 0]);
 }
+
+#[test]
+fn ring_state_says_who_waits_for_whom() {
+    let mut rig = Rig::new();
+    assert_eq!(
+        rig.t.ring_state().queues,
+        vec![None, None],
+        "no queue ready yet"
+    );
+    rig.init(BASIC | VIRTIO_RING_F_EVENT_IDX);
+    // A frame arrives, the guest has posted no receive buffer: the device holds the frame
+    // and asks to be notified at the driver's current avail index.
+    rig.shared
+        .lock()
+        .unwrap()
+        .incoming
+        .push_back(vec![0; 12 + 100]);
+    rig.t.wake(Wake::Backend);
+    rig.queue_tx(0, 20);
+    rig.t.wake(Wake::Queue(1));
+    let state = rig.t.ring_state();
+    let rx = state.queues[0].expect("rx ready");
+    let tx = state.queues[1].expect("tx ready");
+    assert_eq!((rx.avail, rx.taken, rx.used), (Some(0), 0, 0));
+    assert_eq!(rx.avail_event, Some(0), "waiting for the first buffer");
+    assert_eq!((tx.avail, tx.taken, tx.used), (Some(1), 1, 1));
+    assert_eq!(tx.avail_event, Some(1));
+    assert_eq!(tx.used_event, Some(0), "the driver's field, untouched");
+    assert_eq!(state.interrupt_status, INT_VRING);
+    assert_eq!(rig.t.device().stats().rx_waiting, 112);
+}

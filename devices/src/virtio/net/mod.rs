@@ -68,6 +68,10 @@ pub struct NetStats {
     pub tx_backend_errors: u64,
     /// Frames for the guest that its buffers could not hold.
     pub rx_dropped: u64,
+    /// Now, not a count: bytes of a received frame waiting for guest buffers.
+    pub rx_waiting: u64,
+    /// Now, not a count: receive chains the device holds for the next frames.
+    pub rx_window: u64,
 }
 
 pub struct Net<B: NetBackend> {
@@ -111,7 +115,11 @@ impl<B: NetBackend> Net<B> {
     }
 
     pub fn stats(&self) -> NetStats {
-        self.stats
+        NetStats {
+            rx_waiting: self.rx_pending as u64,
+            rx_window: self.win_chains.len() as u64,
+            ..self.stats
+        }
     }
 
     pub fn backend(&self) -> &B {

@@ -23,7 +23,9 @@ use super::backend::Backend;
 /// The scenario. Environment: `NETVMM` (the netvmm to run), `IP` and `BRIDGE` (iproute2's
 /// `ip` and `bridge`), `W` (a work directory of its own), `T` (seconds per iperf3 run),
 /// `BACKENDS` (names, in run order), `GT` (a guest's `--timeout`), and the guest image in
-/// `NETVMM_GUEST_KERNEL` and `NETVMM_GUEST_INITRD`.
+/// `NETVMM_GUEST_KERNEL` and `NETVMM_GUEST_INITRD`. For the tests, `NETVMM_COMPARE_CUT`
+/// (`<backend>:<direction>`) sets the measured guest's host-side interfaces down before
+/// that iperf3 run, as the nested lab has been seen to cut a guest off.
 ///
 /// Result lines (`$W/results`), one fact each, `cmp <backend> <kind> ...`:
 /// `netup <ok>:<uptime>`, `ready <the guest's ready line>`, `report <netvmm-report line>`,
@@ -124,6 +126,14 @@ teardown() {
 host_view() {
   $IP neigh show $ADDR_A | tr '\n' ' '
   $IP -s -o link show 2>/dev/null | grep ' nv[a-z]*[0-9]*[@:]' | sed 's/  */ /g' | tr '\n' ' '
+}
+
+# The measured guest's host-side interfaces down: a guest cut off from the network while it
+# runs (for the tests; netvmm marks what it creates with its pid).
+cut_guest() {
+  for i in /sys/class/net/*; do
+    [ "$(cat $i/ifalias 2>/dev/null)" = "netvmm pid=$apid" ] && $IP link set ${i##*/} down
+  done
 }
 
 forget() { $IP neigh flush all >/dev/null 2>&1; $LAN $IP neigh flush all >/dev/null 2>&1; }
@@ -245,6 +255,7 @@ measure() {
     for attempt in 1 2; do
       ensure_guest || break
       ran=1
+      [ "$NETVMM_COMPARE_CUT" = "$b:$d" ] && [ $attempt = 1 ] && cut_guest
       before=$(cat /proc/$apid/stat 2>/dev/null)
       timeout $((T + 30)) $cl -c $ADDR_A -t $T -f m $rev --connect-timeout 5000 > "$W/iperf.out" 2>&1
       st=$?

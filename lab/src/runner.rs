@@ -38,17 +38,17 @@ pub enum LabError {
     Ldd { exe: PathBuf, reason: String },
     #[error("the lab host did not finish within {0:?}; it was stopped")]
     Timeout(Duration),
-    #[error("the lab host stopped without reporting a status (its console output is above)")]
-    NoStatus,
     #[error("interrupted by signal {0}; the lab host was stopped")]
     Signalled(i32),
     /// The lab host's own kernel hung (nested-virtualization emulation has been seen to
     /// soft-lock it): nothing the scenario did after that can be trusted.
     #[error("the lab host's kernel hung (\"{0}\"); it was stopped")]
     HostFailed(String),
-    /// The lab host's own kernel panicked, which ends QEMU (seen: "corrupted stack end
-    /// detected inside scheduler" in a netvmm vCPU thread, under the same emulation).
-    #[error("the lab host's kernel crashed (\"{0}\")")]
+    /// QEMU ended without the scenario's status: the lab host's kernel panicked (seen:
+    /// "corrupted stack end detected inside scheduler" in a netvmm vCPU thread) or the
+    /// emulated machine reset without a word (seen under the same emulation; lab-init never
+    /// reboots). The text is the panic line, or says that there was none.
+    #[error("the lab host's kernel crashed ({0})")]
     HostCrashed(String),
 }
 
@@ -61,6 +61,10 @@ struct ConsoleMarks {
     /// names the cause when the lab host then ended without a status.
     panic: Option<String>,
 }
+
+/// Why a lab host ended without a status when its console showed no panic.
+const NO_PANIC_LINE: &str =
+    "it reset with no kernel message: a triple fault, or a reboot, which lab-init never asks for";
 
 fn kernel_panic(line: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(line);
@@ -298,9 +302,11 @@ impl LabRun {
         }
         parse_status(&status).ok_or_else(|| {
             let m = marks.lock().unwrap_or_else(|p| p.into_inner());
-            m.panic
-                .clone()
-                .map_or(LabError::NoStatus, LabError::HostCrashed)
+            LabError::HostCrashed(
+                m.panic
+                    .as_ref()
+                    .map_or_else(|| NO_PANIC_LINE.to_string(), |line| format!("\"{line}\"")),
+            )
         })
     }
 

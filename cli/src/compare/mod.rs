@@ -300,10 +300,6 @@ fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
                     ),
                 })
             }
-            Err(lab::LabError::NoStatus) => {
-                "the lab host died before this backend finished; its console output is above"
-                    .to_string()
-            }
             Err(e @ (lab::LabError::HostFailed(_) | lab::LabError::HostCrashed(_))) => {
                 format!("{e} before this backend finished")
             }

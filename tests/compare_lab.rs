@@ -126,10 +126,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
         reaches_as_expected(b, r, &dump);
 
         let num = |path: &[&str]| json::read::get(r, path).and_then(|v| v.num());
-        let positive = |path: &[&str]| {
-            let v = num(path);
-            assert!(v.is_some_and(|x| x > 0.0), "{b} {path:?} = {v:?}\n{dump}");
-        };
+        let positive = |path: &[&str]| positive(r, b, path, &dump);
         positive(&["boot_ms"]);
         positive(&["vmm_cpu_ms_per_gb"]);
         positive(&["rtt_ms", "guest_to_lan", "avg"]);
@@ -225,20 +222,11 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
         let b = r.get("backend").and_then(|v| v.str()).unwrap();
         reaches_as_expected(b, r, &dump);
         for k in ["guest_to_lan", "lan_to_guest"] {
-            let v = r
-                .get("throughput_mbps")
-                .and_then(|t| t.get(k))
-                .and_then(|v| v.num());
-            assert!(v.is_some_and(|x| x > 0.0), "{b} {k} = {v:?}\n{dump}");
+            positive(r, b, &["throughput_mbps", k], &dump);
         }
     }
-    let tap = &results[0];
     for k in ["host_to_guest", "guest_to_host"] {
-        let v = tap
-            .get("throughput_mbps")
-            .and_then(|t| t.get(k))
-            .and_then(|v| v.num());
-        assert!(v.is_some_and(|x| x > 0.0), "tap {k} = {v:?}\n{dump}");
+        positive(&results[0], "tap", &["throughput_mbps", k], &dump);
     }
     for said in [
         "iperf3 host_to_guest attempt 1 failed",
@@ -248,4 +236,10 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
     ] {
         assert!(out.stdout.contains(said), "{said}\n{dump}");
     }
+}
+
+/// Holds that the figure at `path` of backend `b`'s result is present and above zero.
+fn positive(r: &json::Json, b: &str, path: &[&str], dump: &str) {
+    let v = json::read::get(r, path).and_then(|v| v.num());
+    assert!(v.is_some_and(|x| x > 0.0), "{b} {path:?} = {v:?}\n{dump}");
 }

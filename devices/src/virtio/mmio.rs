@@ -94,21 +94,16 @@ pub struct QueueState {
 
 impl QueueState {
     fn read(q: &Queue, mem: &GuestMemoryMmap) -> Self {
-        let at = |base: u64, skip: u64| -> Option<u16> {
-            let addr = base.checked_add(skip)?;
-            mem.read_obj::<u16>(vm_memory::GuestAddress(addr))
-                .ok()
-                .map(u16::from_le)
+        let event = |addr: Option<vm_memory::GuestAddress>| -> Option<u16> {
+            let value = mem.read_obj::<u16>(addr?).ok().map(u16::from_le);
+            value.filter(|_| q.event_idx_enabled())
         };
-        let size = u64::from(q.size());
-        let event_idx = q.event_idx_enabled();
         Self {
             avail: q.avail_idx(mem, Ordering::Acquire).ok().map(|w| w.0),
             taken: q.next_avail(),
             used: q.next_used(),
-            // virtio 1.2, 2.7.6 and 2.7.8: each event field follows its ring's entries.
-            used_event: at(q.avail_ring(), 4 + 2 * size).filter(|_| event_idx),
-            avail_event: at(q.used_ring(), 4 + 8 * size).filter(|_| event_idx),
+            used_event: event(super::used_event_addr(q)),
+            avail_event: event(super::avail_event_addr(q)),
         }
     }
 }

@@ -8,8 +8,8 @@
 pub mod mmio;
 pub mod net;
 
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
@@ -24,6 +24,22 @@ pub mod status {
 /// Feature bits common to all devices.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// Where the driver's `used_event` sits: right after the avail ring's entries (virtio 1.2,
+/// 2.7.6). `None` if that passes the end of the address space.
+pub fn used_event_addr(q: &Queue) -> Option<GuestAddress> {
+    q.avail_ring()
+        .checked_add(4 + 2 * u64::from(q.size()))
+        .map(GuestAddress)
+}
+
+/// Where the device's `avail_event` sits: right after the used ring's entries (virtio 1.2,
+/// 2.7.8).
+pub fn avail_event_addr(q: &Queue) -> Option<GuestAddress> {
+    q.used_ring()
+        .checked_add(4 + 8 * u64::from(q.size()))
+        .map(GuestAddress)
+}
 
 /// What woke the device up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

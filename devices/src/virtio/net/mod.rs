@@ -494,12 +494,8 @@ fn arm_for_more_buffers(q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, ()
     let before = q.avail_idx(mem, Ordering::Acquire).map_err(|_| ())?;
     q.enable_notification(mem).map_err(|_| ())?;
     if q.event_idx_enabled() {
-        // avail_event sits right after the used ring's entries (virtio 1.2, 2.7.8).
-        let avail_event = q
-            .used_ring()
-            .checked_add(4 + 8 * u64::from(q.size()))
-            .ok_or(())?;
-        mem.write_obj(before.0.to_le(), GuestAddress(avail_event))
+        let avail_event = super::avail_event_addr(q).ok_or(())?;
+        mem.write_obj(before.0.to_le(), avail_event)
             .map_err(|_| ())?;
     }
     std::sync::atomic::fence(Ordering::SeqCst);

@@ -38,7 +38,7 @@ fn to_usize(v: u64, mib: u64) -> Result<usize, MemoryError> {
 }
 
 /// The transparent huge page size on x86_64.
-pub const HUGE_PAGE: usize = 2 << 20;
+const HUGE_PAGE: usize = 2 << 20;
 
 const PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
 const FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;

@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
-use devices::virtio::mmio::RingState;
-use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, TransportError, QUEUE_NOTIFY};
+use devices::virtio::mmio::{
+    MmioEvents, MmioFront, MmioTransport, RingState, TransportError, QUEUE_NOTIFY,
+};
 use devices::virtio::net::{Net, NetStats};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};

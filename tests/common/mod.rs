@@ -52,21 +52,21 @@ pub const LAB_HOST_HUNG: &str = "the lab host's kernel hung";
 /// What it says when the lab host's own kernel panicked.
 pub const LAB_HOST_CRASHED: &str = "the lab host's kernel crashed";
 
-/// Where the harness keeps what a lab host printed before its kernel hung: the rerun's
-/// success would otherwise hide it, and it is the only record of where the hang was.
+/// Where the harness keeps what a lab host printed before its kernel hung or crashed: the
+/// rerun's success would otherwise hide it, and it is the only record of where that was.
 /// `.ci/run` prints this file at its end.
 pub fn hang_log() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-host-hangs.log")
 }
 
-/// How many times a test runs a lab host whose kernel hung, in all.
+/// How many times a test runs a lab host whose kernel hung or crashed, in all.
 const LAB_TRIES: usize = 3;
 
-/// Runs `f` again (up to `LAB_TRIES` in all) when the lab host's kernel hung under it: that
-/// is the emulated nested virtualization failing, not netvmm (a captured report showed QEMU
-/// delivering a timer interrupt to the lab kernel with interrupts disabled). Each hung try's
-/// output goes to `hang_log()`.
-fn with_reruns_on_host_hang(f: impl Fn() -> Output) -> Output {
+/// Runs `f` again (up to `LAB_TRIES` in all) when the lab host's kernel hung or crashed
+/// under it: that is the emulated nested virtualization failing, not netvmm (a captured
+/// report showed QEMU delivering a timer interrupt to the lab kernel with interrupts
+/// disabled). Each such try's output goes to `hang_log()`.
+fn with_reruns_on_host_failure(f: impl Fn() -> Output) -> Output {
     let mut out = f();
     for _ in 1..LAB_TRIES {
         // compare reruns its own unfinished backends after a hang and may still succeed.
@@ -102,15 +102,15 @@ fn with_reruns_on_host_hang(f: impl Fn() -> Output) -> Output {
 /// one lab at a time.
 pub fn netvmm_in_lab(args: &[&str]) -> Output {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
-    with_reruns_on_host_hang(|| netvmm(args))
+    with_reruns_on_host_failure(|| netvmm(args))
 }
 
 /// Runs `script` inside the lab host with `netvmm lab exec`, one lab at a time, again if
-/// the lab host's kernel hung.
+/// the lab host's kernel hung or crashed.
 pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
     with_scenario_file(script, |path| {
-        with_reruns_on_host_hang(|| lab_exec(path, timeout_s, &[]))
+        with_reruns_on_host_failure(|| lab_exec(path, timeout_s, &[]))
     })
 }
 

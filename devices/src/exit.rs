@@ -16,6 +16,8 @@ pub enum VmExit {
     /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN): the guest crashed, since its reboot goes
     /// through the i8042 and never ends this way.
     TripleFault { cpu: u8 },
+    /// The guest wrote this status to the exit device (port 0xf4).
+    GuestStatus(u8),
     /// A vCPU hit something the VMM cannot continue from; the text names the vCPU and cause.
     Fault(String),
 }

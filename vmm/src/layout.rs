@@ -65,6 +65,8 @@ pub const I8042_DATA_PORT: u16 = 0x60;
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// pvpanic, at the port QEMU uses, announced in the DSDT as `QEMU0001`.
 pub const PVPANIC_PORT: u16 = 0x505;
+/// The exit device: `outb v, 0xf4` ends the VM with status v (where QEMU's isa-debug-exit sits).
+pub const EXIT_PORT: u16 = 0xf4;
 /// ACPI hardware-reduced sleep control register (one byte) and status register after it.
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;

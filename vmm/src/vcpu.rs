@@ -105,7 +105,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use devices::bus::BusDevice;
-    use devices::legacy::I8042Reset;
+    use devices::legacy::{ExitPort, I8042Reset};
     use kvm_bindings::kvm_userspace_memory_region;
     use kvm_ioctls::Kvm;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -154,7 +154,7 @@ mod tests {
         let mut vcpu = vm.create_vcpu(0).unwrap();
         setup(&vcpu, &mem);
 
-        let (exit, _rx) = ExitSignal::new();
+        let (exit, rx) = ExitSignal::new();
         let capture = Arc::new(Mutex::new(Capture::default()));
         let mut pio = Bus::new();
         pio.insert("capture", 0x3f8, 8, capture.clone()).unwrap();
@@ -162,7 +162,14 @@ mod tests {
             "i8042",
             0x60,
             5,
-            Arc::new(Mutex::new(I8042Reset::new(exit))),
+            Arc::new(Mutex::new(I8042Reset::new(exit.clone()))),
+        )
+        .unwrap();
+        pio.insert(
+            "exit device",
+            u64::from(crate::layout::EXIT_PORT),
+            1,
+            Arc::new(Mutex::new(ExitPort::new(exit.clone()))),
         )
         .unwrap();
         let buses = Buses {
@@ -175,6 +182,11 @@ mod tests {
             // The i8042 reset is reported through the exit signal; HLT ends the program.
             if let Some(x) = handle_exit(0, e, &buses) {
                 end = Some(x);
+                break;
+            }
+            // As run_loop does: a device that ended the machine stops the vCPU at once.
+            if exit.fired() {
+                end = rx.try_recv().ok();
                 break;
             }
         }
@@ -204,6 +216,30 @@ mod tests {
             matches!(end, Some(VmExit::Fault(ref m)) if m.contains("halted")),
             "{end:?}"
         );
+    }
+
+    #[test]
+    fn an_out_byte_to_the_exit_port_ends_the_vm_with_its_value() {
+        let Some(kvm) = kvm() else { return };
+        // mov ax,0x0909; out 0xf4,ax (a word: not the protocol, ignored); in al,0xf4;
+        // mov al,7; out 0xf4,al (ends the VM); mov al,8; out 0xf4,al; hlt (never reached)
+        let code = [
+            0xb8, 0x09, 0x09, 0xe7, 0xf4, 0xe4, 0xf4, 0xb0, 0x07, 0xe6, 0xf4, 0xb0, 0x08, 0xe6,
+            0xf4, 0xf4,
+        ];
+        let (end, _) = run_program(&kvm, 0x1000, &code, |vcpu, _| {
+            let mut sregs = vcpu.get_sregs().unwrap();
+            sregs.cs.base = 0;
+            sregs.cs.selector = 0;
+            vcpu.set_sregs(&sregs).unwrap();
+            let regs = kvm_bindings::kvm_regs {
+                rip: 0x1000,
+                rflags: 2,
+                ..Default::default()
+            };
+            vcpu.set_regs(&regs).unwrap();
+        });
+        assert_eq!(end, Some(VmExit::GuestStatus(7)));
     }
 
     #[test]

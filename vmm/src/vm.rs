@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use devices::bus::{Bus, BusDevice};
 use devices::exit::{ExitSignal, VmExit};
-use devices::legacy::{AcpiPmControl, I8042Reset, IrqTrigger, PvPanic, SerialConsole};
+use devices::legacy::{AcpiPmControl, ExitPort, I8042Reset, IrqTrigger, PvPanic, SerialConsole};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -103,6 +103,7 @@ impl Outcome {
     pub fn exit_code(&self) -> i32 {
         match self {
             Outcome::Exited(VmExit::PowerOff | VmExit::Reset) => 0,
+            Outcome::Exited(VmExit::GuestStatus(v)) => i32::from(*v),
             Outcome::Exited(VmExit::GuestPanic | VmExit::TripleFault { .. }) => EXIT_GUEST_PANIC,
             Outcome::Exited(VmExit::Fault(_)) => 1,
             Outcome::TimedOut => EXIT_TIMEOUT,
@@ -113,7 +114,10 @@ impl Outcome {
     /// One line for stderr, or None when the outcome speaks for itself (clean exit).
     pub fn message(&self) -> Option<String> {
         match self {
-            Outcome::Exited(VmExit::PowerOff | VmExit::Reset) => None,
+            Outcome::Exited(VmExit::PowerOff | VmExit::Reset | VmExit::GuestStatus(0)) => None,
+            Outcome::Exited(VmExit::GuestStatus(v)) => Some(format!(
+                "the guest reported status {v} through the exit device (port 0xf4)"
+            )),
             Outcome::Exited(VmExit::GuestPanic) => Some("the guest kernel panicked".into()),
             Outcome::Exited(VmExit::TripleFault { cpu }) => Some(format!(
                 "the guest crashed: vCPU {cpu} triple-faulted (a reboot would have gone through the keyboard controller)"
@@ -402,6 +406,12 @@ fn legacy_bus(
         dev(Arc::new(Mutex::new(PvPanic::new(exit.clone())))),
     )?;
     pio.insert(
+        "exit device",
+        u64::from(layout::EXIT_PORT),
+        1,
+        dev(Arc::new(Mutex::new(ExitPort::new(exit.clone())))),
+    )?;
+    pio.insert(
         "ACPI sleep registers",
         u64::from(layout::ACPI_SLEEP_CONTROL_PORT),
         2,
@@ -429,6 +439,24 @@ mod tests {
         assert_eq!(Outcome::TimedOut.exit_code(), 124);
         assert_eq!(Outcome::Signalled(libc::SIGTERM).exit_code(), 143);
         assert!(Outcome::Exited(VmExit::PowerOff).message().is_none());
+    }
+
+    #[test]
+    fn a_guest_status_passes_through_and_says_where_it_came_from() {
+        for v in [0u8, 3, 7, 124, 255] {
+            assert_eq!(
+                Outcome::Exited(VmExit::GuestStatus(v)).exit_code(),
+                i32::from(v)
+            );
+        }
+        assert!(Outcome::Exited(VmExit::GuestStatus(0)).message().is_none());
+        // A command's own 124 or 3 must not read like netvmm's timeout or a crash.
+        let own = Outcome::Exited(VmExit::GuestStatus(124)).message().unwrap();
+        assert!(own.contains("exit device") && own.contains("124"), "{own}");
+        let timeout = Outcome::TimedOut.message().unwrap();
+        assert!(!timeout.contains("exit device"), "{timeout}");
+        let crash = Outcome::Exited(VmExit::GuestPanic).message().unwrap();
+        assert!(!crash.contains("exit device"), "{crash}");
     }
 
     #[test]

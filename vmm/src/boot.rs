@@ -12,8 +12,8 @@ use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::layout::{
-    CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIGH_RAM_START, HIMEM_START, MMIO_HOLE_START,
-    PVH_INFO_START, ZERO_PAGE_START,
+    CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIGH_RAM_START, HIMEM_START,
+    KERNEL_CMDLINE_DEFAULT_LIMIT, MMIO_HOLE_START, PVH_INFO_START, ZERO_PAGE_START,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum BootError {
     InitrdTooLarge { path: PathBuf, size: u64 },
     #[error("kernel command line is invalid or longer than {CMDLINE_MAX_SIZE} bytes: {0}")]
     Cmdline(String),
+    #[error("the kernel command line is {len} bytes and this kernel keeps at most {limit}; it would be cut short (a command after -- counts, base64-encoded): shorten it")]
+    CmdlineTooLong { len: usize, limit: usize },
     #[error("cannot write {what} into guest memory: {reason}")]
     Memory { what: &'static str, reason: String },
     #[error("too many e820 entries for the zero page")]
@@ -191,8 +193,15 @@ pub fn load_initrd(
     Ok(())
 }
 
-/// Writes the command line into guest memory.
-fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
+/// Writes the command line into guest memory, refusing one the kernel would truncate
+/// (`limit`: the kernel's own, without the NUL).
+fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str, limit: usize) -> Result<(), BootError> {
+    if cmdline.len() > limit {
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            limit,
+        });
+    }
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
     cl.insert_str(cmdline)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
@@ -252,7 +261,7 @@ pub fn write_pvh_start_info(
     cmdline: &str,
     rsdp: GuestAddress,
 ) -> Result<(), BootError> {
-    write_cmdline(mem, cmdline)?;
+    write_cmdline(mem, cmdline, KERNEL_CMDLINE_DEFAULT_LIMIT)?;
     let (ramdisk, size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
     let initrd = (size != 0).then_some((u64::from(ramdisk), u64::from(size)));
     let (info, modlist, memmap) = pvh_start_info(&e820_map(mem), initrd, rsdp.0);
@@ -271,6 +280,19 @@ pub fn write_pvh_start_info(
     Ok(())
 }
 
+/// The longest command line a bzImage keeps: `cmdline_size` of its setup header (boot
+/// protocol 2.06 and later), else x86's old fixed limit.
+fn kernel_cmdline_limit(params: &boot_params) -> usize {
+    const PROTOCOL_WITH_CMDLINE_SIZE: u16 = 0x0206;
+    // Copies: the setup header is packed.
+    let (size, version) = (params.hdr.cmdline_size, params.hdr.version);
+    if size > 0 && version >= PROTOCOL_WITH_CMDLINE_SIZE {
+        (size as usize).min(CMDLINE_MAX_SIZE - 1)
+    } else {
+        KERNEL_CMDLINE_DEFAULT_LIMIT
+    }
+}
+
 /// Writes the command line and the zero page.
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
@@ -278,7 +300,7 @@ pub fn write_boot_params(
     cmdline: &str,
     rsdp: GuestAddress,
 ) -> Result<(), BootError> {
-    write_cmdline(mem, cmdline)?;
+    write_cmdline(mem, cmdline, kernel_cmdline_limit(&params))?;
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = cmdline.len() as u32 + 1;
@@ -346,6 +368,38 @@ mod tests {
         assert_eq!(&buf, b"console=ttyS0 quiet");
         let loader = p.hdr.type_of_loader;
         assert_eq!(loader, LOADER_TYPE_UNDEFINED);
+    }
+
+    #[test]
+    fn a_command_line_the_kernel_would_cut_short_is_refused() {
+        let m = mem(64);
+        let mut params = boot_params::default();
+        params.hdr.version = 0x020f;
+        params.hdr.cmdline_size = 100;
+        let fits = "x".repeat(100);
+        write_boot_params(&m, params, &fits, GuestAddress(0xe0000)).unwrap();
+        let long = "x".repeat(101);
+        let e = write_boot_params(&m, params, &long, GuestAddress(0xe0000)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BootError::CmdlineTooLong {
+                    len: 101,
+                    limit: 100
+                }
+            ),
+            "{e}"
+        );
+        // An old protocol, or an ELF kernel through PVH: x86's 2047 bytes.
+        params.hdr.version = 0x0205;
+        let e = write_boot_params(&m, params, &"x".repeat(2048), GuestAddress(0xe0000));
+        assert!(e.unwrap_err().to_string().contains("at most 2047"));
+        let e = write_pvh_start_info(&m, &params, &"x".repeat(2048), GuestAddress(0xe0000));
+        assert!(matches!(
+            e,
+            Err(BootError::CmdlineTooLong { limit: 2047, .. })
+        ));
+        write_pvh_start_info(&m, &params, &"x".repeat(2047), GuestAddress(0xe0000)).unwrap();
     }
 
     #[test]

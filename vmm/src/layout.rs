@@ -31,6 +31,9 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 /// Largest command line we hand to the kernel (its own limit is 2048 on x86 for old
 /// kernels, `cmdline_size` in the setup header for newer ones).
 pub const CMDLINE_MAX_SIZE: usize = 4096;
+/// The longest command line (without its NUL) a kernel keeps when it does not say: x86's
+/// COMMAND_LINE_SIZE is 2048. An ELF vmlinux (PVH) has no setup header to say otherwise.
+pub const KERNEL_CMDLINE_DEFAULT_LIMIT: usize = 2047;
 /// First byte past the low RAM area; the EBDA and BIOS area above are not RAM.
 pub const EBDA_START: u64 = 0x9_fc00;
 /// ACPI tables live here; the RSDP is first so that the kernel's legacy scan finds it too.

@@ -10,12 +10,13 @@
 #   versioned linux-image-* package directly.
 #
 # Host packages (Debian 12): apt dpkg coreutils findutils grep sed util-linux
-#   libc-bin cpio gzip xz-utils zstd lz4 kmod
+#   libc-bin cpio gzip xz-utils zstd lz4 kmod binutils
 # (lz4: Debian's cloud kernel is LZ4-compressed; kmod: depmod, optional, the
-# script falls back to Debian's kmod package.)
+# script falls back to Debian's kmod package; binutils: as and ld assemble
+# netvmm-exit.S, the exit-device writer for kernels without /dev/port.)
 set -euo pipefail
 
-HOST_PACKAGES="apt dpkg coreutils findutils grep sed util-linux libc-bin cpio gzip xz-utils zstd lz4 kmod"
+HOST_PACKAGES="apt dpkg coreutils findutils grep sed util-linux libc-bin cpio gzip xz-utils zstd lz4 kmod binutils"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=resources/lib.sh
@@ -38,7 +39,7 @@ OUTPUTS=(vmlinuz vmlinux kernel-release initrd.cpio.gz)
 # the NIC, and the pvpanic device so a guest panic reaches the VMM.
 GUEST_MODULES=(virtio_mmio virtio_net pvpanic pvpanic_mmio)
 
-STAMP=$(sources_hash "$HERE/build-guest.sh" "$HERE/lib.sh" "$HERE/guest-init.sh")
+STAMP=$(sources_hash "$HERE/build-guest.sh" "$HERE/lib.sh" "$HERE/guest-init.sh" "$HERE/netvmm-exit.S")
 begin_build guest "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"
 KPKG=$(kernel_package)
 lock_path "$NETVMM_DEBS_DIR/.lock"
@@ -64,6 +65,10 @@ stage_busybox "$ROOT" "$PKGROOT"
 stage_elf "$ROOT" "$PKGROOT/usr/bin/iperf3" usr/bin/iperf3 "$LIBPATH"
 stage_modules "$ROOT" "$WORK/kernel" "$REL" "${GUEST_MODULES[@]}"
 install -m 0755 "$HERE/guest-init.sh" "$ROOT/init"
+log "assembling netvmm-exit"
+require_tools as ld
+as --64 -o "$WORK/netvmm-exit.o" "$HERE/netvmm-exit.S"
+ld -static -s -o "$ROOT/bin/netvmm-exit" "$WORK/netvmm-exit.o"
 printf 'netvmm-guest\n' >"$ROOT/etc/hostname"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOT/etc/passwd"
 printf 'root:x:0:\n' >"$ROOT/etc/group"

@@ -5,9 +5,12 @@
 #   kernel cmdline keys  netvmm.ip=ADDR/PREFIX netvmm.iface=NAME (eth0)
 #                        netvmm.gw=ADDR netvmm.hostname=NAME
 #                        netvmm.run="shell command"
+#                        netvmm.run64=BASE64 (the same, base64: `netvmm run -- CMD`)
 #                        netvmm.exit=poweroff|reboot (poweroff)
 #   console output       exactly one "netvmm-guest: ready ..." line, then for
 #                        netvmm.run "netvmm-guest: command exited with status N"
+#   exit device          the command's status N is written to I/O port 0xf4
+#                        (/dev/port), which ends the VM: netvmm exits N
 #
 # This is PID 1: if it exits, the kernel panics. So no `set -e`, every step
 # tolerates failure, and the end is always a power-off.
@@ -31,7 +34,9 @@ mount -t tmpfs tmpfs /run
 
 # Load drivers dependency-first, as listed by the image builder. A module that
 # is already loaded or built in is not an error worth a line on the console.
-if [ -r /etc/netvmm-modules ]; then
+# A kernel of another release (one built with `netvmm kconfig`) has its
+# drivers built in and cannot load these.
+if [ -r /etc/netvmm-modules ] && [ -d "/lib/modules/$(uname -r)" ]; then
 	while read -r mod; do
 		case $mod in '' | \#*) continue ;; esac
 		if ! out=$(insmod "$mod" 2>&1); then
@@ -65,6 +70,14 @@ for arg in "$@"; do
 	netvmm.gw=*) gw=${arg#netvmm.gw=} ;;
 	netvmm.hostname=*) host_name=${arg#netvmm.hostname=} ;;
 	netvmm.run=*) run=${arg#netvmm.run=} ;;
+	netvmm.run64=*)
+		# base64 carries any command through the kernel's and this shell's
+		# parsing of the command line untouched.
+		if ! run=$(printf '%s' "${arg#netvmm.run64=}" | base64 -d); then
+			say "cannot decode netvmm.run64"
+			run="exit 125"
+		fi
+		;;
 	netvmm.exit=*) exit_mode=${arg#netvmm.exit=} ;;
 	esac
 done
@@ -98,9 +111,32 @@ cpus=$(grep -c '^processor' /proc/cpuinfo)
 mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)
 echo "netvmm-guest: ready uptime=$uptime cpus=$cpus mem_kb=$mem_kb" >/dev/console
 
+# report_status N: write N to netvmm's exit device (I/O port 0xf4), which
+# ends the VM with exit status N. Under a VMM without it the write does
+# nothing (QEMU's isa-debug-exit, if present there, exits (N << 1) | 1).
+# Through /dev/port where the kernel has it, else with netvmm-exit (ioperm
+# and outb: Debian's cloud kernel has no /dev/port).
+report_status() {
+	if [ -c /dev/port ]; then
+		# shellcheck disable=SC2059 # the format is the octal escape of N
+		printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+	else
+		/bin/netvmm-exit "$1"
+	fi
+}
+
 if [ -n "$run" ]; then
 	/bin/sh -c "$run"
-	say "command exited with status $?"
+	status=$?
+	say "command exited with status $status"
+	sync
+	report_status "$status"
+	# Still running: no exit device here. A failure must not pass as a clean
+	# power-off, so a non-zero status crashes the kernel instead (a panic).
+	if [ "$status" != 0 ]; then
+		say "no exit device took the status: crashing the kernel so that the failure is seen"
+		echo c >/proc/sysrq-trigger
+	fi
 else
 	setsid cttyhack /bin/sh
 fi

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,mac=MAC].
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
+    /// The guest command, after `--`: netvmm's guest image runs it (each argument intact)
+    /// and netvmm exits with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Arguments that parse but do not make a valid VM.
@@ -79,13 +83,15 @@ pub enum ArgError {
     Config(#[from] vmm::config::ConfigError),
     #[error(transparent)]
     Net(#[from] net::SpecError),
+    #[error(transparent)]
+    GuestCommand(#[from] crate::guest_command::GuestCommandError),
 }
 
 impl RunArgs {
     pub fn into_config(self) -> Result<VmConfig, ArgError> {
         let mut c = VmConfig::new(self.kernel);
         c.initrd = self.initrd;
-        c.cmdline = self.cmdline;
+        c.cmdline = crate::guest_command::with_command(&self.cmdline, &self.command)?;
         c.memory_mib = self.memory;
         c.cpus = self.cpus;
         c.serial_log = self.serial_log;
@@ -270,6 +276,42 @@ mod tests {
             .into_config()
             .unwrap_err();
         assert!(e.to_string().contains("--cpus 0"));
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_is_the_guest_command() {
+        let r = run_args(&[
+            "run",
+            "--kernel",
+            "/k",
+            "--cmdline",
+            "quiet",
+            "--",
+            "sh",
+            "-c",
+            "exit 5",
+            "--net",
+        ]);
+        assert_eq!(r.command, ["sh", "-c", "exit 5", "--net"]);
+        assert!(r.nets.is_empty());
+        let c = r.into_config().unwrap();
+        assert!(
+            c.cmdline.starts_with("quiet netvmm.run64="),
+            "{}",
+            c.cmdline
+        );
+        let e = run_args(&[
+            "run",
+            "--kernel",
+            "/k",
+            "--cmdline",
+            "netvmm.run=x",
+            "--",
+            "y",
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(e.to_string().contains("one way"), "{e}");
     }
 
     #[test]

@@ -118,6 +118,11 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
         args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);
         run.outputs.push(("/tmp/serial.log".into(), log.clone()));
     }
+    // Last: everything after `--` is the guest's.
+    if !r.command.is_empty() {
+        args.push("--".into());
+        args.extend(r.command.iter().cloned());
+    }
     run.script = args
         .iter()
         .map(|a| shell_quote(a))
@@ -167,6 +172,13 @@ mod tests {
             .starts_with("'netvmm' 'run' '--kernel' '/lab/files/kernel'"));
         assert!(run.script.contains(r#"'a '\''b'\'''"#), "{}", run.script);
         assert_eq!(run.outputs[0].1, Path::new("/tmp/x.log"));
+        let mut with_command = r.clone();
+        with_command.command = vec!["sh".into(), "-c".into(), "echo \"a b\"; exit 5".into()];
+        let script = lab_run_for(&with_command).unwrap().script;
+        assert!(
+            script.ends_with(r#"'--' 'sh' '-c' 'echo "a b"; exit 5'"#),
+            "{script}"
+        );
         let mut missing = r.clone();
         missing.initrd = Some(dir.join("nope"));
         let err = lab_run_for(&missing).unwrap_err().to_string();

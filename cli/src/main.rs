@@ -4,6 +4,7 @@
 mod args;
 mod compare;
 mod doctor;
+mod guest_command;
 mod lab_cmd;
 
 use clap::Parser;

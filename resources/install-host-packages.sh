@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages netvmm's image builders and lab need, if any are missing.
 # Shared by quickstart.sh and .ci/run so that both install the same list.
+# --kernel-build adds what building the tinyconfig test kernel from source needs
+# (kernel-build-packages.txt: a compiler and the kernel's build tools).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-mapfile -t wanted < <(grep -v '^#' "$here/host-packages.txt" | sed '/^$/d')
+lists=("$here/host-packages.txt")
+[ "${1:-}" = --kernel-build ] && lists+=("$here/kernel-build-packages.txt")
+mapfile -t wanted < <(cat "${lists[@]}" | grep -v '^#' | sed '/^$/d')
 missing=()
 for p in "${wanted[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -31,6 +31,9 @@ pub enum Command {
     /// Run in the emulated lab host (QEMU TCG with nested KVM), for hosts whose KVM cannot
     /// boot a stock kernel.
     Lab(LabArgs),
+    /// Print the kernel config fragment a kernel built from source needs to boot under
+    /// netvmm (merge it onto `make tinyconfig`).
+    Kconfig,
     /// Measure tap, bridge and macvtap side by side (same guest, same device) and explain
     /// the differences; in the emulated lab or natively in a private network namespace.
     Compare(crate::compare::CompareArgs),
@@ -162,9 +165,11 @@ impl From<Flavour> for lab::GuestFlavour {
 pub enum ImageCommand {
     /// Build the guest image if needed and print its paths.
     Build,
-    /// Print the path of one part: kernel, vmlinux or initrd (building it if needed).
+    /// Print the path of one part: kernel, vmlinux or initrd (building it if needed), or
+    /// tinykernel: a kernel built from Debian's linux-source-6.1 with `make tinyconfig`
+    /// and `netvmm kconfig` (minutes, once).
     Path {
-        #[arg(value_parser = ["kernel", "vmlinux", "initrd"])]
+        #[arg(value_parser = ["kernel", "vmlinux", "initrd", "tinykernel"])]
         part: String,
     },
 }

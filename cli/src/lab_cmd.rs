@@ -31,6 +31,10 @@ pub enum LabCmdError {
 type Result<T> = std::result::Result<T, LabCmdError>;
 
 pub fn image(a: ImageArgs) -> Result<i32> {
+    if matches!(a.command, ImageCommand::Path { ref part } if part == "tinykernel") {
+        println!("{}", Images::tiny_kernel()?.display());
+        return Ok(0);
+    }
     let i = Images::guest_of(a.flavour.into())?;
     match a.command {
         ImageCommand::Build => {

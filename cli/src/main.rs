@@ -51,6 +51,10 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
             Ok(outcome.exit_code())
         }
         Command::Doctor => Ok(doctor::run()),
+        Command::Kconfig => {
+            print!("{}", lab::KCONFIG_FRAGMENT);
+            Ok(0)
+        }
         Command::Cleanup => {
             let mut removed = net::owned::cleanup_stale()?;
             removed.extend(net::shim::cleanup_stale()?);

@@ -146,6 +146,16 @@ impl Images {
         Ok(i)
     }
 
+    /// A guest kernel built from Debian's linux-source-6.1 with `make tinyconfig` and
+    /// netvmm's config fragment merged on top (`netvmm kconfig`), built if missing or out of
+    /// date: minutes, once per fragment.
+    pub fn tiny_kernel() -> Result<PathBuf, ImageError> {
+        let out = cache_dir()?.join("tinykernel");
+        let kernel = out.join("bzImage");
+        build("build-kernel.sh", &out, &[], &[&kernel])?;
+        Ok(kernel)
+    }
+
     /// Guest and lab images, built if missing or out of date.
     pub fn all() -> Result<Self, ImageError> {
         let i = Self::guest()?;

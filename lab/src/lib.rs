@@ -13,4 +13,8 @@ pub mod monitor;
 pub mod runner;
 
 pub use images::{GuestFlavour, ImageError, Images};
+
+/// The kernel config fragment for guests of netvmm (`netvmm kconfig`), the same file
+/// resources/build-kernel.sh merges onto `make tinyconfig` for the tests.
+pub const KCONFIG_FRAGMENT: &str = include_str!("../../resources/netvmm.kconfig");
 pub use runner::{Console, LabError, LabRun};

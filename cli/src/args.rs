@@ -191,6 +191,9 @@ pub enum LabCommand {
     Exec {
         /// The script file to run.
         script: PathBuf,
+        /// Carry this host file into the lab host as /lab/files/<its file name> (repeatable).
+        #[arg(long = "file", value_name = "FILE")]
+        files: Vec<PathBuf>,
         /// Stop the lab host after this many seconds.
         #[arg(long, value_name = "SECONDS", value_parser = parse_timeout)]
         timeout: Option<Duration>,

@@ -1,6 +1,6 @@
 //! `netvmm image ...` and `netvmm lab ...`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lab::runner::shell_quote;
 use lab::{Images, LabRun};
@@ -20,6 +20,8 @@ pub enum LabCmdError {
         flag: &'static str,
         path: std::path::PathBuf,
     },
+    #[error("--file {}: another --file has the same name; the lab keeps files by name", path.display())]
+    SameName { path: std::path::PathBuf },
     #[error(transparent)]
     Args(#[from] crate::args::ArgError),
     #[error(transparent)]
@@ -62,13 +64,18 @@ pub fn lab(a: LabArgs) -> Result<i32> {
             println!("lab initrd {}", i.lab_initrd.display());
             Ok(0)
         }
-        LabCommand::Exec { script, timeout } => {
+        LabCommand::Exec {
+            script,
+            files,
+            timeout,
+        } => {
             let text =
                 std::fs::read_to_string(&script).map_err(|source| LabCmdError::Scenario {
                     path: script.clone(),
                     source,
                 })?;
             let mut run = LabRun::new(text);
+            run.files = carried_files(&files)?;
             run.memory_mib = a.lab_memory;
             if let Some(t) = timeout {
                 run.timeout = t;
@@ -81,6 +88,26 @@ pub fn lab(a: LabArgs) -> Result<i32> {
             Ok(run.run()?)
         }
     }
+}
+
+/// `lab exec --file`s: each goes to /lab/files/<its file name>, which must be unique.
+fn carried_files(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
+    let mut carried: Vec<(PathBuf, String)> = Vec::new();
+    for f in files {
+        let name = f.file_name().and_then(|n| n.to_str());
+        let (true, Some(name)) = (f.is_file(), name) else {
+            return Err(LabCmdError::Missing {
+                flag: "--file",
+                path: f.clone(),
+            });
+        };
+        let at = format!("/lab/files/{name}");
+        if carried.iter().any(|(_, a)| *a == at) {
+            return Err(LabCmdError::SameName { path: f.clone() });
+        }
+        carried.push((f.clone(), at));
+    }
+    Ok(carried)
 }
 
 /// Turns `netvmm run` arguments into a lab scenario: host files go in under /lab/files and
@@ -187,6 +214,26 @@ mod tests {
         missing.initrd = Some(dir.join("nope"));
         let err = lab_run_for(&missing).unwrap_err().to_string();
         assert!(err.contains("--initrd") && err.contains("nope"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn exec_files_go_in_by_name_once() {
+        let dir = std::env::temp_dir().join(format!("netvmm-labfiles-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let (a, b) = (dir.join("a.cpio"), dir.join("sub/a.cpio"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        let got = carried_files(std::slice::from_ref(&a)).unwrap();
+        assert_eq!(got, vec![(a.clone(), "/lab/files/a.cpio".to_string())]);
+        let e = carried_files(&[a.clone(), b]).unwrap_err().to_string();
+        assert!(e.contains("same name"), "{e}");
+        let e = carried_files(&[dir.join("nope")]).unwrap_err().to_string();
+        assert!(e.contains("--file") && e.contains("nope"), "{e}");
+        let e = carried_files(std::slice::from_ref(&dir))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -105,12 +105,19 @@ pub fn netvmm_in_lab(args: &[&str]) -> Output {
     with_reruns_on_host_failure(|| netvmm(args))
 }
 
+/// Runs `cmd` (which boots lab hosts through netvmm, like examples/ci-boot-test.sh), one
+/// lab at a time, again if the lab host's kernel hung or crashed.
+pub fn command_in_lab(cmd: impl Fn() -> Output) -> Output {
+    let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    with_reruns_on_host_failure(cmd)
+}
+
 /// Runs `script` inside the lab host with `netvmm lab exec`, one lab at a time, again if
 /// the lab host's kernel hung or crashed.
 pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
     with_scenario_file(script, |path| {
-        with_reruns_on_host_failure(|| lab_exec(path, timeout_s, &[]))
+        with_reruns_on_host_failure(|| lab_exec(path, timeout_s, &[], &[]))
     })
 }
 
@@ -118,13 +125,30 @@ pub fn lab(script: &str, timeout_s: u32) -> LabOutput {
 /// set for netvmm.
 pub fn lab_once(script: &str, timeout_s: u32, env: &[(&str, &str)]) -> LabOutput {
     let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
-    with_scenario_file(script, |path| lab_exec(path, timeout_s, env))
+    with_scenario_file(script, |path| lab_exec(path, timeout_s, env, &[]))
 }
 
-fn lab_exec(scenario: &std::path::Path, timeout_s: u32, env: &[(&str, &str)]) -> Output {
-    Command::new(NETVMM)
-        .args(["lab", "exec", "--timeout", &timeout_s.to_string()])
-        .arg(scenario)
+/// Runs `script` inside the lab host with these host files carried in as
+/// /lab/files/<name>, one lab at a time, again if the lab host's kernel hung or crashed.
+pub fn lab_with_files(script: &str, timeout_s: u32, files: &[&std::path::Path]) -> LabOutput {
+    let _guard = LAB.lock().unwrap_or_else(|p| p.into_inner());
+    with_scenario_file(script, |path| {
+        with_reruns_on_host_failure(|| lab_exec(path, timeout_s, &[], files))
+    })
+}
+
+fn lab_exec(
+    scenario: &std::path::Path,
+    timeout_s: u32,
+    env: &[(&str, &str)],
+    files: &[&std::path::Path],
+) -> Output {
+    let mut cmd = Command::new(NETVMM);
+    cmd.args(["lab", "exec", "--timeout", &timeout_s.to_string()]);
+    for f in files {
+        cmd.arg("--file").arg(f);
+    }
+    cmd.arg(scenario)
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()

@@ -153,7 +153,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             // Before Tap::open: host-ip changes the tap there.
             let given = record_given(name.as_deref())?;
             let tap = Tap::open(name.as_deref(), *host_ip)?;
-            let given = given.filter(|_| !tap.created());
+            let given = keep_tun(given, &tap)?;
             let description = format!(
                 "tap {}{}",
                 tap.name(),
@@ -219,6 +219,16 @@ fn record_given(name: Option<&str>) -> Result<Option<GivenLink>, BackendError> {
     })
 }
 
+/// `given`, unless netvmm created the tap after all, with the tap's device state as
+/// netvmm found it on attaching.
+fn keep_tun(given: Option<GivenLink>, tap: &Tap) -> Result<Option<GivenLink>, BackendError> {
+    let Some(mut given) = given.filter(|_| !tap.created()) else {
+        return Ok(None);
+    };
+    given.keep_tun(tap.tun_state()?);
+    Ok(Some(given))
+}
+
 fn check_bridge(bridge: &str) -> Result<u32, BackendError> {
     let existing = || netlink::bridges().unwrap_or_default();
     match netlink::link_info(bridge)? {
@@ -245,7 +255,7 @@ fn open_bridge_port(
     // From here on, a failure puts a given tap back as it was.
     let given = record_given(tap_name)?;
     let tap = Tap::open(tap_name, None)?;
-    let given = given.filter(|_| !tap.created());
+    let given = keep_tun(given, &tap)?;
     if tap.created() {
         let _ = netlink::set_alias(tap.name(), &owner_alias());
     }

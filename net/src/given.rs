@@ -5,6 +5,7 @@
 //! back as a whole afterwards, rather than each change being undone on its own.
 
 use crate::netlink::{self, LinkAddress, NetlinkError};
+use crate::tap::TunState;
 
 /// What a given link looked like before netvmm touched it. Dropping it puts that back
 /// (errors ignored); call [`GivenLink::restore`] first to hear about them.
@@ -15,6 +16,8 @@ pub struct GivenLink {
     master: Option<u32>,
     up: bool,
     addresses: Vec<LinkAddress>,
+    /// A tap's vnet header size and offloads, read when netvmm attached.
+    tun: Option<TunState>,
     restored: bool,
 }
 
@@ -23,7 +26,15 @@ pub struct GivenLink {
 #[error("{name} could not be left as found: {}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct RestoreError {
     pub name: String,
-    pub problems: Vec<NetlinkError>,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("cannot set its vnet header size and offloads back: {0}")]
+    Tun(std::io::Error),
 }
 
 impl GivenLink {
@@ -39,6 +50,7 @@ impl GivenLink {
             master: info.master,
             up: info.admin_up,
             addresses: netlink::addresses(info.index)?,
+            tun: None,
             restored: false,
         }))
     }
@@ -47,9 +59,16 @@ impl GivenLink {
         &self.name
     }
 
+    /// Also puts back the tap's device state `tun` (see [`crate::tap::Tap::tun_state`]).
+    pub fn keep_tun(&mut self, tun: TunState) {
+        self.tun = Some(tun);
+    }
+
     /// Puts the recorded state back: the former master (or none), then IFF_UP as it was
     /// (taking a link down drops its IPv6 addresses, so addresses come last), then the
-    /// address list: what was added goes, what went is added back. Every step is tried
+    /// address list: what was added goes, what went is added back; a tap's vnet header
+    /// size and offloads last (the device may still be writing, and a link that was down
+    /// is down again by then and takes no frames). Every step is tried
     /// even if an earlier one failed. A link that is gone has nothing left to restore.
     /// Idempotent: once done, later calls (and the drop) do nothing.
     pub fn restore(&mut self) -> Result<(), RestoreError> {
@@ -61,17 +80,14 @@ impl GivenLink {
         let now = match netlink::link_info(self.index) {
             Ok(Some(now)) => now,
             Ok(None) => return Ok(()),
-            Err(e) => {
-                problems.push(e);
-                return Err(self.error(problems));
-            }
+            Err(e) => return Err(self.error(vec![e.into()])),
         };
         if now.master != self.master {
             let r = match self.master {
                 Some(m) => netlink::set_master(self.index, m),
                 None => netlink::set_nomaster(self.index),
             };
-            problems.extend(r.err());
+            problems.extend(r.err().map(Problem::from));
         }
         if now.admin_up != self.up {
             let r = if self.up {
@@ -79,7 +95,7 @@ impl GivenLink {
             } else {
                 netlink::set_down(self.index)
             };
-            problems.extend(r.err());
+            problems.extend(r.err().map(Problem::from));
         }
         match netlink::addresses(self.index) {
             Ok(current) => {
@@ -87,17 +103,22 @@ impl GivenLink {
                     .iter()
                     .filter(|a| !self.addresses.iter().any(|b| b.same_as(a)))
                 {
-                    problems.extend(netlink::delete_address(self.index, extra).err());
+                    let r = netlink::delete_address(self.index, extra);
+                    problems.extend(r.err().map(Problem::from));
                 }
                 for missing in self
                     .addresses
                     .iter()
                     .filter(|b| !current.iter().any(|a| a.same_as(b)))
                 {
-                    problems.extend(netlink::add_address(self.index, missing).err());
+                    let r = netlink::add_address(self.index, missing);
+                    problems.extend(r.err().map(Problem::from));
                 }
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.into()),
+        }
+        if let Some(tun) = &self.tun {
+            problems.extend(tun.restore().err().map(Problem::Tun));
         }
         if problems.is_empty() {
             Ok(())
@@ -106,7 +127,7 @@ impl GivenLink {
         }
     }
 
-    fn error(&self, problems: Vec<NetlinkError>) -> RestoreError {
+    fn error(&self, problems: Vec<Problem>) -> RestoreError {
         RestoreError {
             name: self.name.clone(),
             problems,

@@ -7,23 +7,39 @@ use crate::backends::{self, HostCleanup};
 use crate::iface::in_new_netns;
 use crate::spec::NetSpec;
 use crate::tap::Tap;
+use devices::virtio::net::{NetBackend, Offloads};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TAP: &str = "thetap";
 
-/// What "as found" compares: the master's name, IFF_UP, the addresses in order.
+/// What "as found" compares: the master's name, IFF_UP, the addresses in order, and
+/// (when nothing else holds the tap) its vnet header size and offloads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     master: Option<String>,
     up: bool,
     addresses: Vec<String>,
+    tun: Option<(libc::c_int, libc::c_uint)>,
+}
+
+/// The tap's device state, read through an attach of its own (so only while no one else
+/// is attached).
+fn tun_seen(name: &str) -> (libc::c_int, libc::c_uint) {
+    let t = Tap::open(Some(name), None).unwrap();
+    let s = t.tun_state().unwrap();
+    (s.vnet_hdr_sz(), s.offloads())
 }
 
 fn seen(name: &str) -> Seen {
+    seen_link(name, Some(tun_seen(name)))
+}
+
+fn seen_link(name: &str, tun: Option<(libc::c_int, libc::c_uint)>) -> Seen {
     let l = netlink::link_info(name).unwrap().unwrap();
     Seen {
+        tun,
         master: l
             .master
             .map(|m| netlink::link_info(m).unwrap().unwrap().name),
@@ -66,24 +82,36 @@ struct Lifecycle {
     on_br_b_after: bool,
 }
 
+/// What a guest's driver makes the device do to the tap on activation.
+fn guest_driver(tap: &mut Tap) {
+    tap.set_vnet_hdr_len(12).unwrap();
+    tap.set_offloads(Offloads {
+        csum: true,
+        tso4: true,
+        tso6: true,
+    })
+    .unwrap();
+}
+
 /// Sets the given tap up with `prepare`, opens `spec` for it as `netvmm run` does (backend,
-/// cleanup, bridge watcher), then releases it while the watcher runs.
+/// cleanup, bridge watcher, the guest's driver), then releases it while the watcher runs.
 fn lifecycle(spec: &str, prepare: fn()) -> Option<Lifecycle> {
     let spec: NetSpec = spec.parse().unwrap();
     let r = in_new_netns(move || {
         prepare();
         let before = seen(TAP);
         let mut cleanup = HostCleanup::default();
-        let (tap, _, _) = cleanup.adopt(backends::open(&spec, 0).unwrap());
+        let (mut tap, _, _) = cleanup.adopt(backends::open(&spec, 0).unwrap());
         cleanup.watch_bridges(|_| {}).unwrap();
-        let during = seen(TAP);
+        guest_driver(&mut tap);
+        let during = seen_link(TAP, None);
         drop(cleanup);
         netlink::delete_link("br-b").unwrap();
         netlink::create_bridge("br-b").unwrap();
         let mut on_br_b_after = false;
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until && !on_br_b_after {
-            on_br_b_after = seen(TAP).master.as_deref() == Some("br-b");
+            on_br_b_after = seen_link(TAP, None).master.as_deref() == Some("br-b");
             std::thread::sleep(Duration::from_millis(20));
         }
         // The device's fd closes last, as at the end of the process.

@@ -1,12 +1,17 @@
 //! Opening the host side of one guest NIC from its `--net` spec: a plain tap, an inherited
 //! fd, a tap enslaved to a bridge, or a macvtap. Whatever netvmm creates carries the owner
-//! mark and is removed when the returned guards drop; what it was given is left as found.
+//! mark and is removed when the returned guards drop; a tap it was given is recorded before
+//! it is touched and put back as found (see [`crate::given`]). [`HostCleanup`] holds all of
+//! that for a VM's life and undoes it in the one safe order.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
+use crate::bridge_watch::{self, Notice, Port};
+use crate::given::{GivenLink, RestoreError};
 use crate::mac::MacAddr;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
 use crate::owned::{owner_alias, OwnedLink};
+use crate::shim::ShimUse;
 use crate::spec::{BackendSpec, NetSpec};
 use crate::tap::{Tap, TapError};
 
@@ -49,18 +54,6 @@ fn list(v: &[String]) -> String {
     }
 }
 
-/// Releases a tap netvmm did not create from the bridge it enslaved it to.
-#[derive(Debug)]
-pub struct ReleasePort {
-    tap: String,
-}
-
-impl Drop for ReleasePort {
-    fn drop(&mut self) {
-        let _ = netlink::set_nomaster(self.tap.as_str());
-    }
-}
-
 /// The host side of one NIC, ready for the device.
 #[derive(Debug)]
 pub struct Opened {
@@ -70,12 +63,79 @@ pub struct Opened {
     pub description: String,
     /// Created interfaces to delete at exit.
     pub owned: Option<OwnedLink>,
-    /// A given tap to release from its bridge at exit.
-    pub release: Option<ReleasePort>,
-    /// The (tap, bridge) pair to keep enslaved if the bridge is re-created.
-    pub bridge_port: Option<(String, String)>,
+    /// A given tap, as it was before netvmm touched it: put back so at exit.
+    pub given: Option<GivenLink>,
+    /// The tap to keep on its bridge if the bridge is re-created.
+    pub bridge_port: Option<Port>,
     /// This NIC's use of the host-access shim.
-    pub shim: Option<crate::shim::ShimUse>,
+    pub shim: Option<ShimUse>,
+}
+
+/// What must be undone when the VM ends: given taps put back as found, created interfaces
+/// deleted, shim uses released. Dropping it does that (or [`HostCleanup::finish`], which
+/// also says what failed), in this order: the bridge watcher is stopped and joined first,
+/// because a tap released from its bridge while it runs is a tap it puts back.
+#[derive(Debug, Default)]
+pub struct HostCleanup {
+    watcher: Option<bridge_watch::Running>,
+    ports: Vec<Port>,
+    given: Vec<GivenLink>,
+    owned: Vec<OwnedLink>,
+    shims: Vec<ShimUse>,
+}
+
+impl HostCleanup {
+    /// Takes over what `opened` leaves to undo; returns the parts the device needs: its
+    /// tap, MAC and description.
+    pub fn adopt(&mut self, opened: Opened) -> (Tap, MacAddr, String) {
+        let Opened {
+            tap,
+            mac,
+            description,
+            owned,
+            given,
+            bridge_port,
+            shim,
+        } = opened;
+        self.owned.extend(owned);
+        self.given.extend(given);
+        self.ports.extend(bridge_port);
+        self.shims.extend(shim);
+        (tap, mac, description)
+    }
+
+    /// Starts keeping the adopted bridge ports on their bridges (see [`bridge_watch`]);
+    /// `notify` hears when one is put back. Until [`HostCleanup::finish`].
+    pub fn watch_bridges(
+        &mut self,
+        notify: impl FnMut(Notice) + Send + 'static,
+    ) -> Result<(), NetlinkError> {
+        if self.watcher.is_none() {
+            self.watcher = bridge_watch::spawn(self.ports.clone(), notify)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes everything now; returns the given links that could not be put back as found.
+    /// Idempotent.
+    pub fn finish(&mut self) -> Vec<RestoreError> {
+        // First and joined: nothing may re-enslave a tap once the releases begin.
+        drop(self.watcher.take());
+        let problems = self
+            .given
+            .drain(..)
+            .filter_map(|mut g| g.restore().err())
+            .collect();
+        self.owned.clear();
+        self.shims.clear();
+        problems
+    }
+}
+
+impl Drop for HostCleanup {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 fn with_hint(e: NetlinkError) -> BackendError {
@@ -90,7 +150,10 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
     };
     match &spec.backend {
         BackendSpec::Tap { name, host_ip } => {
+            // Before Tap::open: host-ip changes the tap there.
+            let given = record_given(name.as_deref())?;
             let tap = Tap::open(name.as_deref(), *host_ip)?;
+            let given = keep_tun(given, &tap)?;
             let description = format!(
                 "tap {}{}",
                 tap.name(),
@@ -109,7 +172,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 tap,
                 description,
                 owned: None,
-                release: None,
+                given,
                 bridge_port: None,
                 shim: None,
             })
@@ -121,7 +184,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 description: format!("fd {fd} ({}, inherited, left as found)", tap.name()),
                 tap,
                 owned: None,
-                release: None,
+                given: None,
                 bridge_port: None,
                 shim: None,
             })
@@ -148,6 +211,24 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
     }
 }
 
+/// The state of the tap named `name`, if it exists, before netvmm touches it.
+fn record_given(name: Option<&str>) -> Result<Option<GivenLink>, BackendError> {
+    Ok(match name {
+        Some(n) => GivenLink::record(n)?,
+        None => None,
+    })
+}
+
+/// `given`, unless netvmm created the tap after all, with the tap's device state as
+/// netvmm found it on attaching.
+fn keep_tun(given: Option<GivenLink>, tap: &Tap) -> Result<Option<GivenLink>, BackendError> {
+    let Some(mut given) = given.filter(|_| !tap.created()) else {
+        return Ok(None);
+    };
+    given.keep_tun(tap.tun_state()?);
+    Ok(Some(given))
+}
+
 fn check_bridge(bridge: &str) -> Result<u32, BackendError> {
     let existing = || netlink::bridges().unwrap_or_default();
     match netlink::link_info(bridge)? {
@@ -171,14 +252,13 @@ fn open_bridge_port(
     derived: impl Fn(&str) -> MacAddr,
 ) -> Result<Opened, BackendError> {
     let bridge_index = check_bridge(bridge)?;
+    // From here on, a failure puts a given tap back as it was.
+    let given = record_given(tap_name)?;
     let tap = Tap::open(tap_name, None)?;
+    let given = keep_tun(given, &tap)?;
     if tap.created() {
         let _ = netlink::set_alias(tap.name(), &owner_alias());
     }
-    // From here on, a failure must not leave a given tap enslaved.
-    let release = (!tap.created()).then(|| ReleasePort {
-        tap: tap.name().to_string(),
-    });
     netlink::set_master(tap.name(), bridge_index).map_err(with_hint)?;
     netlink::set_up(tap.name()).map_err(with_hint)?;
     let description = format!(
@@ -187,16 +267,19 @@ fn open_bridge_port(
         if tap.created() {
             " (tap created, removed at exit; the bridge stays)"
         } else {
-            " (existing tap, released from the bridge at exit)"
+            " (existing tap, put back as found at exit)"
         }
     );
     Ok(Opened {
         mac: derived(tap.name()),
-        bridge_port: Some((tap.name().to_string(), bridge.to_string())),
+        bridge_port: Some(Port {
+            tap: tap.name().to_string(),
+            bridge: bridge.to_string(),
+        }),
         tap,
         description,
         owned: None,
-        release,
+        given,
         shim: None,
     })
 }
@@ -251,7 +334,7 @@ fn open_macvtap(
         mac,
         tap,
         owned: Some(owned),
-        release: None,
+        given: None,
         bridge_port: None,
         shim: None,
     })

@@ -2,7 +2,8 @@
 //! the VM runs (a network restart on the host): the kernel releases the port when the
 //! bridge goes, and nothing puts it back, so without this the guest stays cut off.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::netlink::{self, LinkEvent, LinkMonitor, NetlinkError};
@@ -51,14 +52,16 @@ impl Watcher {
     /// Waits up to `timeout` for link events and re-enslaves what needs it. Returns the
     /// ports it put back.
     pub fn step(&mut self, timeout: Duration) -> Vec<Port> {
-        let mut pfd = libc::pollfd {
-            fd: self.monitor.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, ms) };
+        match wait(&[self.monitor.as_raw_fd()], ms) {
+            Ok(_) => self.handle(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Reads what the monitor has and re-enslaves what needs it. Returns the ports it put
+    /// back.
+    fn handle(&mut self) -> Vec<Port> {
         let events = self
             .monitor
             .poll_events()
@@ -82,24 +85,121 @@ impl Watcher {
     }
 }
 
-/// Runs a watcher on its own thread for the life of the process, telling the user on
-/// stderr when it puts a tap back.
-pub fn spawn(ports: Vec<Port>) -> Result<(), NetlinkError> {
+/// poll(2) for readability on `fds`, `ms` milliseconds at most (-1: no limit); EINTR
+/// counts as nothing ready. Returns which fds are readable.
+fn wait(fds: &[RawFd], ms: i32) -> std::io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` is a valid array of pollfd, its length passed with it, alive for
+    // the call.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}
+
+/// What the watcher thread has to tell.
+#[derive(Debug)]
+pub enum Notice {
+    /// A bridge came back and the tap was put back on it.
+    PutBack(Port),
+    /// The watcher could not wait any more and stopped (taps are no longer put back).
+    Failed(std::io::Error),
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::PutBack(p) => {
+                write!(f, "bridge {} is back; {} put back on it", p.bridge, p.tap)
+            }
+            Notice::Failed(e) => write!(f, "stopped watching the bridges: {e}"),
+        }
+    }
+}
+
+/// A watcher running on a thread of its own, woken only by link notifications (the
+/// netlink monitor) or by [`Running::stop`]. Dropping it stops it and waits for the
+/// thread, so that once it is gone no tap is put back on a bridge any more: whatever
+/// releases taps must drop it first.
+#[derive(Debug)]
+pub struct Running {
+    /// An eventfd, shared with the thread so that it stays open for as long as the
+    /// thread may poll it.
+    stop: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the watcher and waits until its thread has ended (a step under way finishes
+    /// first). Idempotent.
+    pub fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+        let n = unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // An eventfd write only fails when its counter would overflow, which one write
+        // cannot do; were it to fail anyway, join would hang, so the thread is left be.
+        if n == 8 {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts a watcher for `ports` on its own thread; `notify` hears what it did. None when
+/// there is nothing to watch.
+pub fn spawn(
+    ports: Vec<Port>,
+    mut notify: impl FnMut(Notice) + Send + 'static,
+) -> Result<Option<Running>, NetlinkError> {
     if ports.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut w = Watcher::new(ports)?;
-    let spawned = std::thread::Builder::new()
+    // SAFETY: plain eventfd(2); the result is checked before use.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(NetlinkError::Socket(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let stop_here = stop.clone();
+    let thread = std::thread::Builder::new()
         .name("netvmm-bridges".into())
         .spawn(move || loop {
-            for p in w.step(Duration::from_secs(1)) {
-                eprintln!(
-                    "netvmm: bridge {} is back; {} put back on it",
-                    p.bridge, p.tap
-                );
+            match wait(&[stop_here.as_raw_fd(), w.monitor.as_raw_fd()], -1) {
+                Ok(ready) if ready[0] => return,
+                Ok(ready) if ready[1] => w
+                    .handle()
+                    .into_iter()
+                    .for_each(|p| notify(Notice::PutBack(p))),
+                Ok(_) => {}
+                Err(e) => return notify(Notice::Failed(e)),
             }
-        });
-    spawned.map(|_| ()).map_err(NetlinkError::Socket)
+        })
+        .map_err(NetlinkError::Socket)?;
+    Ok(Some(Running {
+        stop,
+        thread: Some(thread),
+    }))
 }
 
 #[cfg(test)]
@@ -141,5 +241,50 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(master, Some(idx));
         assert!(up);
+    }
+
+    #[test]
+    fn a_running_watcher_wakes_on_the_notification_and_stops_when_dropped() {
+        let r = crate::iface::in_new_netns(|| {
+            netlink::create_bridge("nvbr1").unwrap();
+            let tap = crate::tap::Tap::open(Some("nvport1"), None).unwrap();
+            let port = Port {
+                tap: tap.name().to_string(),
+                bridge: "nvbr1".into(),
+            };
+            ensure_enslaved(&port).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let running = spawn(vec![port], move |n| {
+                let _ = tx.send(n.to_string());
+            })
+            .unwrap()
+            .expect("a port to watch");
+            netlink::delete_link("nvbr1").unwrap();
+            let idx = netlink::create_bridge("nvbr1").unwrap();
+            // Bounded so that a watcher that never wakes fails instead of hanging.
+            let notice = rx.recv_timeout(Duration::from_secs(10));
+            let master = netlink::link_info("nvport1").unwrap().unwrap().master;
+            drop(running);
+            // Joined: the thread, and with it the notifier, is gone.
+            let after_stop = rx.try_recv();
+            drop(tap);
+            let gone = after_stop == Err(std::sync::mpsc::TryRecvError::Disconnected);
+            (notice, master, idx, gone)
+        });
+        let Ok((notice, master, idx, gone)) = r else {
+            eprintln!("skipping: no network namespace");
+            return;
+        };
+        assert_eq!(
+            notice.unwrap(),
+            "bridge nvbr1 is back; nvport1 put back on it"
+        );
+        assert_eq!(master, Some(idx));
+        assert!(gone, "the watcher thread outlived its drop");
+    }
+
+    #[test]
+    fn nothing_to_watch_starts_no_thread() {
+        assert!(spawn(Vec::new(), |_| {}).unwrap().is_none());
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod bridge_watch;
+pub mod given;
 pub mod iface;
 pub mod mac;
 pub mod netlink;

@@ -19,6 +19,10 @@ const IFF_VNET_HDR: libc::c_short = 0x4000;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUNGETVNETHDRSZ: libc::c_ulong = 0x8004_54d7;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
 
 /// Generated tap names: the kernel fills in `%d`; the prefix marks netvmm's own.
 pub const GENERATED_TAP_NAME: &str = "nvtap%d";
@@ -36,6 +40,8 @@ pub enum TapError {
         prefix: u8,
         source: io::Error,
     },
+    #[error("cannot read the vnet header size and offloads of tap {name}: {source}")]
+    TunState { name: String, source: io::Error },
     #[error("fd {fd} is not a tap: {reason}")]
     NotATap { fd: RawFd, reason: String },
     #[error(
@@ -207,6 +213,162 @@ impl Tap {
         }
         Ok(())
     }
+}
+
+/// What netvmm changes on a tap it attaches to besides its link state: the vnet header
+/// size and the offloads (both belong to the device, so they outlive netvmm's fd), read
+/// when netvmm attached. [`TunState::restore`] puts them back through its own duplicate of
+/// the queue fd (the device keeps netvmm's until the end).
+#[derive(Debug)]
+pub struct TunState {
+    fd: OwnedFd,
+    name: String,
+    vnet_hdr_sz: libc::c_int,
+    /// TUN_F_* bits, as the device's active features stood.
+    offloads: libc::c_uint,
+}
+
+impl Tap {
+    /// Reads the device state a guest's driver will change; on an existing tap, call it
+    /// right after [`Tap::open`], before the device touches the tap.
+    pub fn tun_state(&self) -> Result<TunState, TapError> {
+        let err = |source| TapError::TunState {
+            name: self.name.clone(),
+            source,
+        };
+        let fd = self.fd.try_clone().map_err(err)?;
+        let mut vnet_hdr_sz: libc::c_int = 0;
+        // SAFETY: TUNGETVNETHDRSZ writes one int to the pointer, which is live and ours.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETVNETHDRSZ as _, &mut vnet_hdr_sz) } < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        Ok(TunState {
+            fd,
+            name: self.name.clone(),
+            vnet_hdr_sz,
+            offloads: active_offloads(&self.name).map_err(err)?,
+        })
+    }
+}
+
+impl TunState {
+    /// Sets the vnet header size and offloads back to what they were.
+    pub fn restore(&self) -> io::Result<()> {
+        let v = self.vnet_hdr_sz;
+        // SAFETY: TUNSETVNETHDRSZ reads one int from the pointer, live for the call.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETVNETHDRSZ as _, &v) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: TUNSETOFFLOAD takes its flags by value.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETOFFLOAD as _,
+                self.offloads as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn vnet_hdr_sz(&self) -> libc::c_int {
+        self.vnet_hdr_sz
+    }
+
+    /// The offloads as TUN_F_* bits.
+    pub fn offloads(&self) -> libc::c_uint {
+        self.offloads
+    }
+}
+
+// <linux/ethtool.h>: the tun offloads show as netdev features, which only the ethtool
+// feature-string set names portably (feature bit numbers change between kernels).
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GSSET_INFO: u32 = 0x37;
+const ETHTOOL_GFEATURES: u32 = 0x3a;
+const ETH_SS_FEATURES: u32 = 4;
+const ETH_GSTRING_LEN: usize = 32;
+/// The feature names of the TUN_F_* offloads (drivers/net/tun.c, tun_set_offload).
+const TUN_OFFLOAD_FEATURES: [(&str, libc::c_uint); 4] = [
+    ("tx-checksum-ip-generic", TUN_F_CSUM),
+    ("tx-tcp-segmentation", TUN_F_TSO4),
+    ("tx-tcp6-segmentation", TUN_F_TSO6),
+    ("tx-tcp-ecn-segmentation", TUN_F_TSO_ECN),
+];
+const USO_FEATURE: &str = "tx-udp-segmentation";
+
+/// One SIOCETHTOOL request on `name` with `buf` (which starts with the command word).
+fn ethtool(name: &str, buf: &mut [u32]) -> io::Result<()> {
+    // SAFETY: plain socket(2); the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req = iface::ifreq_for(name)?;
+    req.ifr_ifru.ifru_data = buf.as_mut_ptr().cast();
+    // SAFETY: `req` names the interface and points at `buf`, sized by the caller for the
+    // command's reply, both live across the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The TUN_F_* bits of `name`'s active features.
+fn active_offloads(name: &str) -> io::Result<libc::c_uint> {
+    // struct ethtool_sset_info: cmd, reserved, u64 sset_mask, then one u32 per set.
+    let mut info = [ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0, 0];
+    ethtool(name, &mut info)?;
+    let count = info[4] as usize;
+    // struct ethtool_gstrings: cmd, string_set, len, then len names of 32 bytes.
+    let mut strings = vec![0u32; 3 + count * ETH_GSTRING_LEN / 4];
+    strings[..3].copy_from_slice(&[ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count as u32]);
+    ethtool(name, &mut strings)?;
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let names: Vec<&[u8]> = bytes
+        .chunks(ETH_GSTRING_LEN)
+        .map(|c| c.split(|b| *b == 0).next().unwrap_or_default())
+        .collect();
+    // struct ethtool_gfeatures: cmd, size, then blocks of available, requested, active,
+    // never_changed.
+    let blocks = count.div_ceil(32);
+    let mut features = vec![0u32; 2 + blocks * 4];
+    features[..2].copy_from_slice(&[ETHTOOL_GFEATURES, blocks as u32]);
+    ethtool(name, &mut features)?;
+    let active = |wanted: &str| {
+        names
+            .iter()
+            .position(|n| *n == wanted.as_bytes())
+            .is_some_and(|bit| {
+                features
+                    .get(2 + (bit / 32) * 4 + 2)
+                    .is_some_and(|word| word & (1 << (bit % 32)) != 0)
+            })
+    };
+    let mut flags = TUN_OFFLOAD_FEATURES
+        .iter()
+        .filter(|(feature, _)| active(feature))
+        .fold(0, |acc, (_, flag)| acc | flag);
+    if active(USO_FEATURE) {
+        flags |= TUN_F_USO4 | TUN_F_USO6;
+    }
+    // What TUNSETOFFLOAD takes: segmentation only with checksums, ECN only with TSO.
+    if flags & TUN_F_CSUM == 0 {
+        flags = 0;
+    }
+    if flags & (TUN_F_TSO4 | TUN_F_TSO6) == 0 {
+        flags &= !TUN_F_TSO_ECN;
+    }
+    Ok(flags)
 }
 
 impl AsRawFd for Tap {

@@ -11,8 +11,7 @@ use devices::virtio::mmio::{
 use devices::virtio::net::{Net, NetStats};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use net::backends::{self, BackendError, Opened};
-use net::owned::OwnedLink;
+use net::backends::{self, BackendError};
 use net::{MacAddr, NetSpec};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -65,13 +64,26 @@ impl std::fmt::Display for NicInfo {
     }
 }
 
-/// What must be undone when the VM ends: created interfaces deleted, given taps released
-/// from the bridge netvmm put them on. Dropping it does that.
+/// What must be undone when the VM ends (given taps put back as found, created interfaces
+/// deleted: see [`backends::HostCleanup`], which also keeps the bridge watcher, so that it
+/// stops before any tap is released). Dropping it does that and says on stderr what could
+/// not be put back.
 #[derive(Debug, Default)]
-pub struct HostCleanup {
-    owned: Vec<OwnedLink>,
-    released: Vec<backends::ReleasePort>,
-    shims: Vec<net::shim::ShimUse>,
+pub struct HostCleanup(backends::HostCleanup);
+
+impl HostCleanup {
+    /// Keeps the NICs' taps on their bridges if a bridge is re-created, until the drop.
+    pub fn watch_bridges(&mut self) -> Result<(), net::netlink::NetlinkError> {
+        self.0.watch_bridges(|notice| eprintln!("netvmm: {notice}"))
+    }
+}
+
+impl Drop for HostCleanup {
+    fn drop(&mut self) {
+        for problem in self.0.finish() {
+            eprintln!("netvmm: warning: {problem}");
+        }
+    }
 }
 
 pub type NetEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
@@ -86,7 +98,6 @@ pub struct Nics {
     pub counters: Vec<NicCounters>,
     pub events: Option<NetEventManager>,
     pub cleanup: HostCleanup,
-    pub bridge_ports: Vec<net::bridge_watch::Port>,
 }
 
 /// Reads one NIC's device counters and ring state; they live in its transport, behind the
@@ -171,22 +182,7 @@ pub fn build(
     let mut opened = Vec::new();
     for (index, s) in specs.iter().enumerate() {
         let o = backends::open(s, index).map_err(|source| NicError::Backend { index, source })?;
-        let Opened {
-            tap,
-            mac,
-            description,
-            owned,
-            release,
-            bridge_port,
-            shim,
-        } = o;
-        nics.cleanup.owned.extend(owned);
-        nics.cleanup.shims.extend(shim);
-        nics.cleanup.released.extend(release);
-        if let Some((tap, bridge)) = bridge_port {
-            nics.bridge_ports
-                .push(net::bridge_watch::Port { tap, bridge });
-        }
+        let (tap, mac, description) = nics.cleanup.0.adopt(o);
         nics.infos.push(NicInfo {
             guest_name: format!("eth{index}"),
             mac,

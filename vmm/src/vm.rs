@@ -215,10 +215,9 @@ impl Vmm {
             infos: nics,
             counters: nic_counters,
             events: net_events,
-            cleanup: host_cleanup,
-            bridge_ports,
+            cleanup: mut host_cleanup,
         } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
-        net::bridge_watch::spawn(bridge_ports).map_err(io_err_from_netlink)?;
+        host_cleanup.watch_bridges().map_err(io_err_from_netlink)?;
         let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;

@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use crate::mac::MacAddr;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
 use crate::owned::pid_alive;
+use crate::private_fs;
 use crate::spec::Ipv4Cidr;
 
 /// ifalias prefix of a shim; the comma-separated user pids follow.
@@ -61,21 +62,19 @@ struct ShimLock {
 }
 
 impl ShimLock {
+    /// The lock lives in this user's private netvmm directory: a predictable name in the
+    /// shared `$TMPDIR` could be a symlink someone planted, or a file they hold locked.
     fn take(parent_index: u32) -> Result<Self, ShimError> {
-        let path = std::env::temp_dir().join(format!("netvmm-shim-{parent_index}.lock"));
-        let err = |source| ShimError::Lock {
-            path: path.display().to_string(),
-            source,
-        };
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
+        let name = format!("shim-{parent_index}.lock");
+        let err = |path: String| move |source| ShimError::Lock { path, source };
+        let dir = private_fs::shared_dir().map_err(err(format!("$TMPDIR/{name}")))?;
+        let path = dir.join(name);
+        let f = private_fs::open_lock(&path).map_err(err(path.display().to_string()))?;
         // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(err(std::io::Error::last_os_error()));
+            return Err(err(path.display().to_string())(
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(ShimLock { _file: f })
     }
@@ -178,6 +177,26 @@ pub fn cleanup_stale() -> Result<Vec<String>, ShimError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_never_goes_through_a_planted_symlink() {
+        let pid = std::process::id();
+        let idx = 4_000_000_000 + pid % 1000;
+        let tmp = std::env::temp_dir();
+        let target = tmp.join(format!("netvmm-test-shim-target-{pid}"));
+        let planted = tmp.join(format!("netvmm-shim-{idx}.lock"));
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let lock = ShimLock::take(idx);
+        let created = target.exists();
+        let _ = std::fs::remove_file(&planted);
+        let _ = std::fs::remove_file(&target);
+        assert!(
+            !created,
+            "a file was created where a planted symlink pointed"
+        );
+        lock.unwrap();
+    }
 
     #[test]
     fn alias_lists_users() {

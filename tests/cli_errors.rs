@@ -59,6 +59,22 @@ fn bad_arguments_are_one_line() {
 }
 
 #[test]
+fn one_fd_for_two_nics_is_one_line() {
+    let run = ["run", "--kernel", "/proc/self/exe"];
+    let args = |extra: &[&'static str]| [&run[..], extra].concat();
+    one_line_error(
+        &args(&["--net", "fd=9", "--net", "fd=9"]),
+        &["fd=9 is given twice"],
+    );
+    // The child has only fds 0-2: fd 3 would be the tap netvmm opens for `--net tap`.
+    one_line_error(
+        &args(&["--net", "tap", "--net", "fd=3"]),
+        &["fd=3", "no such open file descriptor"],
+    );
+    one_line_error(&args(&["--net", "fd=0"]), &["fd=0 is netvmm's stdin"]);
+}
+
+#[test]
 fn unbootable_kvm_or_kernel_is_one_line() {
     // On a PVM host this is the PVM refusal; on a hardware host, a file that is no kernel.
     let dir = std::env::temp_dir().join(format!("netvmm-cli-{}", std::process::id()));

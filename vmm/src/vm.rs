@@ -166,6 +166,7 @@ impl Vmm {
         if let Some(initrd) = config.initrd.as_ref().filter(|p| !p.is_file()) {
             return Err(VmmError::InitrdMissing(initrd.clone()));
         }
+        config.check_host()?;
         check_kvm(&kvm_kind::detect())?;
 
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;

@@ -40,6 +40,19 @@ fn missing_initrd_is_one_line() {
 }
 
 #[test]
+fn a_kernel_or_initrd_that_is_no_file_is_named_so() {
+    one_line_error(&["run", "--kernel", "/"], &["kernel / is a directory"]);
+    one_line_error(
+        &["run", "--kernel", "/dev/null"],
+        &["kernel /dev/null is not a regular file"],
+    );
+    one_line_error(
+        &["run", "--kernel", "/proc/self/exe", "--initrd", "/"],
+        &["initrd / is a directory"],
+    );
+}
+
+#[test]
 fn bad_arguments_are_one_line() {
     one_line_error(&["run"], &["--kernel"]);
     one_line_error(

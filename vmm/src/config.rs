@@ -1,6 +1,6 @@
 //! The typed description of one VM, built by the CLI (or a test) and consumed by [`crate::Vmm`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use net::BackendSpec;
@@ -65,10 +65,15 @@ impl VmConfig {
         Ok(())
     }
 
-    /// Checks what this host must offer before netvmm opens anything: every inherited
-    /// `--net fd=N` is open and a description of its own. (Checked this early, an `fd=N` that netvmm itself would
+    /// Checks what this host must offer before netvmm opens anything: the kernel and
+    /// initrd are regular files, and every inherited `--net fd=N` is open and a
+    /// description of its own. (Checked this early, an `fd=N` that netvmm itself would
     /// open later, for an earlier `--net tap`, is still closed, and so refused.)
     pub fn check_host(&self) -> Result<(), ConfigError> {
+        check_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+        }
         let fds = self.inherited_fds();
         for (i, &fd) in fds.iter().enumerate() {
             // SAFETY: F_GETFD only asks whether the descriptor is open.
@@ -96,6 +101,28 @@ impl VmConfig {
 /// What descriptors 0, 1 and 2 already are to netvmm.
 const STANDARD_STREAMS: [&str; 3] = ["stdin", "stdout", "stderr"];
 
+fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::File {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let m = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad("does not exist".into()))
+        }
+        Err(e) => return Err(bad(format!("cannot be read: {e}"))),
+    };
+    if m.is_dir() {
+        return Err(bad("is a directory, not a file".into()));
+    }
+    if !m.is_file() {
+        return Err(bad("is not a regular file".into()));
+    }
+    Ok(())
+}
+
 /// Whether two descriptors are one open file description (one dup'ed from the other):
 /// kcmp(2) tells exactly. Where it is not allowed (no CONFIG_KCMP, a seccomp filter) the
 /// numbers, already distinct, are all that can be compared.
@@ -114,6 +141,12 @@ pub enum ConfigError {
     Cpus(u8),
     #[error("--memory {0} MiB is out of range: use {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
     Memory(u64),
+    #[error("{what} {} {reason}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("--net fd={0} is given twice: one descriptor can back only one NIC")]
     FdTwice(i32),
     #[error("--net fd={fd} is netvmm's {name}, not a tap")]
@@ -190,5 +223,31 @@ mod tests {
             with_fds(&[a, other]).check_host().is_ok(),
             "two opens of one file are two descriptions"
         );
+    }
+
+    #[test]
+    fn kernel_and_initrd_must_be_regular_files() {
+        let msg = |kernel: &str, initrd: Option<&str>| {
+            let mut c = VmConfig::new(kernel.into());
+            c.initrd = initrd.map(PathBuf::from);
+            c.check_host().map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            msg("/nonexistent/k", None),
+            Err("kernel /nonexistent/k does not exist".into())
+        );
+        assert_eq!(
+            msg("/", None),
+            Err("kernel / is a directory, not a file".into())
+        );
+        assert_eq!(
+            msg("/dev/null", None),
+            Err("kernel /dev/null is not a regular file".into())
+        );
+        assert_eq!(
+            msg("/proc/self/exe", Some("/")),
+            Err("initrd / is a directory, not a file".into())
+        );
+        assert_eq!(msg("/proc/self/exe", Some("/proc/self/exe")), Ok(()));
     }
 }

@@ -53,6 +53,17 @@ fn a_kernel_or_initrd_that_is_no_file_is_named_so() {
 }
 
 #[test]
+fn a_mac_no_nic_may_have_is_refused() {
+    let net = |mac: &'static str| ["run", "--kernel", "/k", "--net", mac];
+    one_line_error(&net("tap,mac=00:00:00:00:00:00"), &["all zeros"]);
+    one_line_error(
+        &net("tap,mac=+2:+4:00:00:00:01"),
+        &["+2:+4:00:00:00:01", "malformed"],
+    );
+    one_line_error(&net("tap,mac=ff:ff:ff:ff:ff:ff"), &["multicast"]);
+}
+
+#[test]
 fn bad_arguments_are_one_line() {
     one_line_error(&["run"], &["--kernel"]);
     one_line_error(

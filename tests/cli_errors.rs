@@ -64,6 +64,19 @@ fn a_mac_no_nic_may_have_is_refused() {
 }
 
 #[test]
+fn an_interface_name_with_a_control_character_is_refused() {
+    one_line_error(
+        &["run", "--kernel", "/k", "--net", "tap=a\u{1}b"],
+        &["contains a control character", "a\\u{1}b"],
+    );
+    // A newline in the name still gives one line.
+    one_line_error(
+        &["run", "--kernel", "/k", "--net", "bridge=br\n0"],
+        &["control character"],
+    );
+}
+
+#[test]
 fn bad_arguments_are_one_line() {
     one_line_error(&["run"], &["--kernel"]);
     one_line_error(

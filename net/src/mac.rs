@@ -20,7 +20,7 @@ impl FromStr for MacAddr {
     type Err = MacError;
 
     fn from_str(s: &str) -> Result<Self, MacError> {
-        let bad = || MacError::Malformed(s.to_string());
+        let bad = || MacError::Malformed(crate::spec::printable(s));
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
             return Err(bad());

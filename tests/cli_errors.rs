@@ -77,6 +77,18 @@ fn an_interface_name_with_a_control_character_is_refused() {
 }
 
 #[test]
+fn bad_values_name_their_flag() {
+    one_line_error(
+        &["run", "--kernel", "/k", "--memory", "-5"],
+        &["--memory", "-5"],
+    );
+    one_line_error(
+        &["run", "--kernel", "/k", "--timeout", "1e-12"],
+        &["--timeout", "shortest timeout"],
+    );
+}
+
+#[test]
 fn bad_arguments_are_one_line() {
     one_line_error(&["run"], &["--kernel"]);
     one_line_error(

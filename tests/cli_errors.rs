@@ -77,6 +77,29 @@ fn an_interface_name_with_a_control_character_is_refused() {
 }
 
 #[test]
+fn a_missing_subcommand_shows_the_subcommands() {
+    for (args, subcommands) in [
+        (
+            &[][..],
+            &["run", "doctor", "cleanup", "image", "lab", "compare"][..],
+        ),
+        (&["image"][..], &["build", "path"][..]),
+        (&["lab"][..], &["run", "exec", "build"][..]),
+    ] {
+        let out = netvmm(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage:"), "{args:?}: {stderr}");
+        for s in subcommands {
+            assert!(
+                stderr.lines().any(|l| l.trim_start().starts_with(s)),
+                "{args:?}: {stderr} lacks the subcommand {s}"
+            );
+        }
+    }
+}
+
+#[test]
 fn bad_values_name_their_flag() {
     one_line_error(
         &["run", "--kernel", "/k", "--memory", "-5"],

@@ -179,4 +179,13 @@ fn doctor_names_the_kvm_kind() {
         assert!(kvm.contains("PVM"), "{kvm}");
     }
     assert!(stdout.contains("verdict:"));
+    // The tun module is never "not found" while /dev/net/tun works.
+    let tun = stdout.lines().find(|l| l.starts_with("tun:")).unwrap();
+    let module = stdout
+        .lines()
+        .find(|l| l.contains("module:     tun "))
+        .unwrap();
+    if tun.ends_with("usable") {
+        assert!(!module.contains("not found"), "{tun} but {module}");
+    }
 }

@@ -40,6 +40,78 @@ fn missing_initrd_is_one_line() {
 }
 
 #[test]
+fn a_kernel_or_initrd_that_is_no_file_is_named_so() {
+    one_line_error(&["run", "--kernel", "/"], &["kernel / is a directory"]);
+    one_line_error(
+        &["run", "--kernel", "/dev/null"],
+        &["kernel /dev/null is not a regular file"],
+    );
+    one_line_error(
+        &["run", "--kernel", "/proc/self/exe", "--initrd", "/"],
+        &["initrd / is a directory"],
+    );
+}
+
+#[test]
+fn a_mac_no_nic_may_have_is_refused() {
+    let net = |mac: &'static str| ["run", "--kernel", "/k", "--net", mac];
+    one_line_error(&net("tap,mac=00:00:00:00:00:00"), &["all zeros"]);
+    one_line_error(
+        &net("tap,mac=+2:+4:00:00:00:01"),
+        &["+2:+4:00:00:00:01", "malformed"],
+    );
+    one_line_error(&net("tap,mac=ff:ff:ff:ff:ff:ff"), &["multicast"]);
+}
+
+#[test]
+fn an_interface_name_with_a_control_character_is_refused() {
+    one_line_error(
+        &["run", "--kernel", "/k", "--net", "tap=a\u{1}b"],
+        &["contains a control character", "a\\u{1}b"],
+    );
+    // A newline in the name still gives one line.
+    one_line_error(
+        &["run", "--kernel", "/k", "--net", "bridge=br\n0"],
+        &["control character"],
+    );
+}
+
+#[test]
+fn a_missing_subcommand_shows_the_subcommands() {
+    for (args, subcommands) in [
+        (
+            &[][..],
+            &["run", "doctor", "cleanup", "image", "lab", "compare"][..],
+        ),
+        (&["image"][..], &["build", "path"][..]),
+        (&["lab"][..], &["run", "exec", "build"][..]),
+    ] {
+        let out = netvmm(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage:"), "{args:?}: {stderr}");
+        for s in subcommands {
+            assert!(
+                stderr.lines().any(|l| l.trim_start().starts_with(s)),
+                "{args:?}: {stderr} lacks the subcommand {s}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_values_name_their_flag() {
+    one_line_error(
+        &["run", "--kernel", "/k", "--memory", "-5"],
+        &["--memory", "-5"],
+    );
+    one_line_error(
+        &["run", "--kernel", "/k", "--timeout", "1e-12"],
+        &["--timeout", "shortest timeout"],
+    );
+}
+
+#[test]
 fn bad_arguments_are_one_line() {
     one_line_error(&["run"], &["--kernel"]);
     one_line_error(
@@ -56,6 +128,22 @@ fn bad_arguments_are_one_line() {
         &["--timeout"],
     );
     one_line_error(&["frobnicate"], &["frobnicate"]);
+}
+
+#[test]
+fn one_fd_for_two_nics_is_one_line() {
+    let run = ["run", "--kernel", "/proc/self/exe"];
+    let args = |extra: &[&'static str]| [&run[..], extra].concat();
+    one_line_error(
+        &args(&["--net", "fd=9", "--net", "fd=9"]),
+        &["fd=9 is given twice"],
+    );
+    // The child has only fds 0-2: fd 3 would be the tap netvmm opens for `--net tap`.
+    one_line_error(
+        &args(&["--net", "tap", "--net", "fd=3"]),
+        &["fd=3", "no such open file descriptor"],
+    );
+    one_line_error(&args(&["--net", "fd=0"]), &["fd=0 is netvmm's stdin"]);
 }
 
 #[test]
@@ -91,4 +179,13 @@ fn doctor_names_the_kvm_kind() {
         assert!(kvm.contains("PVM"), "{kvm}");
     }
     assert!(stdout.contains("verdict:"));
+    // The tun module is never "not found" while /dev/net/tun works.
+    let tun = stdout.lines().find(|l| l.starts_with("tun:")).unwrap();
+    let module = stdout
+        .lines()
+        .find(|l| l.contains("module:     tun "))
+        .unwrap();
+    if tun.ends_with("usable") {
+        assert!(!module.contains("not found"), "{tun} but {module}");
+    }
 }

@@ -57,10 +57,11 @@ pub struct RunArgs {
     )]
     pub cmdline: String,
     /// Guest RAM in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    // allow_hyphen_values: so that "-5" is a bad value for --memory, not an unknown flag.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB, allow_hyphen_values = true)]
     pub memory: u64,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CPUS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CPUS, allow_hyphen_values = true)]
     pub cpus: u8,
     /// Also write the guest console to this file.
     #[arg(long, value_name = "FILE")]
@@ -70,7 +71,8 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
     /// A guest NIC (repeat for eth1, eth2, ...): tap[=NAME][,host-ip=ADDR/PREFIX][,mac=MAC],
     /// fd=N[,mac=MAC], bridge=BR[,tap=NAME][,mac=MAC] or
-    /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,mac=MAC].
+    /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,host-access=ADDR/PREFIX][,mac=MAC]
+    /// (host-access: the host's address on PARENT's side, so host and guest can talk).
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
     /// The guest command, after `--`: netvmm's guest image runs it (each argument intact)
@@ -126,6 +128,9 @@ pub fn one_line_error(rendered: &str) -> String {
     }
 }
 
+/// The shortest timeout taken: anything shorter is a typo (or rounds to no time at all).
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -133,7 +138,14 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
         return Err(format!("'{s}' must be a positive number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    if d < MIN_TIMEOUT {
+        return Err(format!(
+            "'{s}' is shorter than the shortest timeout, {} s",
+            MIN_TIMEOUT.as_secs_f64()
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug)]
@@ -177,7 +189,7 @@ pub enum ImageCommand {
 #[derive(Args, Debug)]
 pub struct LabArgs {
     /// Lab host RAM in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = lab::runner::DEFAULT_LAB_MEMORY_MIB, global = true)]
+    #[arg(long, value_name = "MIB", default_value_t = lab::runner::DEFAULT_LAB_MEMORY_MIB, global = true, allow_hyphen_values = true)]
     pub lab_memory: u64,
     #[command(subcommand)]
     pub command: LabCommand,
@@ -280,6 +292,21 @@ mod tests {
         assert!(e.contains("--timeout"), "{e}");
         let e = parse(&["run", "--kernel", "/k", "--cpus", "300"]).unwrap_err();
         assert!(e.contains("--cpus"), "{e}");
+        for flag in ["--memory", "--cpus"] {
+            let e = parse(&["run", "--kernel", "/k", flag, "-5"]).unwrap_err();
+            assert!(e.contains(flag) && e.contains("-5"), "{e}");
+        }
+        let e = parse(&["lab", "--lab-memory", "-5", "build"]).unwrap_err();
+        assert!(e.contains("--lab-memory"), "{e}");
+        for tiny in ["1e-12", "0.0009"] {
+            let e = parse(&["run", "--kernel", "/k", "--timeout", tiny]).unwrap_err();
+            assert!(
+                e.contains("--timeout") && e.contains("shortest timeout"),
+                "{e}"
+            );
+        }
+        let r = run_args(&["run", "--kernel", "/k", "--timeout", "0.001"]);
+        assert_eq!(r.timeout, Some(Duration::from_millis(1)));
         let e = run_args(&["run", "--kernel", "/k", "--cpus", "0"])
             .into_config()
             .unwrap_err();
@@ -320,6 +347,29 @@ mod tests {
         .into_config()
         .unwrap_err();
         assert!(e.to_string().contains("one way"), "{e}");
+    }
+
+    #[test]
+    fn net_help_names_every_backend_key() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for key in [
+            "tap",
+            "fd=",
+            "bridge=",
+            "macvtap=",
+            "host-ip=",
+            "host-access=",
+            "mode=",
+            "mac=",
+        ] {
+            assert!(help.contains(key), "--net help lacks {key}: {help}");
+        }
     }
 
     #[test]

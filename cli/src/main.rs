@@ -20,6 +20,13 @@ fn main() {
                 let _ = e.print();
                 std::process::exit(0);
             }
+            // `netvmm` or `netvmm image` alone: the help, whose list of subcommands is the
+            // answer, on stderr (clap puts it there for this kind), and status 1 as for any bad
+            // argument.
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                std::process::exit(1);
+            }
             // clap's first line names the bad argument; the usage block after it is noise
             // for a CI log, and a bad argument is an error like any other (status 1).
             eprintln!("netvmm: {}", args::one_line_error(&e.render().to_string()));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cpio::CpioWriter;
 use crate::images::{ImageError, Images};
+use net::private_fs::PrivateDir;
 
 /// The lab's init writes this to its second serial port when the scenario ends.
 const EXIT_PREFIX: &str = "netvmm-lab-exit=";
@@ -250,12 +251,11 @@ impl LabRun {
     pub fn run(&self) -> Result<i32, LabError> {
         let images = Images::all()?;
         let work = WorkDir::create()?;
-        let initrd = work.path.join("lab-initrd");
-        self.write_initrd(&images, &initrd)?;
-        let status_path = work.path.join("status");
-        File::create(&status_path).map_err(file_err("create", &status_path))?;
-        let alive_path = work.path.join("alive");
-        let monitor_path = work.path.join("monitor");
+        let (initrd, initrd_file) = work.create_file("lab-initrd")?;
+        self.write_initrd(&images, initrd_file, &initrd)?;
+        let (status_path, _) = work.create_file("status")?;
+        let alive_path = work.path().join("alive");
+        let monitor_path = work.path().join("monitor");
 
         eprintln!("netvmm-lab: booting the emulated lab host (QEMU TCG, -cpu max)");
         let mut child = Command::new("qemu-system-x86_64")
@@ -310,7 +310,7 @@ impl LabRun {
         })
     }
 
-    fn write_initrd(&self, images: &Images, out: &Path) -> Result<(), LabError> {
+    fn write_initrd(&self, images: &Images, f: File, out: &Path) -> Result<(), LabError> {
         let mut base =
             std::fs::read(&images.lab_initrd).map_err(file_err("read", &images.lab_initrd))?;
         // The kernel looks for a following archive only at a 4-byte boundary; zeros between
@@ -338,7 +338,6 @@ impl LabRun {
         c.add_file("/lab/scenario", 0o755, self.scenario().as_bytes())
             .map_err(file_err("archive", Path::new("/lab/scenario")))?;
 
-        let f = File::create(out).map_err(file_err("create", out))?;
         let mut w = BufWriter::new(f);
         w.write_all(&base).map_err(file_err("write", out))?;
         c.finish(&mut w).map_err(file_err("write", out))?;
@@ -499,28 +498,32 @@ fn wait_or_kill(
     }
 }
 
-/// A private temporary directory, removed when dropped.
-struct WorkDir {
-    path: PathBuf,
-}
+/// The lab run's files (initrd, status, heartbeat, monitor socket): in a directory of its
+/// own that nobody else can have prepared or enter (see `net::private_fs`), removed when
+/// dropped.
+struct WorkDir(PrivateDir);
 
 impl WorkDir {
     fn create() -> Result<Self, LabError> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "netvmm-lab-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).map_err(file_err("create", &path))?;
-        Ok(Self { path })
+        let dir = PrivateDir::new("netvmm-lab-").map_err(file_err(
+            "create",
+            &std::env::temp_dir().join("netvmm-lab-XXXXXX"),
+        ))?;
+        Ok(Self(dir))
     }
-}
 
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// A new file in the work directory, never one that exists or a symlink.
+    fn create_file(&self, name: &str) -> Result<(PathBuf, File), LabError> {
+        let path = self.path().join(name);
+        let f = self
+            .0
+            .create_file(name)
+            .map_err(file_err("create", &path))?;
+        Ok((path, f))
     }
 }
 
@@ -650,5 +653,39 @@ mod tests {
         let mut r = LabRun::new("true");
         r.outputs.push(("/tmp/a b".into(), PathBuf::from("/x")));
         assert!(r.scenario().contains("base64 '/tmp/a b'"));
+    }
+}
+
+#[cfg(test)]
+mod workdir_tests {
+    use super::*;
+
+    #[test]
+    fn a_prepared_predictable_work_dir_is_not_used_and_nothing_outside_is_touched() {
+        let tmp = std::env::temp_dir();
+        let victim = tmp.join(format!("netvmm-test-victim-{}", std::process::id()));
+        std::fs::write(&victim, b"precious").unwrap();
+        let planted: Vec<PathBuf> = (0..8)
+            .map(|n| tmp.join(format!("netvmm-lab-{}-{n}", std::process::id())))
+            .collect();
+        for p in &planted {
+            std::fs::create_dir_all(p).unwrap();
+            let _ = std::os::unix::fs::symlink(&victim, p.join("status"));
+        }
+        let work = WorkDir::create().unwrap();
+        let made = work.create_file("status");
+        let intact = std::fs::read(&victim).unwrap();
+        let path = work.path().to_path_buf();
+        drop(work);
+        for p in &planted {
+            let _ = std::fs::remove_dir_all(p);
+        }
+        let _ = std::fs::remove_file(&victim);
+        assert_eq!(
+            intact, b"precious",
+            "the file a planted symlink named was written"
+        );
+        assert!(made.is_ok());
+        assert!(!planted.contains(&path), "{} was planted", path.display());
     }
 }

@@ -11,6 +11,7 @@ use crate::given::{GivenLink, RestoreError};
 use crate::mac::MacAddr;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
 use crate::owned::{owner_alias, OwnedLink};
+use crate::private_fs::{open_private_node, PrivateDir};
 use crate::shim::ShimUse;
 use crate::spec::{BackendSpec, NetSpec};
 use crate::tap::{Tap, TapError};
@@ -344,7 +345,7 @@ fn open_macvtap(
 /// interface indexes repeat across network namespaces, so `/dev/tapN` may belong to another
 /// namespace's macvtap: the node is used only when its device number matches the one sysfs
 /// gives for ours; otherwise netvmm makes a private node of its own and removes it again
-/// once open.
+/// once open (see `private_fs::open_private_node`).
 fn open_tap_device(name: &str, index: u32) -> Result<OwnedFd, BackendError> {
     use std::os::unix::fs::FileTypeExt;
     use std::os::unix::fs::MetadataExt;
@@ -363,20 +364,17 @@ fn open_tap_device(name: &str, index: u32) -> Result<OwnedFd, BackendError> {
         .ok()
         .filter(|m| m.file_type().is_char_device())
         .map(|m| m.rdev());
-    let (open_path, private) = match (wanted, node_ok) {
-        (Some(w), Some(have)) if w == have => (path.clone(), false),
-        (None, Some(_)) => (path.clone(), false),
+    let open_path = match (wanted, node_ok) {
+        (Some(w), Some(have)) if w == have => path.clone(),
+        (None, Some(_)) => path.clone(),
         (Some(w), _) => {
-            let p = std::env::temp_dir().join(format!("netvmm-{}-tap{index}", std::process::id()));
-            let p = p.to_string_lossy().into_owned();
-            let c =
-                std::ffi::CString::new(p.clone()).map_err(|e| err(&p, std::io::Error::other(e)))?;
-            let _ = std::fs::remove_file(&p);
-            // SAFETY: mknod with a valid NUL-terminated path; the result is checked.
-            if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, w) } != 0 {
-                return Err(err(&p, std::io::Error::last_os_error()));
-            }
-            (p, true)
+            // In a fresh private directory: a name of our choosing in the shared $TMPDIR
+            // may already be someone else's file or symlink.
+            let dir =
+                PrivateDir::new("netvmm-tap-").map_err(|e| err("$TMPDIR/netvmm-tap-XXXXXX", e))?;
+            let p = dir.path().join(format!("tap{index}"));
+            return open_private_node(&p, w, libc::O_RDWR | libc::O_NONBLOCK)
+                .map_err(|e| err(&p.display().to_string(), e));
         }
         (None, None) => {
             return Err(err(
@@ -397,12 +395,8 @@ fn open_tap_device(name: &str, index: u32) -> Result<OwnedFd, BackendError> {
             libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
         )
     };
-    let opened = std::io::Error::last_os_error();
-    if private {
-        let _ = std::fs::remove_file(&open_path);
-    }
     if fd < 0 {
-        return Err(err(&open_path, opened));
+        return Err(err(&open_path, std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

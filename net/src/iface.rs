@@ -26,14 +26,10 @@ fn control_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// An `ifreq` naming `name` (already checked to fit IFNAMSIZ by the caller).
+/// An `ifreq` naming `name`, which must pass [`crate::spec::check_ifname`] (a tap name
+/// template such as `nvtap%d` does).
 pub fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
-    if name.len() >= libc::IFNAMSIZ || name.as_bytes().contains(&0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("interface name '{name}' does not fit IFNAMSIZ"),
-        ));
-    }
+    crate::spec::check_ifname(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
@@ -114,5 +110,18 @@ pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     match joined {
         Ok(r) => r,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ifreq_is_made_only_for_a_valid_name() {
+        assert!(ifreq_for("nvtap%d").is_ok());
+        for bad in ["", "sixteen-chars-xx", "a\u{1}b", "a/b", "a\0b"] {
+            assert!(ifreq_for(bad).is_err(), "{bad:?}");
+        }
     }
 }

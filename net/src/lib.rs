@@ -9,6 +9,7 @@ pub mod iface;
 pub mod mac;
 pub mod netlink;
 pub mod owned;
+pub mod private_fs;
 pub mod shim;
 pub mod spec;
 pub mod tap;

@@ -12,26 +12,33 @@ pub enum MacError {
     Malformed(String),
     #[error("MAC address '{0}' is a multicast address: the first octet must be even")]
     Multicast(String),
+    #[error("MAC address '{0}' is all zeros, which no NIC may have")]
+    Zero(String),
 }
 
 impl FromStr for MacAddr {
     type Err = MacError;
 
     fn from_str(s: &str) -> Result<Self, MacError> {
-        let bad = || MacError::Malformed(s.to_string());
+        let bad = || MacError::Malformed(crate::spec::printable(s));
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
             return Err(bad());
         }
         let mut mac = [0u8; 6];
         for (b, p) in mac.iter_mut().zip(parts) {
-            if p.len() != 2 {
+            // Two hex digits exactly: from_str_radix alone also takes a sign ("+2").
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad());
             }
             *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
         }
+        // Broadcast (ff:ff:...) is a multicast address too.
         if mac[0] & 1 != 0 {
             return Err(MacError::Multicast(s.to_string()));
+        }
+        if mac == [0; 6] {
+            return Err(MacError::Zero(s.to_string()));
         }
         Ok(MacAddr(mac))
     }
@@ -83,16 +90,24 @@ mod tests {
             "52:54:00:ab:cd:1",
             "zz:54:00:ab:cd:01",
             "52-54-00-ab-cd-01",
+            "+2:+4:00:00:00:01",
+            "52:54:00:ab:cd:-1",
+            "52:54:00:ab:cd: 1",
         ] {
             assert!(
                 matches!(bad.parse::<MacAddr>(), Err(MacError::Malformed(_))),
                 "{bad}"
             );
         }
-        assert!(matches!(
-            "01:00:5e:00:00:01".parse::<MacAddr>(),
-            Err(MacError::Multicast(_))
-        ));
+        for multicast in ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff"] {
+            assert!(matches!(
+                multicast.parse::<MacAddr>(),
+                Err(MacError::Multicast(_))
+            ));
+        }
+        let e = "00:00:00:00:00:00".parse::<MacAddr>().unwrap_err();
+        assert_eq!(e, MacError::Zero("00:00:00:00:00:00".into()));
+        assert!(e.to_string().contains("all zeros"), "{e}");
     }
 
     #[test]

@@ -30,7 +30,6 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::mac::MacAddr;
-use crate::spec::IFNAME_MAX;
 
 /// `RTMGRP_LINK` from <linux/rtnetlink.h>: the multicast group of link notifications.
 const RTMGRP_LINK: u32 = 1;
@@ -50,8 +49,8 @@ pub enum NetlinkError {
     #[error("cannot {action}: {}", no_interface(.name))]
     NoSuchDevice { action: String, name: String },
     #[error(
-        "cannot {action}: '{name}' is not a valid interface name (1 to 15 bytes, \
-         no '/', ':' or whitespace)"
+        "cannot {action}: '{}' is not a valid interface name (1 to 15 bytes, \
+         no '/', ':', whitespace or control characters)", crate::spec::printable(.name)
     )]
     BadName { action: String, name: String },
     #[error("cannot {action}: {reason}")]
@@ -315,15 +314,9 @@ pub struct CreatedLink {
     pub index: u32,
 }
 
-/// Whether the kernel would take `name` as an interface name (dev_valid_name).
+/// Whether `name` passes [`crate::spec::check_ifname`].
 pub fn valid_ifname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= IFNAME_MAX
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
+    crate::spec::check_ifname(name).is_ok()
 }
 
 fn check_name(action: &str, name: &str) -> Result<()> {

@@ -3,8 +3,8 @@
 //! from a macvtap never come up the parent's own stack, so an address on the parent cannot
 //! reach them). Guests on one parent share one shim; it goes when its last user does.
 //!
-//! The users are counted in the shim's ifalias (`netvmm shim pids=12,12,40`: one entry per
-//! NIC), so the count survives a crash: entries of dead processes are dropped by the next
+//! The users are counted in the shim's ifalias (`netvmm shim pids=12:840,12:840,40:977`:
+//! one [`Owner`] per NIC), so the count survives a crash: entries of dead processes are dropped by the next
 //! user and by `netvmm cleanup`. A lock file serialises the read-modify-write between
 //! concurrent netvmm processes.
 
@@ -13,7 +13,8 @@ use std::os::fd::AsRawFd;
 
 use crate::mac::MacAddr;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
-use crate::owned::pid_alive;
+use crate::owned::Owner;
+use crate::private_fs;
 use crate::spec::Ipv4Cidr;
 
 /// ifalias prefix of a shim; the comma-separated user pids follow.
@@ -39,17 +40,17 @@ pub fn shim_name(parent_index: u32) -> String {
     format!("nvshim{parent_index}")
 }
 
-/// The user pids recorded in a shim alias.
-pub fn users(alias: &str) -> Option<Vec<i32>> {
+/// The users recorded in a shim alias (see [`Owner`]; old aliases hold bare pids).
+pub fn users(alias: &str) -> Option<Vec<Owner>> {
     let list = alias.strip_prefix(SHIM_ALIAS_PREFIX)?;
     Some(
         list.split(',')
-            .filter_map(|p| p.trim().parse().ok())
+            .filter_map(|p| Owner::parse(p.trim()))
             .collect(),
     )
 }
 
-fn alias_for(users: &[i32]) -> String {
+fn alias_for(users: &[Owner]) -> String {
     let list: Vec<String> = users.iter().map(|p| p.to_string()).collect();
     format!("{SHIM_ALIAS_PREFIX}{}", list.join(","))
 }
@@ -61,21 +62,19 @@ struct ShimLock {
 }
 
 impl ShimLock {
+    /// The lock lives in this user's private netvmm directory: a predictable name in the
+    /// shared `$TMPDIR` could be a symlink someone planted, or a file they hold locked.
     fn take(parent_index: u32) -> Result<Self, ShimError> {
-        let path = std::env::temp_dir().join(format!("netvmm-shim-{parent_index}.lock"));
-        let err = |source| ShimError::Lock {
-            path: path.display().to_string(),
-            source,
-        };
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
+        let name = format!("shim-{parent_index}.lock");
+        let err = |path: String| move |source| ShimError::Lock { path, source };
+        let dir = private_fs::shared_dir().map_err(err(format!("$TMPDIR/{name}")))?;
+        let path = dir.join(name);
+        let f = private_fs::open_lock(&path).map_err(err(path.display().to_string()))?;
         // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(err(std::io::Error::last_os_error()));
+            return Err(err(path.display().to_string())(
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(ShimLock { _file: f })
     }
@@ -95,7 +94,7 @@ pub fn acquire(parent: &str, addr: Ipv4Cidr) -> Result<ShimUse, ShimError> {
         netlink::link_info(parent)?.ok_or_else(|| ShimError::NoParent(parent.to_string()))?;
     let name = shim_name(parent_info.index);
     let _lock = ShimLock::take(parent_info.index)?;
-    let me = std::process::id() as i32;
+    let me = Owner::me();
     let mut list = match netlink::link_info(name.as_str())? {
         Some(l) => {
             let users = l.alias.as_deref().and_then(users);
@@ -115,7 +114,7 @@ pub fn acquire(parent: &str, addr: Ipv4Cidr) -> Result<ShimUse, ShimError> {
             Vec::new()
         }
     };
-    list.retain(|p| pid_alive(*p));
+    list.retain(Owner::alive);
     list.push(me);
     netlink::set_alias(name.as_str(), &alias_for(&list))?;
     let have = netlink::ipv4_addrs(name.as_str())?;
@@ -140,12 +139,12 @@ fn settle(name: &str, parent_index: u32, me_leaving: bool) -> Result<bool, ShimE
         return Ok(false);
     };
     if me_leaving {
-        let me = std::process::id() as i32;
+        let me = Owner::me();
         if let Some(at) = list.iter().position(|p| *p == me) {
             list.remove(at);
         }
     }
-    list.retain(|p| pid_alive(*p));
+    list.retain(Owner::alive);
     if list.is_empty() {
         netlink::delete_link(name)?;
         return Ok(true);
@@ -180,11 +179,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_lock_never_goes_through_a_planted_symlink() {
+        let pid = std::process::id();
+        let idx = 4_000_000_000 + pid % 1000;
+        let tmp = std::env::temp_dir();
+        let target = tmp.join(format!("netvmm-test-shim-target-{pid}"));
+        let planted = tmp.join(format!("netvmm-shim-{idx}.lock"));
+        let _ = std::fs::remove_file(&planted);
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let lock = ShimLock::take(idx);
+        let created = target.exists();
+        let _ = std::fs::remove_file(&planted);
+        let _ = std::fs::remove_file(&target);
+        assert!(
+            !created,
+            "a file was created where a planted symlink pointed"
+        );
+        lock.unwrap();
+    }
+
+    #[test]
     fn alias_lists_users() {
-        assert_eq!(users("netvmm shim pids=1,2,2").unwrap(), vec![1, 2, 2]);
-        assert_eq!(users("netvmm shim pids=").unwrap(), Vec::<i32>::new());
+        let pids = |alias| -> Vec<i32> { users(alias).unwrap().iter().map(|o| o.pid).collect() };
+        assert_eq!(pids("netvmm shim pids=1,2,2"), vec![1, 2, 2]);
+        assert_eq!(pids("netvmm shim pids="), Vec::<i32>::new());
         assert!(users("netvmm pid=4").is_none());
-        assert_eq!(alias_for(&[3, 4]), "netvmm shim pids=3,4");
+        let two = users("netvmm shim pids=3:10,4:11:12").unwrap();
+        assert_eq!(two[1].pidns, Some(12));
+        assert_eq!(alias_for(&two), "netvmm shim pids=3:10,4:11:12");
     }
 
     #[test]
@@ -240,7 +262,8 @@ mod tests {
             let parent = netlink::link_index("lan0").unwrap().unwrap();
             let name = shim_name(parent);
             netlink::create_macvlan(&name, parent, MacvtapMode::Bridge, None).unwrap();
-            netlink::set_alias(name.as_str(), &alias_for(&[i32::MAX])).unwrap();
+            let gone = Owner::parse(&i32::MAX.to_string()).unwrap();
+            netlink::set_alias(name.as_str(), &alias_for(&[gone])).unwrap();
             let removed = cleanup_stale().unwrap();
             netlink::create_macvlan(&name, parent, MacvtapMode::Bridge, None).unwrap();
             let foreign = acquire("lan0", "198.51.100.20/24".parse().unwrap())

@@ -167,14 +167,25 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
 
 const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode";
 
-fn check_ifname(name: &str) -> Result<(), String> {
+/// The one check of an interface name, for every name netvmm is given or makes: what the
+/// kernel takes (dev_valid_name: 1 to 15 bytes, not "." or "..", no '/', ':' or
+/// whitespace), and no control character either (the kernel would take one, but it could
+/// not be typed back, and it would garble every message that names the interface).
+pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("an interface name cannot be empty".into());
     }
     if name.len() > IFNAME_MAX {
         return Err(format!(
-            "'{name}' is {} bytes; Linux interface names hold at most {IFNAME_MAX} (IFNAMSIZ)",
+            "'{}' is {} bytes; Linux interface names hold at most {IFNAME_MAX} (IFNAMSIZ)",
+            printable(name),
             name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "'{}' contains a control character",
+            printable(name)
         ));
     }
     if name == "."
@@ -188,12 +199,27 @@ fn check_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `s` with its control characters escaped (`\u{1}`, `\n`), so that an error naming it
+/// stays one readable line.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl FromStr for NetSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let shown = printable(spec);
         let syntax = |reason: String| SpecError::Syntax {
-            spec: spec.to_string(),
+            spec: shown.clone(),
             reason,
         };
         let pairs = split_pairs(spec).map_err(syntax)?;
@@ -201,16 +227,16 @@ impl FromStr for NetSpec {
         for (k, _) in &pairs {
             if seen.contains(&k.as_str()) {
                 return Err(SpecError::Duplicate {
-                    spec: spec.into(),
+                    spec: shown.clone(),
                     key: k.clone(),
                 });
             }
             seen.push(k);
         }
         let bad = |key: &str, value: &str, reason: String| SpecError::BadValue {
-            spec: spec.into(),
+            spec: shown.clone(),
             key: key.into(),
-            value: value.into(),
+            value: printable(value),
             reason,
         };
         let (kind, kind_value) = &pairs[0];
@@ -258,7 +284,7 @@ impl FromStr for NetSpec {
             }
             other => {
                 return Err(SpecError::UnknownKey {
-                    spec: spec.into(),
+                    spec: shown.clone(),
                     key: other.into(),
                     known: KNOWN_KEYS,
                 })
@@ -274,7 +300,7 @@ impl FromStr for NetSpec {
             match key.as_str() {
                 "mac" => {
                     let v = value_of()?;
-                    mac = Some(v.parse().map_err(|e| SpecError::Mac(e, spec.into()))?);
+                    mac = Some(v.parse().map_err(|e| SpecError::Mac(e, shown.clone()))?);
                 }
                 "host-ip" => {
                     let v = value_of()?;
@@ -328,7 +354,7 @@ impl FromStr for NetSpec {
                 }
                 other => {
                     return Err(SpecError::UnknownKey {
-                        spec: spec.into(),
+                        spec: shown.clone(),
                         key: other.into(),
                         known: KNOWN_KEYS,
                     })
@@ -452,6 +478,11 @@ mod tests {
         assert!(e.contains("33"), "{e}");
         let e = "tap=a/b".parse::<NetSpec>().unwrap_err().to_string();
         assert!(e.contains("not a valid interface name"), "{e}");
+        for bad in ["tap=a\u{1}b", "bridge=br\n0", "bridge=br0,tap=t\u{7f}"] {
+            let e = bad.parse::<NetSpec>().unwrap_err().to_string();
+            assert!(e.contains("contains a control character"), "{e}");
+            assert!(!e.chars().any(char::is_control), "shown escaped: {e:?}");
+        }
         let e = "macvtap=eth1,mode=loud"
             .parse::<NetSpec>()
             .unwrap_err()

@@ -33,6 +33,12 @@ pub enum TapError {
     OpenTun { name: String, source: io::Error },
     #[error("cannot create or attach tap {name}: {source}")]
     SetIff { name: String, source: io::Error },
+    #[error(
+        "tap={name}: {name} exists and is not a tap{}; name an existing tap, or a free name \
+         for netvmm to create one",
+        .kind.as_ref().map_or(String::new(), |k| format!(" (it is a {k})"))
+    )]
+    NotATapName { name: String, kind: Option<String> },
     #[error("cannot give tap {name} the address {addr}/{prefix}: {source}")]
     Address {
         name: String,
@@ -114,7 +120,20 @@ impl Tap {
         // SAFETY: TUNSETIFF reads and updates the ifreq we pass, which lives across the call.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut libc::ifreq) } < 0
         {
-            return Err(set_err(io::Error::last_os_error()));
+            let e = io::Error::last_os_error();
+            // TUNSETIFF on an interface that is no tap (lo, a bridge, a tun) says only EINVAL.
+            let kind = existed
+                .then(|| crate::netlink::link_info(wanted).ok().flatten())
+                .flatten()
+                .filter(|l| l.kind.as_deref() != Some("tun"))
+                .map(|l| l.kind);
+            if let (Some(kind), Some(libc::EINVAL)) = (kind, e.raw_os_error()) {
+                return Err(TapError::NotATapName {
+                    name: wanted.to_string(),
+                    kind,
+                });
+            }
+            return Err(set_err(e));
         }
         let tap = Tap {
             fd,

@@ -231,7 +231,11 @@ pub fn build(
         .map_err(|source| NicError::Bus { index, source })?;
         let events =
             MmioEvents::new(transport).map_err(|source| NicError::Transport { index, source })?;
+        let registration = events.registration();
         em.add_subscriber(Box::new(events));
+        registration
+            .check()
+            .map_err(|source| NicError::Transport { index, source })?;
         nics.slots.push(VirtioMmioSlot {
             addr,
             size: MMIO_DEVICE_SIZE,

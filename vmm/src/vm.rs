@@ -34,10 +34,6 @@ pub const ALLOW_PVM_ENV: &str = "NETVMM_ALLOW_PVM";
 pub enum VmmError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("kernel {0} does not exist")]
-    KernelMissing(std::path::PathBuf),
-    #[error("initrd {0} does not exist")]
-    InitrdMissing(std::path::PathBuf),
     #[error("{0}")]
     KvmUnusable(String),
     #[error("cannot {what}: {source}")]
@@ -164,12 +160,7 @@ impl Vmm {
     pub fn new(config: VmConfig) -> Result<Self, VmmError> {
         let started = Instant::now();
         config.validate()?;
-        if !config.kernel.is_file() {
-            return Err(VmmError::KernelMissing(config.kernel.clone()));
-        }
-        if let Some(initrd) = config.initrd.as_ref().filter(|p| !p.is_file()) {
-            return Err(VmmError::InitrdMissing(initrd.clone()));
-        }
+        config.check_host()?;
         check_kvm(&kvm_kind::detect())?;
 
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use net::private_fs::PrivateDir;
 use vmm::kvm_kind::{self, KvmKind};
 
 pub use backend::Backend;
@@ -252,20 +253,33 @@ pub fn run(args: CompareArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// A private temporary directory, removed when dropped.
-struct TempDir(PathBuf);
+/// The run's files, in a directory nobody else can have prepared or enter (see
+/// `net::private_fs`), removed when dropped.
+struct TempDir(PrivateDir);
 
 impl TempDir {
     fn new() -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("netvmm-compare-{}", std::process::id()));
-        std::fs::create_dir_all(&p).map_err(CompareError::file("create", &p))?;
-        Ok(Self(p))
+        let d = PrivateDir::new("netvmm-compare-").map_err(CompareError::file(
+            "create",
+            std::env::temp_dir().join("netvmm-compare-XXXXXX"),
+        ))?;
+        Ok(Self(d))
     }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// The scenario file that the native lab runs as root: a new file, never one that
+    /// exists or a symlink.
+    fn write_scenario(&self) -> Result<PathBuf> {
+        use std::io::Write;
+        let script = self.path().join("scenario.sh");
+        self.0
+            .create_file("scenario.sh")
+            .and_then(|mut f| f.write_all(scenario::SCENARIO.as_bytes()))
+            .map_err(CompareError::file("write", &script))?;
+        Ok(script)
     }
 }
 
@@ -338,7 +352,7 @@ fn lab_once(
     duration: u32,
 ) -> Result<(std::result::Result<i32, lab::LabError>, String, bool)> {
     let tmp = TempDir::new()?;
-    let results = tmp.0.join("results");
+    let results = tmp.path().join("results");
     let mut run = lab::LabRun::new(scenario::SCENARIO);
     run.env = scenario::env(backends, duration, LAB_WORK);
     for (k, v) in [
@@ -398,9 +412,8 @@ const NATIVE_WRAPPER: &str =
 fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
     let (kernel, initrd) = guest_image()?;
     let tmp = TempDir::new()?;
-    let work = tmp.0.join("work");
-    let script = tmp.0.join("scenario.sh");
-    std::fs::write(&script, scenario::SCENARIO).map_err(CompareError::file("write", &script))?;
+    let work = tmp.path().join("work");
+    let script = tmp.write_scenario()?;
     let exe = std::env::current_exe().map_err(CompareError::os("locate the netvmm binary"))?;
     let tool = |n: &'static str| {
         which(n)
@@ -481,6 +494,30 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_prepared_predictable_temp_dir_is_not_used_and_nothing_outside_is_touched() {
+        let tmp = std::env::temp_dir();
+        let victim = tmp.join(format!("netvmm-test-cmp-victim-{}", std::process::id()));
+        std::fs::write(&victim, b"precious").unwrap();
+        let planted = tmp.join(format!("netvmm-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&planted).unwrap();
+        let _ = std::os::unix::fs::symlink(&victim, planted.join("scenario.sh"));
+        let t = TempDir::new().unwrap();
+        let script = t.write_scenario();
+        let intact = std::fs::read(&victim).unwrap();
+        let at = t.path().to_path_buf();
+        drop(t);
+        let _ = std::fs::remove_dir_all(&planted);
+        let _ = std::fs::remove_file(&victim);
+        assert_eq!(
+            intact, b"precious",
+            "the file a planted symlink named was written"
+        );
+        let script = script.unwrap();
+        assert_ne!(at, planted);
+        assert!(script.starts_with(&at));
+    }
 
     fn facts(kvm: KvmKind, caps: bool, missing: &[&str]) -> HostFacts {
         HostFacts {

@@ -115,6 +115,11 @@ pub enum TransportError {
     Queue { size: u16, reason: String },
     #[error("cannot create or clone an eventfd: {0}")]
     EventFd(std::io::Error),
+    #[error("the event loop cannot watch its {what}: {source}")]
+    Register {
+        what: String,
+        source: event_manager::Error,
+    },
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -424,6 +429,29 @@ pub struct MmioEvents<D: VirtioDevice> {
     queue_evts: Vec<EventFd>,
     activate_evt: EventFd,
     backend_fd: Option<std::os::fd::RawFd>,
+    registration: Registration,
+}
+
+/// Whether `init` registered everything. event-manager's `init` cannot fail, yet a refused
+/// fd (one the loop already watches: the same backend given twice) leaves a NIC deaf; so
+/// the first refusal is kept here for whoever added the subscriber to ask.
+#[derive(Debug, Clone, Default)]
+pub struct Registration(Arc<Mutex<Option<TransportError>>>);
+
+impl Registration {
+    pub fn check(&self) -> Result<(), TransportError> {
+        lock(&self.0).take().map_or(Ok(()), Err)
+    }
+
+    fn note(&self, what: impl FnOnce() -> String, result: Result<(), event_manager::Error>) {
+        let mut first = lock(&self.0);
+        if let (None, Err(source)) = (&*first, result) {
+            *first = Some(TransportError::Register {
+                what: what(),
+                source,
+            });
+        }
+    }
 }
 
 const TOKEN_BACKEND: u32 = u32::MAX;
@@ -449,29 +477,39 @@ impl<D: VirtioDevice> MmioEvents<D> {
             queue_evts,
             activate_evt,
             backend_fd,
+            registration: Registration::default(),
         })
+    }
+
+    /// Where `init` reports a registration the event loop refused.
+    pub fn registration(&self) -> Registration {
+        self.registration.clone()
     }
 }
 
 impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
     fn init(&mut self, ops: &mut EventOps) {
+        let r = &self.registration;
         for (i, evt) in self.queue_evts.iter().enumerate() {
-            let _ = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
+            let added = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
+            r.note(|| format!("queue {i} notifier"), added);
         }
-        let _ = ops.add(Events::with_data(
+        let added = ops.add(Events::with_data(
             &self.activate_evt,
             TOKEN_ACTIVATE,
             EventSet::IN,
         ));
+        r.note(|| "activation eventfd".into(), added);
         if let Some(fd) = self.backend_fd {
             // Edge-triggered: the device reads until the backend is empty or the guest has
             // no buffers, and a queue notification resumes it; level-triggered would spin
             // while the guest's RX ring is full.
-            let _ = ops.add(Events::with_data_raw(
+            let added = ops.add(Events::with_data_raw(
                 fd,
                 TOKEN_BACKEND,
                 EventSet::IN | EventSet::EDGE_TRIGGERED,
             ));
+            r.note(|| format!("backend fd {fd}"), added);
         }
     }
 

@@ -869,3 +869,25 @@ fn ring_state_says_who_waits_for_whom() {
     assert_eq!(state.interrupt_status, INT_VRING);
     assert_eq!(rig.t.device().stats().rx_waiting, 112);
 }
+
+#[test]
+fn a_registration_the_event_loop_refuses_is_reported_not_dropped() {
+    use event_manager::{EventManager, SubscriberOps};
+
+    let rig = Rig::new();
+    let transport = Arc::new(Mutex::new(rig.t));
+    let mut em = EventManager::<MmioEvents<Net<MockBackend>>>::new().unwrap();
+    let first = MmioEvents::new(transport.clone()).unwrap();
+    let ok = first.registration();
+    em.add_subscriber(first);
+    assert!(ok.check().is_ok());
+    // A second subscriber for the same backend fd (as when one tap backs two NICs).
+    let second = MmioEvents::new(transport).unwrap();
+    let refused = second.registration();
+    em.add_subscriber(second);
+    let e = refused.check().unwrap_err().to_string();
+    assert!(
+        e.starts_with("the event loop cannot watch its backend fd "),
+        "{e}"
+    );
+}

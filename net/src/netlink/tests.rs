@@ -538,7 +538,18 @@ fn interface_names_are_checked_like_the_kernel_does() {
     for ok in ["br0", "nvtap0", "a", "fifteen-chars-x"] {
         assert!(valid_ifname(ok), "{ok}");
     }
-    for bad in ["", ".", "..", "a/b", "a:b", "a b", "sixteen-chars-xx"] {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "a:b",
+        "a b",
+        "sixteen-chars-xx",
+        "a\u{1}b",
+        "a\tb",
+        "\u{1b}[31m",
+    ] {
         assert!(!valid_ifname(bad), "{bad}");
     }
 }

@@ -180,3 +180,19 @@ fn bad_name_and_missing_tun_are_named() {
         .to_string();
     assert!(e.contains("xxxxxxxx"), "{e}");
 }
+
+#[test]
+fn naming_an_interface_that_is_no_tap_says_so() {
+    let Some((lo, br)) = in_netns(|| {
+        crate::netlink::create_bridge("nvbr0").unwrap();
+        let err = |name| Tap::open(Some(name), None).unwrap_err().to_string();
+        (err("lo"), err("nvbr0"))
+    }) else {
+        return;
+    };
+    assert!(lo.contains("lo exists and is not a tap"), "{lo}");
+    assert!(
+        br.contains("nvbr0 exists and is not a tap (it is a bridge)"),
+        "{br}"
+    );
+}

@@ -187,8 +187,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !self.active {
             return;
         }
-        if self.device.process(wake, &mut self.queues, &self.mem) {
+        let done = self.device.process(wake, &mut self.queues, &self.mem);
+        if done.interrupt {
             self.raise(INT_VRING);
+        }
+        // The rest of a wake-up the budget cut short: notified as the guest would, through
+        // the queue's eventfd, so the event loop first serves whatever else is ready.
+        for (i, evt) in self.queue_evts.iter().enumerate().take(32) {
+            if done.unfinished & (1 << i) != 0 {
+                let _ = evt.write(1);
+            }
         }
     }
 

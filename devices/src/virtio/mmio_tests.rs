@@ -869,3 +869,78 @@ fn ring_state_says_who_waits_for_whom() {
     assert_eq!(state.interrupt_status, INT_VRING);
     assert_eq!(rig.t.device().stats().rx_waiting, 112);
 }
+
+// ---------------------------------------------------------------------------------------
+// One ring cannot hold the event loop (issue 12, defect 4)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_hostile_ring_gets_a_budget_per_turn_while_another_nic_is_served() {
+    use event_manager::{EventManager, SubscriberOps};
+
+    // Two NICs on one event loop, as the VMM runs them. NIC A's driver offers 256 TX
+    // chains, each a zero-length descriptor that points at itself; NIC B sends one frame.
+    const BIG: u16 = QUEUE_SIZE;
+    let (desc, avail) = (0x8000u64, 0x8000 + 16 * u64::from(BIG));
+    let used = (avail + 6 + 2 * u64::from(BIG) + 3) & !3;
+    let mut a = Rig::new();
+    a.negotiate(BASIC);
+    a.setup_queue(0, u32::from(QSIZE), layout(RXQ_AT));
+    a.setup_queue(1, u32::from(BIG), (desc, avail, used));
+    a.driver_ok();
+    let a_used = |mem: &GuestMemoryMmap| -> u16 { mem.read_obj(GuestAddress(used + 2)).unwrap() };
+
+    let mut b = Rig::new();
+    b.init(BASIC);
+
+    let (a_mem, b_mem, b_shared) = (a.mem.clone(), b.mem.clone(), b.shared.clone());
+    let a = Arc::new(Mutex::new(a.t));
+    let b = Arc::new(Mutex::new(b.t));
+    let mut em = EventManager::<MmioEvents<Net<MockBackend>>>::new().unwrap();
+    em.add_subscriber(MmioEvents::new(a.clone()).unwrap());
+    em.add_subscriber(MmioEvents::new(b.clone()).unwrap());
+    // Both were just activated: let that pass, then both drivers kick their TX queue.
+    while em.run_with_timeout(0).unwrap() > 0 {}
+    let d = RawDescriptor::from(SplitDescriptor::new(BUFS, 0, 1, 0)); // NEXT, to itself
+    a_mem.write_obj(d, GuestAddress(desc)).unwrap();
+    a_mem
+        .write_slice(&[0; 512], GuestAddress(avail + 4))
+        .unwrap();
+    a_mem.write_obj(BIG, GuestAddress(avail + 2)).unwrap();
+    let frame = queue_tx(&b_mem, 0, 40);
+    for t in [&a, &b] {
+        t.lock().unwrap().write(QUEUE_NOTIFY, &1u32.to_le_bytes());
+    }
+
+    // One turn of the loop: B's frame is out, A got a budget's worth and no more.
+    let most = (crate::virtio::chain::DESCRIPTORS_PER_WAKE / u32::from(BIG)) as u16 + 1;
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(b_shared.lock().unwrap().sent, vec![frame]);
+    let mut taken = a_used(&a_mem);
+    assert!(
+        (1..=most).contains(&taken),
+        "one turn took {taken} of A's looping chains (at most {most})"
+    );
+    // A's driver does not kick again: the transport's own notification brings the rest,
+    // a budget per turn.
+    let mut turns = 1;
+    while taken < BIG {
+        assert!(em.run_with_timeout(0).unwrap() >= 1, "A stalled at {taken}");
+        let now = a_used(&a_mem);
+        assert!(
+            now > taken && now - taken <= most,
+            "turn {turns}: {taken} -> {now}"
+        );
+        taken = now;
+        turns += 1;
+    }
+    assert_eq!(
+        em.run_with_timeout(0).unwrap(),
+        0,
+        "work left after the last chain"
+    );
+    assert_eq!(
+        a.lock().unwrap().device().stats().tx_invalid,
+        u64::from(BIG)
+    );
+}

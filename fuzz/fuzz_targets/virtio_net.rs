@@ -8,20 +8,15 @@
 
 #![no_main]
 
-use std::collections::VecDeque;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
-
 use devices::virtio::net::{
-    Net, NetBackend, Offloads, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MRG_RXBUF, MAX_FRAME_LEN,
+    Net, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MRG_RXBUF, MAX_FRAME_LEN,
 };
 use devices::virtio::{VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
+use netvmm_fuzz::{Backend, Input};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 /// Region A: rings below `BUFS`, buffers from `BUFS` up.
 const MEM_A: u64 = 0x1_0000;
@@ -37,84 +32,6 @@ const PAINT: u8 = 0xa5;
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 const F_INDIRECT: u16 = 4;
-
-/// Reads the fuzz input front to back; past its end, zeros.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from(self.u16()) | (u32::from(self.u16()) << 16)
-    }
-
-    fn done(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-}
-
-/// Frames from "the network", shared between the test and the backend that `Net` owns.
-type Frames = Arc<Mutex<VecDeque<Vec<u8>>>>;
-
-struct Backend {
-    incoming: Frames,
-    fd: EventFd,
-}
-
-impl AsRawFd for Backend {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-}
-
-impl NetBackend for Backend {
-    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let frame = self
-            .incoming
-            .lock()
-            .unwrap()
-            .pop_front()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::WouldBlock))?;
-        let n = frame.len().min(buf.len());
-        buf[..n].copy_from_slice(&frame[..n]);
-        Ok(n)
-    }
-
-    unsafe fn send(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
-        let mut n = 0;
-        let mut sum = 0u8;
-        for iov in iovs.iter().filter(|iov| iov.iov_len > 0) {
-            // SAFETY: the caller guarantees that every iovec points at memory valid for
-            // reads of its length for the whole call. Reading every byte lets the address
-            // sanitizer see any iovec that points outside guest memory.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len) };
-            sum = bytes.iter().fold(sum, |s, &b| s.wrapping_add(b));
-            n += bytes.len();
-        }
-        std::hint::black_box(sum);
-        Ok(n)
-    }
-
-    fn set_vnet_hdr_len(&mut self, _len: usize) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn set_offloads(&mut self, _offloads: Offloads) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 #[derive(Clone, Copy)]
 struct Ring {
@@ -212,7 +129,7 @@ fn frame(input: &mut Input) -> Vec<u8> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut input = Input { data, pos: 0 };
+    let mut input = Input::new(data);
     let mem = GuestMemoryMmap::from_ranges(&[
         (GuestAddress(0), MEM_A as usize),
         (GuestAddress(MEM_B), MEM_B_LEN),
@@ -271,11 +188,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let frames = Frames::default();
-    let backend = Backend {
-        incoming: frames.clone(),
-        fd: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
+    let backend = Backend::new();
+    let frames = backend.incoming.clone();
     let mut net = Net::new(backend, [0x52, 0x54, 0, 0, 0, 1]);
     net.activate(features).unwrap();
 

@@ -41,6 +41,9 @@ const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION_MODERN: u32 = 2;
 /// "NVMM", little-endian: not a PCI vendor, just recognisable.
 const VENDOR: u32 = 0x4d4d_564e;
+/// The status bits a driver writes.
+const DRIVER_STATUS_BITS: u32 =
+    status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK | status::FEATURES_OK | status::FAILED;
 /// InterruptStatus bits.
 pub const INT_VRING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
@@ -192,8 +195,16 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !self.active {
             return;
         }
-        if self.device.process(wake, &mut self.queues, &self.mem) {
+        let done = self.device.process(wake, &mut self.queues, &self.mem);
+        if done.interrupt {
             self.raise(INT_VRING);
+        }
+        // The rest of a wake-up the budget cut short: notified as the guest would, through
+        // the queue's eventfd, so the event loop first serves whatever else is ready.
+        for (i, evt) in self.queue_evts.iter().enumerate().take(32) {
+            if done.unfinished & (1 << i) != 0 {
+                let _ = evt.write(1);
+            }
         }
     }
 
@@ -228,13 +239,28 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
     }
 
+    /// A status write (virtio 1.2, 2.1 and 3.1.1): the driver only ever adds bits, and
+    /// takes them back only by writing 0 (reset). Clearing one otherwise is a driver error
+    /// (a driver that drops DRIVER_OK would re-open queue setup under a running device):
+    /// the device stops and asks for a reset.
     fn set_status(&mut self, value: u32) {
         if value == 0 {
             self.reset();
             return;
         }
-        let mut value = value;
-        let newly = value & !self.status;
+        // DEVICE_NEEDS_RESET is the device's to set; drivers write back what they read.
+        let mut value = value & DRIVER_STATUS_BITS;
+        let current = self.status & DRIVER_STATUS_BITS;
+        if self.status & status::DEVICE_NEEDS_RESET != 0 {
+            // Until the reset only FAILED, the driver giving up, is taken.
+            self.status |= value & status::FAILED;
+            return;
+        }
+        if current & !value != 0 {
+            self.needs_reset();
+            return;
+        }
+        let newly = value & !current;
         if newly & status::FEATURES_OK != 0 && !self.features_acceptable() {
             value &= !status::FEATURES_OK;
         }
@@ -242,6 +268,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if newly & status::DRIVER_OK != 0 && !self.active {
             self.activate();
         }
+    }
+
+    /// Stops the device until the driver resets it, and tells the driver (virtio 1.2,
+    /// 2.1.2: DEVICE_NEEDS_RESET comes with a configuration change notification).
+    fn needs_reset(&mut self) {
+        self.active = false;
+        self.status |= status::DEVICE_NEEDS_RESET;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.raise(INT_CONFIG);
     }
 
     fn activate(&mut self) {
@@ -264,11 +299,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 self.active = true;
                 let _ = self.activate_evt.write(1);
             }
-            Err(_) => {
-                self.status |= status::DEVICE_NEEDS_RESET;
-                self.config_generation = self.config_generation.wrapping_add(1);
-                self.raise(INT_CONFIG);
-            }
+            Err(_) => self.needs_reset(),
         }
     }
 
@@ -293,8 +324,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn write_reg(&mut self, offset: u64, v: u32) {
-        // Queue layout may change only while the driver has not said DRIVER_OK.
-        let configuring = self.status & status::DRIVER_OK == 0;
+        // Queue layout may change only while the driver has not said DRIVER_OK (virtio 1.2,
+        // 4.2.2.2: later writes are ignored), and not in a device that awaits its reset.
+        let configuring = self.status & (status::DRIVER_OK | status::DEVICE_NEEDS_RESET) == 0;
         match offset {
             DEVICE_FEATURES_SEL => self.device_features_sel = v,
             DRIVER_FEATURES_SEL => self.driver_features_sel = v,

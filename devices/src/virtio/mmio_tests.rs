@@ -891,3 +891,199 @@ fn a_registration_the_event_loop_refuses_is_reported_not_dropped() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// One ring cannot hold the event loop (issue 12, defect 4)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_hostile_ring_gets_a_budget_per_turn_while_another_nic_is_served() {
+    use event_manager::{EventManager, SubscriberOps};
+
+    // Two NICs on one event loop, as the VMM runs them. NIC A's driver offers 256 TX
+    // chains, each a zero-length descriptor that points at itself; NIC B sends one frame.
+    const BIG: u16 = QUEUE_SIZE;
+    let (desc, avail) = (0x8000u64, 0x8000 + 16 * u64::from(BIG));
+    let used = (avail + 6 + 2 * u64::from(BIG) + 3) & !3;
+    let mut a = Rig::new();
+    a.negotiate(BASIC);
+    a.setup_queue(0, u32::from(QSIZE), layout(RXQ_AT));
+    a.setup_queue(1, u32::from(BIG), (desc, avail, used));
+    a.driver_ok();
+    let a_used = |mem: &GuestMemoryMmap| -> u16 { mem.read_obj(GuestAddress(used + 2)).unwrap() };
+
+    let mut b = Rig::new();
+    b.init(BASIC);
+
+    let (a_mem, b_mem, b_shared) = (a.mem.clone(), b.mem.clone(), b.shared.clone());
+    let a = Arc::new(Mutex::new(a.t));
+    let b = Arc::new(Mutex::new(b.t));
+    let mut em = EventManager::<MmioEvents<Net<MockBackend>>>::new().unwrap();
+    em.add_subscriber(MmioEvents::new(a.clone()).unwrap());
+    em.add_subscriber(MmioEvents::new(b.clone()).unwrap());
+    // Both were just activated: let that pass, then both drivers kick their TX queue.
+    while em.run_with_timeout(0).unwrap() > 0 {}
+    let d = RawDescriptor::from(SplitDescriptor::new(BUFS, 0, 1, 0)); // NEXT, to itself
+    a_mem.write_obj(d, GuestAddress(desc)).unwrap();
+    a_mem
+        .write_slice(&[0; 512], GuestAddress(avail + 4))
+        .unwrap();
+    a_mem.write_obj(BIG, GuestAddress(avail + 2)).unwrap();
+    let frame = queue_tx(&b_mem, 0, 40);
+    for t in [&a, &b] {
+        t.lock().unwrap().write(QUEUE_NOTIFY, &1u32.to_le_bytes());
+    }
+
+    // One turn of the loop: B's frame is out, A got a budget's worth and no more.
+    let most = (crate::virtio::chain::DESCRIPTORS_PER_WAKE / u32::from(BIG)) as u16 + 1;
+    em.run_with_timeout(0).unwrap();
+    assert_eq!(b_shared.lock().unwrap().sent, vec![frame]);
+    let mut taken = a_used(&a_mem);
+    assert!(
+        (1..=most).contains(&taken),
+        "one turn took {taken} of A's looping chains (at most {most})"
+    );
+    // A's driver does not kick again: the transport's own notification brings the rest,
+    // a budget per turn.
+    let mut turns = 1;
+    while taken < BIG {
+        assert!(em.run_with_timeout(0).unwrap() >= 1, "A stalled at {taken}");
+        let now = a_used(&a_mem);
+        assert!(
+            now > taken && now - taken <= most,
+            "turn {turns}: {taken} -> {now}"
+        );
+        taken = now;
+        turns += 1;
+    }
+    assert_eq!(
+        em.run_with_timeout(0).unwrap(),
+        0,
+        "work left after the last chain"
+    );
+    assert_eq!(
+        a.lock().unwrap().device().stats().tx_invalid,
+        u64::from(BIG)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Status transitions a driver must not make (virtio 1.2, 2.1 and 4.2.2)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn clearing_driver_ok_without_a_reset_needs_reset_and_keeps_the_queues_frozen() {
+    let mut rig = Rig::new();
+    rig.init(BASIC);
+    let _ = rig.irq_fired(); // whatever the initialisation raised
+    let generation = rig.r(CONFIG_GENERATION);
+    // DRIVER_OK dropped, everything else kept.
+    rig.w(
+        STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    let s = rig.r(STATUS);
+    assert_ne!(s & status::DEVICE_NEEDS_RESET, 0, "status {s:#x}");
+    assert_ne!(
+        s & status::DRIVER_OK,
+        0,
+        "DRIVER_OK taken back without a reset"
+    );
+    assert!(!rig.t.is_active());
+    assert_ne!(rig.r(INTERRUPT_STATUS) & INT_CONFIG, 0);
+    assert!(rig.irq_fired());
+    assert_eq!(rig.r(CONFIG_GENERATION), generation.wrapping_add(1));
+
+    // Queue setup stays closed: the device must not run on rings the driver moves now.
+    rig.w(QUEUE_SEL, 1);
+    rig.w(QUEUE_NUM, 4);
+    rig.w(QUEUE_READY, 0);
+    rig.w(QUEUE_DESC_LOW, 0x8_0000);
+    rig.w(QUEUE_DRIVER_LOW, 0x9_0000);
+    rig.w(QUEUE_DEVICE_LOW, 0xa_0000);
+    let (desc, avail, used) = layout(TXQ_AT);
+    let q = &rig.t.queues[1];
+    assert_eq!(
+        (
+            q.size(),
+            q.ready(),
+            q.desc_table(),
+            q.avail_ring(),
+            q.used_ring()
+        ),
+        (QSIZE, true, desc, avail, used)
+    );
+    // And it does no work: neither a notify nor a wake-up sends the frame.
+    rig.queue_tx(0, 20);
+    rig.w(QUEUE_NOTIFY, 1);
+    assert!(rig.t.queue_events()[1].read().is_err(), "notify forwarded");
+    rig.t.wake(Wake::Queue(1));
+    assert!(rig.sent().is_empty());
+    // Setting DRIVER_OK again does not bring it back either; only a reset does.
+    rig.w(STATUS, 0xf);
+    assert!(!rig.t.is_active());
+    rig.w(STATUS, 0);
+    assert_eq!(rig.r(STATUS), 0);
+    rig.init(BASIC);
+    assert!(rig.t.is_active());
+    let frame = rig.queue_tx(0, 30);
+    rig.t.wake(Wake::Queue(1));
+    assert_eq!(rig.sent(), vec![frame]);
+}
+
+#[test]
+fn clearing_any_status_bit_before_driver_ok_also_needs_reset() {
+    for (from, to) in [
+        (status::ACKNOWLEDGE | status::DRIVER, status::ACKNOWLEDGE),
+        (
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+            status::ACKNOWLEDGE | status::FEATURES_OK,
+        ),
+    ] {
+        let mut rig = Rig::new();
+        rig.write_features(BASIC);
+        rig.w(STATUS, from);
+        assert_eq!(rig.r(STATUS), from);
+        rig.w(STATUS, to);
+        assert_ne!(
+            rig.r(STATUS) & status::DEVICE_NEEDS_RESET,
+            0,
+            "{from:#x} -> {to:#x}"
+        );
+        assert!(rig.irq_fired());
+        // Completing the initialisation does not activate a device that awaits a reset.
+        rig.setup_queue(0, u32::from(QSIZE), layout(RXQ_AT));
+        rig.setup_queue(1, u32::from(QSIZE), layout(TXQ_AT));
+        assert_eq!(
+            rig.r(QUEUE_READY),
+            0,
+            "queue setup open while awaiting reset"
+        );
+        rig.w(STATUS, 0xf);
+        assert!(!rig.t.is_active(), "{from:#x} -> {to:#x} -> 0xf activated");
+        // FAILED, the driver giving up, is still recorded.
+        rig.w(STATUS, status::FAILED);
+        assert_ne!(rig.r(STATUS) & status::FAILED, 0);
+    }
+}
+
+#[test]
+fn the_driver_cannot_set_or_clear_device_needs_reset() {
+    let mut rig = Rig::new();
+    rig.w(
+        STATUS,
+        status::ACKNOWLEDGE | status::DEVICE_NEEDS_RESET | 0x30,
+    );
+    assert_eq!(rig.r(STATUS), status::ACKNOWLEDGE);
+    // A driver that writes back what it read (as Linux does) keeps the bit.
+    rig.w(STATUS, 0);
+    rig.w(
+        STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::DRIVER_OK,
+    );
+    let s = rig.r(STATUS);
+    assert_ne!(s & status::DEVICE_NEEDS_RESET, 0);
+    rig.w(STATUS, s | status::FEATURES_OK);
+    assert_ne!(rig.r(STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    assert!(!rig.t.is_active());
+}

@@ -5,6 +5,7 @@
 //! vCPU threads touch the transport's registers; queue work runs on the event-loop thread,
 //! woken by ioeventfds and the backend fd ([`mmio::MmioEvents`]).
 
+pub mod chain;
 pub mod mmio;
 pub mod net;
 
@@ -52,6 +53,18 @@ pub enum Wake {
     Activated,
 }
 
+/// What one [`VirtioDevice::process`] call did, and what it left for later.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Processed {
+    /// The driver must be interrupted.
+    pub interrupt: bool,
+    /// Queues (bit N for queue N) whose work the wake-up's budget
+    /// ([`chain::DESCRIPTORS_PER_WAKE`]) cut short. The transport notifies them again
+    /// itself, so the rest is done on a later turn of the event loop, after the other
+    /// devices and the register accesses waiting for the transport.
+    pub unfinished: u32,
+}
+
 /// The device-specific half of a virtio device.
 pub trait VirtioDevice: Send {
     /// virtio device ID (1 = network).
@@ -67,8 +80,8 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, features: u64) -> Result<(), String>;
     /// The driver reset the device.
     fn reset(&mut self);
-    /// Does the queue work `wake` calls for. Returns true when the driver must be interrupted.
-    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// Does the queue work `wake` calls for, at most a wake-up's budget of it.
+    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed;
     /// The backend descriptor the event loop should watch, if any.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd>;
 }

@@ -12,7 +12,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 pub use backend::{NetBackend, Offloads};
 
-use super::{VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use super::chain::{Budget, Chain};
+use super::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 pub const VIRTIO_ID_NET: u32 = 1;
 
@@ -130,66 +131,48 @@ impl<B: NetBackend> Net<B> {
         self.mac
     }
 
-    /// Sends every frame the guest queued. Returns whether the guest needs an interrupt.
-    fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    /// Sends the frames the guest queued, as many as `budget` allows. Returns whether the
+    /// guest needs an interrupt, and whether chains were left for another turn.
+    fn process_tx(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        budget: &mut Budget,
+    ) -> (bool, bool) {
         // Rounds that found no chain although the avail index said there was one.
         let mut idle_rounds = 0;
         loop {
             // A ring the guest corrupted stops this device, not the VMM.
             if q.disable_notification(mem).is_err() {
-                return false;
+                return (false, false);
             }
             let mut popped = false;
-            while let Some(chain) = q.pop_descriptor_chain(mem) {
+            while !budget.spent() {
+                let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
+                    break;
+                };
                 popped = true;
-                let head = chain.head_index();
-                self.tx_iovs.clear();
-                let mut total = 0usize;
-                let mut valid = true;
-                // virtio-queue ends a chain early, silently, when the next descriptor is out
-                // of the table or unreadable, or the chain passes 4 GiB or loops past the
-                // queue size: the last descriptor seen then still has NEXT set.
-                let mut cut_short = false;
-                for desc in chain {
-                    cut_short = desc.has_next();
-                    let len = desc.len() as usize;
-                    total = total.saturating_add(len);
-                    if desc.is_write_only() || total > MAX_FRAME_LEN {
-                        valid = false;
-                        break;
-                    }
-                    if len == 0 {
-                        continue;
-                    }
-                    match mem.get_slice(desc.addr(), len) {
-                        Ok(slice) => self.tx_iovs.push(libc::iovec {
-                            iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                            iov_len: len,
-                        }),
-                        Err(_) => {
-                            valid = false;
-                            break;
-                        }
-                    }
-                }
-                if valid && !cut_short && total >= VNET_HDR_LEN {
+                match self.gather_tx(q, mem, head, budget) {
                     // SAFETY: each iovec was built from a guest-memory slice that
                     // `get_slice` bounds-checked; guest memory stays mapped for the VM's
                     // life, so the pointers are valid for reads during this call.
-                    match unsafe { self.backend.send(&self.tx_iovs) } {
+                    Some(total) => match unsafe { self.backend.send(&self.tx_iovs) } {
                         Ok(_) => {
                             self.stats.tx_frames += 1;
                             self.stats.tx_bytes += (total - VNET_HDR_LEN) as u64;
                         }
                         Err(_) => self.stats.tx_backend_errors += 1,
-                    }
-                } else {
-                    self.stats.tx_invalid += 1;
+                    },
+                    None => self.stats.tx_invalid += 1,
                 }
                 self.tx_iovs.clear();
                 if q.add_used(mem, head, 0).is_err() {
-                    return false;
+                    return (false, false);
                 }
+            }
+            if budget.spent() && has_pending(q, mem) {
+                // Notifications stay off: the transport wakes this queue again itself.
+                return (q.needs_notification(mem).unwrap_or(false), true);
             }
             match q.enable_notification(mem) {
                 // More chains arrived meanwhile. If a round finds none although the index
@@ -202,36 +185,86 @@ impl<B: NetBackend> Net<B> {
                     }
                 }
                 Ok(_) => break,
-                Err(_) => return false,
+                Err(_) => return (false, false),
             }
         }
-        q.needs_notification(mem).unwrap_or(false)
+        (q.needs_notification(mem).unwrap_or(false), false)
+    }
+
+    /// Gathers the TX chain at `head` into `tx_iovs`. Returns the frame's length (vnet
+    /// header included) if it is one to send: device-readable, in guest memory, a
+    /// well-formed chain (no indirect table, no loop), at most the largest frame.
+    fn gather_tx(
+        &mut self,
+        q: &Queue,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        budget: &mut Budget,
+    ) -> Option<usize> {
+        self.tx_iovs.clear();
+        let mut chain = Chain::new(mem, q, head);
+        let mut total = 0usize;
+        let mut valid = true;
+        for desc in chain.by_ref() {
+            let Ok(desc) = desc else {
+                valid = false;
+                break;
+            };
+            let len = desc.len() as usize;
+            total = total.saturating_add(len);
+            if desc.is_write_only() || total > MAX_FRAME_LEN {
+                valid = false;
+                break;
+            }
+            if len == 0 {
+                continue;
+            }
+            match mem.get_slice(desc.addr(), len) {
+                Ok(slice) => self.tx_iovs.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: len,
+                }),
+                Err(_) => {
+                    valid = false;
+                    break;
+                }
+            }
+        }
+        budget.charge(chain.read());
+        (valid && total >= VNET_HDR_LEN).then_some(total)
     }
 
     /// Copies the pending frame into the guest's receive buffers. `Ok(false)`: not enough
     /// buffers yet (nothing consumed). `Err(())`: the ring is unusable.
-    fn deliver(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, ()> {
+    fn deliver(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        budget: &mut Budget,
+    ) -> Result<bool, ()> {
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         let len = self.rx_pending;
         let mut written = 0usize;
+        // Descriptors read for this frame, over all its chains.
+        let mut walked = 0u32;
         let mut header_at: Option<GuestAddress> = None;
         let mut fits = true;
         self.rx_used.clear();
         while written < len {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
                 for _ in 0..self.rx_used.len() {
                     q.go_to_previous_position();
                 }
                 self.rx_used.clear();
                 return Ok(false);
             };
-            let head = chain.head_index();
             let mut in_chain = 0u32;
-            for desc in chain {
-                if !desc.is_write_only() {
+            let mut chain = Chain::new(mem, q, head);
+            for desc in chain.by_ref() {
+                let Some(desc) = desc.ok().filter(|d| d.is_write_only()) else {
                     fits = false;
                     break;
-                }
+                };
                 let n = (desc.len() as usize).min(len - written);
                 if n == 0 {
                     continue;
@@ -257,10 +290,14 @@ impl<B: NetBackend> Net<B> {
                     break;
                 }
             }
+            budget.charge(chain.read());
+            walked += chain.read();
             self.rx_used.push((head, in_chain));
             // A frame that needs more buffers than the ring can ever hold would wait
-            // forever: drop it instead.
-            if !fits || !mergeable || self.rx_used.len() >= usize::from(q.size()) {
+            // forever: drop it instead. A driver has at most a queue size of descriptors
+            // in flight, so a frame that walked that many without fitting never will (the
+            // chains that share descriptors to make it look otherwise cost this much).
+            if !fits || !mergeable || walked >= u32::from(q.size()) {
                 break;
             }
         }
@@ -303,19 +340,24 @@ impl<B: NetBackend> Net<B> {
     /// uses the first chains of the window and the rest wait for the next frame. When the
     /// ring cannot fill the window, the caller releases it and falls back to the bounce
     /// buffer, which can wait for buffers frame by frame.
-    fn rx_direct(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> Direct {
+    fn rx_direct(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, budget: &mut Budget) -> Direct {
+        // Descriptors read to fill the window in this call: like a frame's, at most a
+        // queue size (see `deliver`).
+        let mut walked = 0u32;
         while self.win_capacity < MAX_FRAME_LEN {
-            let Some(chain) = q.pop_descriptor_chain(mem) else {
+            let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
                 return Direct::NotEnoughBuffers;
             };
-            let head = chain.head_index();
             let before = self.win_iovs.len();
             let mut capacity = 0u32;
             let mut first = None;
             let mut usable = true;
-            let mut cut_short = false;
-            for desc in chain {
-                cut_short = desc.has_next();
+            let mut chain = Chain::new(mem, q, head);
+            for desc in chain.by_ref() {
+                let Ok(desc) = desc else {
+                    usable = false;
+                    break;
+                };
                 let len = desc.len() as usize;
                 if !desc.is_write_only() || (first.is_none() && len < VNET_HDR_LEN) {
                     usable = false;
@@ -337,7 +379,9 @@ impl<B: NetBackend> Net<B> {
                 first.get_or_insert(desc.addr());
                 capacity = capacity.saturating_add(len as u32);
             }
-            let Some(first) = first.filter(|_| usable && !cut_short) else {
+            budget.charge(chain.read());
+            walked += chain.read();
+            let Some(first) = first.filter(|_| usable) else {
                 // An odd chain goes back; the bounce path drops exactly the frame it gets.
                 self.win_iovs.truncate(before);
                 q.go_to_previous_position();
@@ -350,7 +394,10 @@ impl<B: NetBackend> Net<B> {
                 first,
             });
             self.win_capacity += capacity as usize;
-            if self.win_chains.len() >= usize::from(q.size()) || self.win_iovs.len() > MAX_IOVECS {
+            if self.win_chains.len() >= usize::from(q.size())
+                || self.win_iovs.len() > MAX_IOVECS
+                || walked >= u32::from(q.size())
+            {
                 return Direct::NotEnoughBuffers;
             }
         }
@@ -404,16 +451,30 @@ impl<B: NetBackend> Net<B> {
         Direct::Delivered
     }
 
-    /// Moves frames from the backend into the guest until either runs dry.
-    fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    /// Moves frames from the backend into the guest until either runs dry or `budget` is
+    /// spent. Returns whether the guest needs an interrupt, and whether frames may be left
+    /// for another turn.
+    fn process_rx(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        budget: &mut Budget,
+    ) -> (bool, bool) {
         let mut delivered = false;
+        let mut unfinished = false;
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         loop {
+            // Checked per frame, never within one: a frame that cost the rest of the
+            // budget is still placed or dropped, so every wake-up makes progress.
+            if budget.spent() {
+                unfinished = true;
+                break;
+            }
             // Reading straight into guest buffers pays off for big frames; for small ones one
             // read plus a short copy is cheaper than handing the kernel a whole window of
             // iovecs. The last frame's size predicts the next one (bulk TCP: big frames).
             if self.rx_pending == 0 && mergeable && self.rx_last_len > DIRECT_RX_MIN {
-                match self.rx_direct(q, mem) {
+                match self.rx_direct(q, mem, budget) {
                     Direct::Delivered => {
                         delivered = true;
                         continue;
@@ -421,7 +482,7 @@ impl<B: NetBackend> Net<B> {
                     Direct::Drained => break,
                     Direct::Broken => {
                         self.release_window(q);
-                        return false;
+                        return (false, false);
                     }
                     Direct::NotEnoughBuffers => self.release_window(q),
                 }
@@ -443,7 +504,7 @@ impl<B: NetBackend> Net<B> {
                     Err(_) => break,
                 }
             }
-            match self.deliver(q, mem) {
+            match self.deliver(q, mem, budget) {
                 Ok(true) => {
                     self.rx_pending = 0;
                     delivered = true;
@@ -453,12 +514,13 @@ impl<B: NetBackend> Net<B> {
                     Ok(true) => continue,
                     _ => break,
                 },
-                Err(()) => return false,
+                Err(()) => return (false, false),
             }
         }
         // A full window stays popped for the next pass: releasing and popping it again
         // every time the backend runs dry cost as much ring work as delivering a frame.
-        delivered && q.needs_notification(mem).unwrap_or(false)
+        let interrupt = delivered && q.needs_notification(mem).unwrap_or(false);
+        (interrupt, unfinished)
     }
 }
 
@@ -482,6 +544,12 @@ enum Direct {
     NotEnoughBuffers,
     /// The used ring cannot be written.
     Broken,
+}
+
+/// Whether the driver has offered chains the device has not taken yet.
+fn has_pending(q: &Queue, mem: &GuestMemoryMmap) -> bool {
+    q.avail_idx(mem, Ordering::Acquire)
+        .is_ok_and(|idx| idx.0 != q.next_avail())
 }
 
 /// Asks the driver to notify us when it adds buffers beyond those already in the ring,
@@ -556,22 +624,31 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.tx_iovs.clear();
     }
 
-    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed {
+        let mut done = Processed::default();
         let [rxq, txq] = queues else {
-            return false;
+            return done;
         };
-        let tx = |s: &mut Self, q: &mut Queue| q.ready() && s.process_tx(q, mem);
-        let rx = |s: &mut Self, q: &mut Queue| q.ready() && s.process_rx(q, mem);
-        match wake {
-            Wake::Queue(i) if usize::from(i) == TX => tx(self, txq),
-            Wake::Queue(i) if usize::from(i) == RX => rx(self, rxq),
-            Wake::Queue(_) => false,
-            Wake::Backend => rx(self, rxq),
-            Wake::Activated => {
-                let a = tx(self, txq);
-                rx(self, rxq) || a
+        let (tx, rx) = match wake {
+            Wake::Queue(i) => (usize::from(i) == TX, usize::from(i) == RX),
+            Wake::Backend => (false, true),
+            Wake::Activated => (true, true),
+        };
+        // One budget for the whole wake-up, whichever queues it serves.
+        let mut budget = Budget::default();
+        let mut note = |(interrupt, unfinished): (bool, bool), queue: usize| {
+            done.interrupt |= interrupt;
+            if unfinished {
+                done.unfinished |= 1 << queue;
             }
+        };
+        if tx && txq.ready() {
+            note(self.process_tx(txq, mem, &mut budget), TX);
         }
+        if rx && rxq.ready() {
+            note(self.process_rx(rxq, mem, &mut budget), RX);
+        }
+        done
     }
 
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {

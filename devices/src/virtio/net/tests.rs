@@ -21,7 +21,8 @@ use super::{
     NetBackend, NetStats, Offloads, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MRG_RXBUF,
     MAX_FRAME_LEN, VNET_HDR_LEN,
 };
-use crate::virtio::{VirtioDevice, Wake, VIRTIO_F_VERSION_1};
+use crate::virtio::chain::DESCRIPTORS_PER_WAKE;
+use crate::virtio::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1};
 
 type Net = super::Net<MockBackend>;
 
@@ -254,6 +255,9 @@ const MEM_SIZE: u64 = 0x10_0000;
 const QSIZE: u16 = 16;
 const RXQ_AT: u64 = 0x0;
 const TXQ_AT: u64 = 0x1000;
+/// Where the TX queue goes when the queues are larger than `QSIZE` (a 256-entry queue
+/// takes under 0x2000 bytes).
+const BIG_TXQ_AT: u64 = 0x8000;
 /// Buffers live at or above this; everything below is rings.
 const BUFS: u64 = 0x1_0000;
 /// Every byte of guest memory starts as this, so that writes of zeros are seen too.
@@ -278,12 +282,16 @@ fn guest_memory() -> GuestMemoryMmap {
 
 /// Runs `process` on another thread and fails the test if it does not return in time (a
 /// spinning device thread is then abandoned; the test binary still exits).
-fn process_with_deadline(mut dev: Device, mem: &GuestMemoryMmap, wake: Wake) -> (Device, bool) {
+fn process_with_deadline(
+    mut dev: Device,
+    mem: &GuestMemoryMmap,
+    wake: Wake,
+) -> (Device, Processed) {
     let mem = mem.clone();
     let (done, result) = mpsc::channel();
     thread::spawn(move || {
-        let irq = dev.net.process(wake, &mut dev.queues, &mem);
-        let _ = done.send((dev, irq));
+        let processed = dev.net.process(wake, &mut dev.queues, &mem);
+        let _ = done.send((dev, processed));
     });
     match result.recv_timeout(DEADLINE) {
         Ok(r) => r,
@@ -305,11 +313,23 @@ impl Rig {
     }
 
     fn inactive() -> Self {
+        Self::inactive_sized(QSIZE)
+    }
+
+    /// A device activated with `features` whose queues have `size` entries.
+    fn sized(features: u64, size: u16) -> Self {
+        let mut rig = Self::inactive_sized(size);
+        rig.net_mut().activate(features).unwrap();
+        rig
+    }
+
+    fn inactive_sized(size: u16) -> Self {
         let mem = guest_memory();
         mem.write_slice(&vec![PAINT; MEM_SIZE as usize], GuestAddress(0))
             .unwrap();
-        let (rx, rxq) = Ring::create(&mem, RXQ_AT, QSIZE);
-        let (tx, txq) = Ring::create(&mem, TXQ_AT, QSIZE);
+        let tx_at = if size <= QSIZE { TXQ_AT } else { BIG_TXQ_AT };
+        let (rx, rxq) = Ring::create(&mem, RXQ_AT, size);
+        let (tx, txq) = Ring::create(&mem, tx_at, size);
         let (backend, shared) = MockBackend::new();
         Self {
             mem,
@@ -323,11 +343,16 @@ impl Rig {
         }
     }
 
+    /// Runs one wake-up; returns whether it asked for an interrupt.
     fn wake(&mut self, wake: Wake) -> bool {
+        self.wake_processed(wake).interrupt
+    }
+
+    fn wake_processed(&mut self, wake: Wake) -> Processed {
         let dev = self.dev.take().expect("device lost to an earlier hang");
-        let (dev, irq) = process_with_deadline(dev, &self.mem, wake);
+        let (dev, processed) = process_with_deadline(dev, &self.mem, wake);
         self.dev = Some(dev);
-        irq
+        processed
     }
 
     fn net(&self) -> &Net {
@@ -1261,11 +1286,20 @@ fn process_with_odd_queues_or_wakes_does_nothing() {
     rig.push_frame(frame(10, 0));
     let mem = rig.mem.clone();
     let net = rig.net_mut();
-    assert!(!net.process(Wake::Backend, &mut [], &mem));
+    assert_eq!(
+        net.process(Wake::Backend, &mut [], &mem),
+        Processed::default()
+    );
     let mut one = vec![Queue::new(16).unwrap()];
-    assert!(!net.process(Wake::Backend, &mut one, &mem));
+    assert_eq!(
+        net.process(Wake::Backend, &mut one, &mem),
+        Processed::default()
+    );
     let mut three: Vec<Queue> = (0..3).map(|_| Queue::new(16).unwrap()).collect();
-    assert!(!net.process(Wake::Queue(0), &mut three, &mem));
+    assert_eq!(
+        net.process(Wake::Queue(0), &mut three, &mem),
+        Processed::default()
+    );
     assert!(!rig.wake(Wake::Queue(2)));
     assert!(!rig.wake(Wake::Queue(u16::MAX)));
     // Queues not ready: nothing happens.
@@ -1275,6 +1309,159 @@ fn process_with_odd_queues_or_wakes_does_nothing() {
     assert!(!rig.wake(Wake::Backend));
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     assert_eq!(rig.incoming_len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// A guest that tries to pin the device thread (issue 12, defect 4)
+// ---------------------------------------------------------------------------------------
+
+/// The queue size the device offers: a hostile guest's rings at full scale.
+const BIG: u16 = 256;
+
+/// Most chains one wake-up may take from a ring whose chains each cost a queue size of
+/// descriptor reads: a budget's worth, the chain that crosses it, and a cheap odd one.
+fn most_hostile_chains_per_wake() -> u16 {
+    (DESCRIPTORS_PER_WAKE / u32::from(BIG)) as u16 + 2
+}
+
+#[test]
+fn hostile_tx_ring_is_served_a_budget_at_a_time_and_indirect_is_refused() {
+    let mut rig = Rig::sized(VIRTIO_F_VERSION_1, BIG);
+    // A chain through an indirect table (the feature is not offered) that holds a valid
+    // frame: it must not be sent.
+    let f = frame(100, 9);
+    rig.write(BUFS + 0x2000, &f);
+    let table = BUFS + 0x1000;
+    let d = RawDescriptor::from(SplitDescriptor::new(BUFS + 0x2000, f.len() as u32, 0, 0));
+    rig.mem.write_obj(d, GuestAddress(table)).unwrap();
+    rig.tx.set_desc(&rig.mem, 1, table, 16, F_INDIRECT, 0);
+    rig.tx.publish(&rig.mem, 1);
+    // Then 255 times a zero-length descriptor that points at itself: before the budget
+    // and the descriptor limit, one kick walked 255 x 256 descriptors.
+    rig.tx.set_desc(&rig.mem, 0, BUFS, 0, F_NEXT, 0);
+    for _ in 1..BIG {
+        rig.tx.publish(&rig.mem, 0);
+    }
+    let most = most_hostile_chains_per_wake();
+    rig.wake(Wake::Queue(1));
+    let mut used = rig.tx.used_idx(&rig.mem);
+    assert!(rig.sent().is_empty(), "the indirect table was followed");
+    assert!(
+        (1..=most).contains(&used),
+        "one wake-up took {used} hostile chains (at most {most})"
+    );
+    // The rest comes on the next wake-ups (the transport notifies the queue itself), each
+    // making progress and none taking more than a budget.
+    let mut wakes = 1;
+    while used < BIG {
+        let done = rig.wake_processed(Wake::Queue(1));
+        let now = rig.tx.used_idx(&rig.mem);
+        assert!(
+            now > used && now - used <= most,
+            "wake-up {wakes} took {} chains",
+            now.wrapping_sub(used)
+        );
+        assert_eq!(done.unfinished != 0, now < BIG, "unfinished at {now}");
+        used = now;
+        wakes += 1;
+    }
+    assert_eq!(rig.stats().tx_invalid, u64::from(BIG));
+    assert!(rig.sent().is_empty());
+    rig.assert_tx_works(2);
+}
+
+#[test]
+fn hostile_rx_ring_is_served_a_budget_at_a_time() {
+    let mut rig = Rig::sized(VIRTIO_F_VERSION_1 | F_MRG_RXBUF, BIG);
+    // Descriptors 0..255 chained in order, all zero-length, and every avail entry offers
+    // descriptor 0: each chain is well-formed, holds nothing and costs 256 reads. Before
+    // the per-frame limit, each frame walked 256 such chains.
+    for i in 0..BIG {
+        let (flags, next) = if i + 1 < BIG {
+            (F_WRITE | F_NEXT, i + 1)
+        } else {
+            (F_WRITE, 0)
+        };
+        rig.rx.set_desc(&rig.mem, i, BUFS, 0, flags, next);
+    }
+    for _ in 0..BIG {
+        rig.rx.publish(&rig.mem, 0);
+    }
+    let frames = 8u8;
+    for seed in 0..frames {
+        rig.push_frame(frame(100, seed));
+    }
+    let most = most_hostile_chains_per_wake();
+    let before = rig.snapshot();
+    let mut done = rig.wake_processed(Wake::Backend);
+    let mut used = rig.rx.used_idx(&rig.mem);
+    assert!(
+        (1..=most).contains(&used),
+        "one wake-up took {used} hostile chains (at most {most})"
+    );
+    // The transport wakes the RX queue again until the backend is drained.
+    let mut wakes = 1;
+    while done.unfinished != 0 {
+        done = rig.wake_processed(Wake::Queue(0));
+        let now = rig.rx.used_idx(&rig.mem);
+        assert!(
+            now - used <= most,
+            "wake-up {wakes} took {} chains",
+            now - used
+        );
+        used = now;
+        wakes += 1;
+        assert!(wakes <= 2 * frames, "{wakes} wake-ups for {frames} frames");
+    }
+    assert_eq!(rig.incoming_len(), 0);
+    assert_eq!(rig.stats().rx_dropped, u64::from(frames));
+    // One chain per dropped frame, each given back empty.
+    assert_eq!(used, u16::from(frames));
+    for i in 0..used {
+        assert_eq!(rig.rx.used(&rig.mem, i), (0, 0));
+    }
+    rig.assert_changes_within(&before, &[]);
+}
+
+#[test]
+fn rx_chain_through_an_indirect_table_is_refused() {
+    let mut rig = Rig::new(VIRTIO_F_VERSION_1);
+    let table = BUFS + 0x1000;
+    let d = RawDescriptor::from(SplitDescriptor::new(BUFS + 0x2000, 2048, F_WRITE, 0));
+    rig.mem.write_obj(d, GuestAddress(table)).unwrap();
+    rig.rx.set_desc(&rig.mem, 0, table, 16, F_INDIRECT, 0);
+    rig.rx.publish(&rig.mem, 0);
+    rig.push_frame(frame(100, 1));
+    let before = rig.snapshot();
+    rig.wake(Wake::Backend);
+    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
+    assert_eq!(rig.stats().rx_dropped, 1);
+    rig.assert_changes_within(&before, &[]);
+    rig.assert_rx_works(1);
+}
+
+#[test]
+fn a_full_ring_of_ordinary_chains_fits_one_wake_up() {
+    // The budget never cuts a well-behaved driver's burst short: a full 256-entry ring of
+    // two-descriptor frames goes out in one wake-up.
+    let mut rig = Rig::sized(VIRTIO_F_VERSION_1, BIG);
+    let f = frame(1000, 4);
+    rig.write(BUFS, &f);
+    for i in 0..BIG / 2 {
+        let head = rig.tx.chain(
+            &rig.mem,
+            2 * i,
+            &[
+                (BUFS, VNET_HDR_LEN as u32, 0),
+                (BUFS + VNET_HDR_LEN as u64, 1000, 0),
+            ],
+        );
+        rig.tx.publish(&rig.mem, head);
+    }
+    let done = rig.wake_processed(Wake::Queue(1));
+    assert_eq!(done.unfinished, 0);
+    assert_eq!(rig.sent().len(), usize::from(BIG / 2));
+    assert!(rig.sent().iter().all(|s| s == &f));
 }
 
 // ---------------------------------------------------------------------------------------

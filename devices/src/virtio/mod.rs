@@ -5,9 +5,11 @@
 //! vCPU threads touch the transport's registers; queue work runs on the event-loop thread,
 //! woken by ioeventfds and the backend fd ([`mmio::MmioEvents`]).
 
+
 pub mod chain;
 pub mod mmio;
 pub mod net;
+pub mod serve;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};

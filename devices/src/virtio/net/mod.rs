@@ -13,6 +13,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 pub use backend::{NetBackend, Offloads};
 
 use super::chain::{Budget, Chain};
+use super::serve::serve_chains;
 use super::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 pub const VIRTIO_ID_NET: u32 = 1;
@@ -139,56 +140,24 @@ impl<B: NetBackend> Net<B> {
         mem: &GuestMemoryMmap,
         budget: &mut Budget,
     ) -> (bool, bool) {
-        // Rounds that found no chain although the avail index said there was one.
-        let mut idle_rounds = 0;
-        loop {
-            // A ring the guest corrupted stops this device, not the VMM.
-            if q.disable_notification(mem).is_err() {
-                return (false, false);
-            }
-            let mut popped = false;
-            while !budget.spent() {
-                let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
-                    break;
-                };
-                popped = true;
-                match self.gather_tx(q, mem, head, budget) {
-                    // SAFETY: each iovec was built from a guest-memory slice that
-                    // `get_slice` bounds-checked; guest memory stays mapped for the VM's
-                    // life, so the pointers are valid for reads during this call.
-                    Some(total) => match unsafe { self.backend.send(&self.tx_iovs) } {
-                        Ok(_) => {
-                            self.stats.tx_frames += 1;
-                            self.stats.tx_bytes += (total - VNET_HDR_LEN) as u64;
-                        }
-                        Err(_) => self.stats.tx_backend_errors += 1,
-                    },
-                    None => self.stats.tx_invalid += 1,
-                }
-                self.tx_iovs.clear();
-                if q.add_used(mem, head, 0).is_err() {
-                    return (false, false);
-                }
-            }
-            if budget.spent() && has_pending(q, mem) {
-                // Notifications stay off: the transport wakes this queue again itself.
-                return (q.needs_notification(mem).unwrap_or(false), true);
-            }
-            match q.enable_notification(mem) {
-                // More chains arrived meanwhile. If a round finds none although the index
-                // says there are some, the avail ring is broken (index more than a queue
-                // size ahead, unreadable entry): one retry covers a chain published between
-                // the last pop and enable_notification, a second empty round stops.
-                Ok(true) if popped || idle_rounds == 0 => {
-                    if !popped {
-                        idle_rounds += 1;
+        let served = serve_chains(q, mem, budget, |q, head, budget| {
+            match self.gather_tx(q, mem, head, budget) {
+                // SAFETY: each iovec was built from a guest-memory slice that `get_slice`
+                // bounds-checked; guest memory stays mapped for the VM's life, so the
+                // pointers are valid for reads during this call.
+                Some(total) => match unsafe { self.backend.send(&self.tx_iovs) } {
+                    Ok(_) => {
+                        self.stats.tx_frames += 1;
+                        self.stats.tx_bytes += (total - VNET_HDR_LEN) as u64;
                     }
-                }
-                Ok(_) => break,
-                Err(_) => return (false, false),
+                    Err(_) => self.stats.tx_backend_errors += 1,
+                },
+                None => self.stats.tx_invalid += 1,
             }
-        }
-        (q.needs_notification(mem).unwrap_or(false), false)
+            self.tx_iovs.clear();
+            0
+        });
+        (served.interrupt, served.unfinished)
     }
 
     /// Gathers the TX chain at `head` into `tx_iovs`. Returns the frame's length (vnet
@@ -544,12 +513,6 @@ enum Direct {
     NotEnoughBuffers,
     /// The used ring cannot be written.
     Broken,
-}
-
-/// Whether the driver has offered chains the device has not taken yet.
-fn has_pending(q: &Queue, mem: &GuestMemoryMmap) -> bool {
-    q.avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|idx| idx.0 != q.next_avail())
 }
 
 /// Asks the driver to notify us when it adds buffers beyond those already in the ring,

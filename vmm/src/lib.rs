@@ -15,6 +15,7 @@ pub mod nics;
 pub mod report;
 pub mod signals;
 pub mod vcpu;
+pub mod virtio_slot;
 pub mod vm;
 
 pub use config::VmConfig;

@@ -2,22 +2,16 @@
 //! GSI, its notify register wired to an ioeventfd, its interrupt to an irqfd, and its queue
 //! work on the network event-loop thread.
 
-use std::sync::{Arc, Mutex};
-
 use devices::bus::Bus;
-use devices::virtio::mmio::{
-    MmioEvents, MmioFront, MmioTransport, RingState, TransportError, QUEUE_NOTIFY,
-};
+use devices::virtio::mmio::RingState;
 use devices::virtio::net::{Net, NetStats};
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::VmFd;
 use net::backends::{self, BackendError};
 use net::{MacAddr, NetSpec};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::VirtioMmioSlot;
-use crate::layout::{IOAPIC_PINS, MMIO_DEVICES_START, MMIO_DEVICE_SIZE, VIRTIO_GSI_START};
+use crate::virtio_slot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
@@ -25,24 +19,13 @@ pub enum NicError {
     Backend { index: usize, source: BackendError },
     #[error("too many --net options: at most {max} NICs fit the interrupt lines")]
     TooMany { max: usize },
-    #[error("eth{index}: cannot {what}: {source}")]
-    Kvm {
-        index: usize,
-        what: &'static str,
-        source: kvm_ioctls::Error,
-    },
     #[error("eth{index}: {source}")]
-    Transport {
+    Wire {
         index: usize,
-        source: TransportError,
+        source: virtio_slot::WireError,
     },
     #[error("cannot set up the network event loop: {0}")]
     EventLoop(String),
-    #[error("eth{index}: cannot map its registers: {source}")]
-    Bus {
-        index: usize,
-        source: devices::bus::BusError,
-    },
 }
 
 /// What the user should know about one NIC.
@@ -86,7 +69,7 @@ impl Drop for HostCleanup {
     }
 }
 
-pub type NetEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
+pub type NetEventManager = virtio_slot::DeviceEventManager;
 
 /// The built NICs: their ACPI descriptions, what to tell the user, the event loop that
 /// will run their queues, and what to undo at the end.
@@ -146,8 +129,8 @@ pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
     line
 }
 
-/// The most NICs: one GSI each, from VIRTIO_GSI_START to the last IOAPIC pin.
-pub const MAX_NICS: usize = (IOAPIC_PINS - VIRTIO_GSI_START) as usize;
+/// The most NICs: every virtio slot (disks take the ones NICs leave).
+pub const MAX_NICS: usize = virtio_slot::MAX_DEVICES;
 
 /// One line about interfaces that netvmm processes which are gone left behind, if any.
 pub fn stale_warning() -> Option<String> {
@@ -192,55 +175,24 @@ pub fn build(
     }
     let mut em = NetEventManager::new().map_err(|e| NicError::EventLoop(format!("{e:?}")))?;
     for (index, (tap, mac)) in opened.into_iter().enumerate() {
-        let addr = MMIO_DEVICES_START + index as u64 * MMIO_DEVICE_SIZE;
-        let gsi = VIRTIO_GSI_START + index as u32;
-        let kvm = |what| {
-            move |source| NicError::Kvm {
-                index,
-                what,
-                source,
-            }
-        };
-        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| NicError::Transport {
+        let (transport, slot) = virtio_slot::wire(
             index,
-            source: TransportError::EventFd(e),
-        })?;
-        vm.register_irqfd(&irq, gsi)
-            .map_err(kvm("register its irqfd"))?;
-        let transport = MmioTransport::new(Net::new(tap, mac.0), mem.clone(), irq)
-            .map_err(|source| NicError::Transport { index, source })?;
-        for (q, evt) in transport.queue_events().iter().enumerate() {
-            vm.register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), q as u32)
-                .map_err(kvm("register its queue ioeventfd"))?;
-        }
-        let transport = Arc::new(Mutex::new(transport));
-        let counted = transport.clone();
+            &format!("eth{index}"),
+            Net::new(tap, mac.0),
+            vm,
+            mem,
+            mmio,
+            &mut em,
+        )
+        .map_err(|source| NicError::Wire { index, source })?;
         nics.counters.push(NicCounters(Box::new(move || {
-            let t = devices::bus::lock(&counted);
+            let t = devices::bus::lock(&transport);
             NicReport {
                 stats: t.device().stats(),
                 rings: t.ring_state(),
             }
         })));
-        mmio.insert(
-            &format!("eth{index}"),
-            addr,
-            MMIO_DEVICE_SIZE,
-            Arc::new(Mutex::new(MmioFront::new(transport.clone()))),
-        )
-        .map_err(|source| NicError::Bus { index, source })?;
-        let events =
-            MmioEvents::new(transport).map_err(|source| NicError::Transport { index, source })?;
-        let registration = events.registration();
-        em.add_subscriber(Box::new(events));
-        registration
-            .check()
-            .map_err(|source| NicError::Transport { index, source })?;
-        nics.slots.push(VirtioMmioSlot {
-            addr,
-            size: MMIO_DEVICE_SIZE,
-            gsi,
-        });
+        nics.slots.push(slot);
     }
     nics.events = Some(em);
     Ok(nics)

@@ -5,7 +5,7 @@
 //! vCPU threads touch the transport's registers; queue work runs on the event-loop thread,
 //! woken by ioeventfds and the backend fd ([`mmio::MmioEvents`]).
 
-
+pub mod blk;
 pub mod chain;
 pub mod mmio;
 pub mod net;

@@ -36,8 +36,8 @@ esac
 OUT_DIR=${1:-$NETVMM_CACHE_ROOT/guest}
 OUTPUTS=(vmlinuz vmlinux kernel-release initrd.cpio.gz)
 # Modules the guest needs: the virtio-mmio transport (found through ACPI),
-# the NIC, and the pvpanic device so a guest panic reaches the VMM.
-GUEST_MODULES=(virtio_mmio virtio_net pvpanic pvpanic_mmio)
+# the NIC, the disks, and the pvpanic device so a guest panic reaches the VMM.
+GUEST_MODULES=(virtio_mmio virtio_net virtio_blk pvpanic pvpanic_mmio)
 
 STAMP=$(sources_hash "$HERE/build-guest.sh" "$HERE/lib.sh" "$HERE/guest-init.sh" "$HERE/netvmm-exit.S")
 begin_build guest "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"

@@ -35,8 +35,9 @@ esac
 OUT_DIR=${1:-$NETVMM_CACHE_ROOT/lab}
 OUTPUTS=(vmlinuz kernel-release base.cpio.gz)
 # kvm_amd because QEMU TCG emulates SVM, not VMX. The rest are the backends
-# netvmm drives (tap, bridge, macvtap) and the plumbing around them.
-LAB_MODULES=(kvm kvm_amd tun bridge macvlan macvtap veth vhost_net)
+# netvmm drives (tap, bridge, macvtap) and the plumbing around them, and
+# virtio-blk over PCI for the host disk images `netvmm lab run --disk` hands in.
+LAB_MODULES=(kvm kvm_amd tun bridge macvlan macvtap veth vhost_net virtio_pci virtio_blk)
 # A dynamically linked netvmm built on the host needs these besides libc;
 # they come from the host on purpose, matching the binary's build.
 HOST_LIBS=(libgcc_s.so.1 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libutil.so.1)

@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// (host-access: the host's address on PARENT's side, so host and guest can talk).
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
+    /// A guest disk (repeat for vdb, vdc, ...): PATH[,readonly], a raw image (a regular
+    /// file or a block device), locked against a second netvmm or QEMU writing it.
+    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    pub disks: Vec<String>,
     /// The guest command, after `--`: netvmm's guest image runs it (each argument intact)
     /// and netvmm exits with its status.
     #[arg(last = true, value_name = "CMD")]
@@ -90,6 +94,8 @@ pub enum ArgError {
     Net(#[from] net::SpecError),
     #[error(transparent)]
     GuestCommand(#[from] crate::guest_command::GuestCommandError),
+    #[error(transparent)]
+    Disk(#[from] vmm::disks::DiskSpecError),
 }
 
 impl RunArgs {
@@ -103,6 +109,11 @@ impl RunArgs {
         c.timeout = self.timeout;
         c.nets = self
             .nets
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()?;
+        c.disks = self
+            .disks
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?;

@@ -22,6 +22,13 @@ pub enum LabCmdError {
     },
     #[error("--file {}: another --file has the same name; the lab keeps files by name", path.display())]
     SameName { path: std::path::PathBuf },
+    #[error(
+        "too many --disk options for the lab host: at most {}",
+        lab::runner::MAX_LAB_DISKS
+    )]
+    TooManyDisks,
+    #[error(transparent)]
+    Disk(#[from] vmm::disks::DiskError),
     #[error(transparent)]
     Args(#[from] crate::args::ArgError),
     #[error(transparent)]
@@ -144,6 +151,27 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
     for n in &r.nets {
         args.extend(["--net".into(), n.clone()]);
     }
+    // Disks go to the lab host as its own virtio disks: QEMU writes the host file itself.
+    let mut disks = Vec::new();
+    for d in &r.disks {
+        let spec: vmm::disks::DiskSpec = d.parse().map_err(crate::args::ArgError::from)?;
+        if disks.len() == lab::runner::MAX_LAB_DISKS {
+            return Err(LabCmdError::TooManyDisks);
+        }
+        let lab_path = lab::runner::LabDisk::lab_path(disks.len());
+        // The same checks as a native run, and the same lock (released again here: QEMU
+        // takes its own on the file), so a bad or busy image fails before the lab boots.
+        drop(vmm::disks::open(
+            &spec,
+            &vmm::disks::guest_name(disks.len()),
+        )?);
+        let ro = if spec.readonly { ",readonly" } else { "" };
+        args.extend(["--disk".into(), format!("{lab_path}{ro}")]);
+        disks.push(lab::runner::LabDisk {
+            host: spec.path,
+            readonly: spec.readonly,
+        });
+    }
     let mut run = LabRun::new(String::new());
     if let Some(log) = &r.serial_log {
         args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);
@@ -160,6 +188,7 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
         .collect::<Vec<_>>()
         .join(" ");
     run.files = files;
+    run.disks = disks;
     if let Some(t) = r.timeout {
         run.timeout = t;
     }
@@ -203,6 +232,26 @@ mod tests {
             .starts_with("'netvmm' 'run' '--kernel' '/lab/files/kernel'"));
         assert!(run.script.contains(r#"'a '\''b'\'''"#), "{}", run.script);
         assert_eq!(run.outputs[0].1, Path::new("/tmp/x.log"));
+        // Disks become the lab host's own virtio disks, read-only ones read-only.
+        let img = dir.join("disk.raw");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let mut with_disks = r.clone();
+        with_disks.disks = vec![
+            img.display().to_string(),
+            format!("{},readonly", img.display()),
+        ];
+        let run = lab_run_for(&with_disks).unwrap();
+        assert!(
+            run.script
+                .contains("'--disk' '/dev/vda' '--disk' '/dev/vdb,readonly'"),
+            "{}",
+            run.script
+        );
+        assert_eq!(run.disks.len(), 2);
+        assert!(!run.disks[0].readonly && run.disks[1].readonly);
+        with_disks.disks = vec![dir.join("absent").display().to_string()];
+        let e = lab_run_for(&with_disks).unwrap_err().to_string();
+        assert!(e.contains("absent") && e.contains("does not exist"), "{e}");
         let mut with_command = r.clone();
         with_command.command = vec!["sh".into(), "-c".into(), "echo \"a b\"; exit 5".into()];
         let script = lab_run_for(&with_command).unwrap().script;

@@ -51,6 +51,9 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
             for nic in vm.nics() {
                 eprintln!("netvmm: {nic}");
             }
+            for disk in vm.disks() {
+                eprintln!("netvmm: {disk}");
+            }
             let outcome = vm.run()?;
             if let Some(msg) = outcome.message() {
                 eprintln!("netvmm: {msg}");

@@ -217,6 +217,35 @@ fn file_err<'a>(
     }
 }
 
+/// A host disk image handed to the lab host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabDisk {
+    pub host: PathBuf,
+    pub readonly: bool,
+}
+
+impl LabDisk {
+    /// The lab host's name for disk `index`.
+    pub fn lab_path(index: usize) -> String {
+        format!("/dev/vd{}", char::from(b'a' + (index % 26) as u8))
+    }
+
+    /// QEMU's arguments for it as disk `index` (a comma in a QEMU option value is doubled).
+    fn qemu_args(&self, index: usize) -> [String; 4] {
+        let file = self.host.display().to_string().replace(',', ",,");
+        let ro = if self.readonly { "on" } else { "off" };
+        [
+            "-drive".into(),
+            format!("file={file},format=raw,if=none,id=netvmm-disk{index},readonly={ro},cache=writeback"),
+            "-device".into(),
+            format!("virtio-blk-pci,drive=netvmm-disk{index},serial=netvmm-disk{index}"),
+        ]
+    }
+}
+
+/// The most disks a lab host takes (vda to vdz).
+pub const MAX_LAB_DISKS: usize = 26;
+
 /// One scenario for the lab host.
 #[derive(Debug, Clone)]
 pub struct LabRun {
@@ -229,6 +258,10 @@ pub struct LabRun {
     pub env: Vec<(String, String)>,
     /// Files the scenario leaves in the lab (lab path) to copy back to the host (host path).
     pub outputs: Vec<(String, PathBuf)>,
+    /// Host disk images given to the lab host as virtio disks, in order: /dev/vda, /dev/vdb,
+    /// ... in there. QEMU reads and writes the host file itself, so what a guest writes is
+    /// in it when the run ends, with no copy in or out (and QEMU's image lock holds it).
+    pub disks: Vec<LabDisk>,
     pub memory_mib: u64,
     pub timeout: Duration,
     pub console: Console,
@@ -241,6 +274,7 @@ impl LabRun {
             files: Vec::new(),
             env: Vec::new(),
             outputs: Vec::new(),
+            disks: Vec::new(),
             memory_mib: DEFAULT_LAB_MEMORY_MIB,
             timeout: DEFAULT_LAB_TIMEOUT,
             console: Console::Stdout,
@@ -277,6 +311,12 @@ impl LabRun {
             .arg("-initrd")
             .arg(&initrd)
             .args(["-append", LAB_CMDLINE])
+            .args(
+                self.disks
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, d)| d.qemu_args(i)),
+            )
             .stdin(Stdio::inherit())
             .stdout(Stdio::piped())
             .spawn()

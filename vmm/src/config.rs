@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Guest NICs in order: eth0, eth1, ...
     pub nets: Vec<net::NetSpec>,
+    /// Guest disks in order: vda, vdb, ...
+    pub disks: Vec<crate::disks::DiskSpec>,
 }
 
 impl VmConfig {
@@ -42,6 +44,7 @@ impl VmConfig {
             serial_log: None,
             timeout: None,
             nets: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

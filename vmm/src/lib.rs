@@ -8,6 +8,8 @@ pub mod cmdline;
 pub mod config;
 pub mod console;
 pub mod cpu;
+pub mod disks;
+pub mod image_lock;
 pub mod kvm_kind;
 pub mod layout;
 pub mod memory;

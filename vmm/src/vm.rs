@@ -51,6 +51,8 @@ pub enum VmmError {
     Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Nic(#[from] crate::nics::NicError),
+    #[error(transparent)]
+    Disk(#[from] crate::disks::DiskError),
     #[error("cannot wire {0}")]
     Bus(#[from] devices::bus::BusError),
     #[error("cannot create serial log {path}: {source}")]
@@ -141,6 +143,7 @@ pub struct Vmm {
     nics: Vec<crate::nics::NicInfo>,
     nic_counters: Vec<crate::nics::NicCounters>,
     net_events: Option<crate::nics::NetEventManager>,
+    disks: crate::disks::Disks,
     /// Dropped when `run` returns (or `new` fails): deletes what netvmm created on the host.
     _host_cleanup: crate::nics::HostCleanup,
 }
@@ -202,12 +205,28 @@ impl Vmm {
             }
         }
         let crate::nics::Nics {
-            slots: virtio_mmio,
+            slots: mut virtio_mmio,
             infos: nics,
             counters: nic_counters,
-            events: net_events,
+            events: mut net_events,
             cleanup: mut host_cleanup,
         } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
+        let disks = if config.disks.is_empty() {
+            crate::disks::Disks::default()
+        } else {
+            let em = match net_events.as_mut() {
+                Some(em) => em,
+                None => net_events.insert(crate::nics::NetEventManager::new().map_err(|e| {
+                    VmmError::Io {
+                        what: "set up the device event loop",
+                        source: std::io::Error::other(format!("{e:?}")),
+                    }
+                })?),
+            };
+            let first_slot = virtio_mmio.len();
+            crate::disks::build(&config.disks, first_slot, &vm, &guest_memory, &mut mmio, em)?
+        };
+        virtio_mmio.extend(disks.slots.iter().cloned());
         host_cleanup.watch_bridges().map_err(io_err_from_netlink)?;
         let buses = Arc::new(Buses { pio, mmio });
 
@@ -262,8 +281,14 @@ impl Vmm {
             nics,
             nic_counters,
             net_events,
+            disks,
             _host_cleanup: host_cleanup,
         })
+    }
+
+    /// The disks, for the user's information.
+    pub fn disks(&self) -> &[crate::disks::DiskInfo] {
+        &self.disks.infos
     }
 
     /// The NICs, for the user's information.
@@ -315,6 +340,12 @@ impl Vmm {
                 eprintln!(
                     "{}",
                     crate::nics::counters_line(&info.guest_name, &counters.read())
+                );
+            }
+            for (info, counters) in self.disks.infos.iter().zip(&self.disks.counters) {
+                eprintln!(
+                    "{}",
+                    crate::disks::counters_line(&info.guest_name, &counters.read())
                 );
             }
             eprintln!("{}", self.boot_report(first_run.get().copied()));

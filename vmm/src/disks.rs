@@ -25,7 +25,7 @@ pub struct DiskSpec {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskSpecError {
-    #[error("--disk needs a path: --disk PATH[,readonly]")]
+    #[error("--disk needs a path: --disk PATH[,readonly] (or path=\"PATH\" for one with a comma)")]
     NoPath,
     #[error("--disk {spec}: unknown option '{key}' (only readonly)")]
     Unknown { spec: String, key: String },
@@ -37,14 +37,19 @@ impl FromStr for DiskSpec {
     type Err = DiskSpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        if spec.trim().is_empty() {
+            return Err(DiskSpecError::NoPath);
+        }
         let printable = net::spec::printable(spec);
         let pairs = net::spec::split_pairs(spec).map_err(|why| DiskSpecError::Syntax {
             spec: printable.clone(),
             why,
         })?;
         let mut pairs = pairs.into_iter();
+        // PATH, or path="PATH" for a path with a comma in it.
         let path = match pairs.next() {
-            Some((path, None)) if !path.is_empty() => PathBuf::from(path),
+            Some((path, None)) => PathBuf::from(path),
+            Some((key, Some(path))) if key == "path" && !path.is_empty() => PathBuf::from(path),
             _ => return Err(DiskSpecError::NoPath),
         };
         let mut readonly = false;
@@ -241,7 +246,7 @@ mod tests {
         assert_eq!((d.path.to_str(), d.readonly), (Some("/img/a.raw"), false));
         let d: DiskSpec = "/img/b.raw,readonly".parse().unwrap();
         assert!(d.readonly);
-        let d: DiskSpec = r#""/img/with,comma.raw",readonly"#.parse().unwrap();
+        let d: DiskSpec = r#"path="/img/with,comma.raw",readonly"#.parse().unwrap();
         assert_eq!(d.path, PathBuf::from("/img/with,comma.raw"));
         assert_eq!("".parse::<DiskSpec>().unwrap_err(), DiskSpecError::NoPath);
         let e = "/a,rw".parse::<DiskSpec>().unwrap_err().to_string();

@@ -51,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
     q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
     q.set_used_ring_address(Some(USED as u32), Some(0));
     q.set_ready(true);
-    dev.activate(dev.features()).unwrap();
+    dev.activate(dev.features(), &mem).unwrap();
 
     // Descriptors: addresses mostly inside the buffer area, some anywhere at all.
     for i in 0..QUEUE_SIZE {
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     }
     mem.write_obj(avail, GuestAddress(AVAIL + 2)).unwrap();
     for _ in 0..4 {
-        dev.process(Wake::Queue(0), std::slice::from_mut(&mut q), &mem);
+        dev.process(Wake::Queue(0), std::slice::from_mut(&mut q));
     }
 
     let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();

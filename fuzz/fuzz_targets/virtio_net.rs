@@ -191,7 +191,7 @@ fuzz_target!(|data: &[u8]| {
     let backend = Backend::new();
     let frames = backend.incoming.clone();
     let mut net = Net::new(backend, [0x52, 0x54, 0, 0, 0, 1]);
-    net.activate(features).unwrap();
+    net.activate(features, &mem).unwrap();
 
     // Then a script of guest and network actions.
     let mut steps = 0;
@@ -200,19 +200,19 @@ fuzz_target!(|data: &[u8]| {
         let op = input.u8();
         match op % 12 {
             0 => {
-                net.process(Wake::Queue(0), &mut queues, &mem);
+                net.process(Wake::Queue(0), &mut queues);
             }
             1 => {
-                net.process(Wake::Queue(1), &mut queues, &mem);
+                net.process(Wake::Queue(1), &mut queues);
             }
             2 => {
-                net.process(Wake::Backend, &mut queues, &mem);
+                net.process(Wake::Backend, &mut queues);
             }
             3 => {
-                net.process(Wake::Activated, &mut queues, &mem);
+                net.process(Wake::Activated, &mut queues);
             }
             4 => {
-                net.process(Wake::Queue(u16::from(input.u8())), &mut queues, &mem);
+                net.process(Wake::Queue(u16::from(input.u8())), &mut queues);
             }
             5 | 6 => {
                 let ring = if op % 12 == 5 { rx } else { tx };
@@ -229,11 +229,11 @@ fuzz_target!(|data: &[u8]| {
             10 => {
                 // A frame arrives and the backend fd becomes readable.
                 frames.lock().unwrap().push_back(frame(&mut input));
-                net.process(Wake::Backend, &mut queues, &mem);
+                net.process(Wake::Backend, &mut queues);
             }
             _ => {
                 net.reset();
-                net.activate(features).unwrap();
+                net.activate(features, &mem).unwrap();
             }
         }
     }

@@ -135,14 +135,12 @@ fn budget() -> Duration {
 
 /// One wake-up of the device and, as the transport does when the wake-up's budget cut the
 /// work short, the queue wake-ups that finish it.
-fn serve(net: &mut Net<Tap>, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) {
-    let mut unfinished = net.process(wake, queues, mem).unfinished;
+fn serve(net: &mut Net<Tap>, wake: Wake, queues: &mut [Queue]) {
+    let mut unfinished = net.process(wake, queues).unfinished;
     while unfinished != 0 {
         let queue = unfinished.trailing_zeros();
         unfinished &= !(1 << queue);
-        unfinished |= net
-            .process(Wake::Queue(queue as u16), queues, mem)
-            .unfinished;
+        unfinished |= net.process(Wake::Queue(queue as u16), queues).unfinished;
     }
 }
 
@@ -158,14 +156,14 @@ fn tx_device(tap: Tap, len: usize) -> Figure {
     let (_rxr, rxq) = Ring::new(&mem, 0x1000, 0x10_0000, RX_BUF, DESC_F_WRITE);
     let (mut txr, txq) = Ring::new(&mem, 0x8000, bufs, f.len() as u32, 0);
     let mut net = Net::new(tap, [0x52, 0x54, 0, 0x11, 0x11, 0x11]);
-    net.activate(VIRTIO_F_VERSION_1 | F_CSUM | F_HOST_TSO4)
+    net.activate(VIRTIO_F_VERSION_1 | F_CSUM | F_HOST_TSO4, &mem)
         .unwrap();
     let mut queues = [rxq, txq];
     let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
     while elapsed < budget() {
         txr.refill(&mem, f.len() as u32);
         let t = Instant::now();
-        serve(&mut net, Wake::Queue(1), &mut queues, &mem);
+        serve(&mut net, Wake::Queue(1), &mut queues);
         elapsed += t.elapsed();
         frames += u64::from(QSIZE);
     }
@@ -308,8 +306,11 @@ fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usize
     let (mut rxr, rxq) = Ring::new(&mem, 0x1000, 0x10_0000, RX_BUF, DESC_F_WRITE);
     let (_txr, txq) = Ring::new(&mem, 0x8000, 0x20_0000, 2048, 0);
     let mut net = Net::new(tap, [0x52, 0x54, 0, 0x11, 0x11, 0x11]);
-    net.activate(VIRTIO_F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4)
-        .unwrap();
+    net.activate(
+        VIRTIO_F_VERSION_1 | F_MRG_RXBUF | F_GUEST_CSUM | F_GUEST_TSO4,
+        &mem,
+    )
+    .unwrap();
     let mut queues = [rxq, txq];
     let inj = Injector::to(via.0, len, via.1);
     let (mut frames, mut elapsed) = (0u64, Duration::ZERO);
@@ -318,7 +319,7 @@ fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usize
         inj.inject(per_round);
         let before = net.stats().rx_frames;
         let t = Instant::now();
-        serve(&mut net, Wake::Backend, &mut queues, &mem);
+        serve(&mut net, Wake::Backend, &mut queues);
         elapsed += t.elapsed();
         frames += net.stats().rx_frames - before;
         // Anything the ring could not take this round is read and thrown away, so that the

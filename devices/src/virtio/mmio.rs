@@ -195,7 +195,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !self.active {
             return;
         }
-        let done = self.device.process(wake, &mut self.queues, &self.mem);
+        let done = self.device.process(wake, &mut self.queues);
         if done.interrupt {
             self.raise(INT_VRING);
         }
@@ -290,7 +290,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             for q in &mut self.queues {
                 q.set_event_idx(event_idx);
             }
-            self.device.activate(self.driver_features)
+            self.device.activate(self.driver_features, &self.mem)
         } else {
             Err("queues are not valid in guest memory or features were not accepted".into())
         };

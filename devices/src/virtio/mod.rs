@@ -77,13 +77,17 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads the device configuration space; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// The driver accepted `features` and set DRIVER_OK. An error refuses activation
-    /// (the transport then asks the driver for a reset).
-    fn activate(&mut self, features: u64) -> Result<(), String>;
+    /// The driver accepted `features` and set DRIVER_OK. The device keeps `mem` (a
+    /// handle that keeps the mapping alive) and works only in it until the next reset, so
+    /// that what it holds across wake-ups (pointers into receive buffers) always points
+    /// into the memory it was taken from. An error refuses activation (the transport then
+    /// asks the driver for a reset).
+    fn activate(&mut self, features: u64, mem: &GuestMemoryMmap) -> Result<(), String>;
     /// The driver reset the device.
     fn reset(&mut self);
-    /// Does the queue work `wake` calls for, at most a wake-up's budget of it.
-    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed;
+    /// Does the queue work `wake` calls for, at most a wake-up's budget of it, in the
+    /// memory given at activation (nothing before it).
+    fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed;
     /// The backend descriptor the event loop should watch, if any.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd>;
 }

@@ -72,6 +72,8 @@ pub struct Block {
     stats: BlockStats,
     descs: Vec<Descriptor>,
     bounce: Vec<u8>,
+    /// The guest memory given at activation.
+    mem: Option<GuestMemoryMmap>,
 }
 
 /// A checked request: what to do and where its data lives in guest memory.
@@ -98,6 +100,7 @@ impl Block {
             stats: BlockStats::default(),
             descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             bounce: vec![0; CHUNK],
+            mem: None,
         }
     }
 
@@ -377,23 +380,30 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn activate(&mut self, _features: u64) -> Result<(), String> {
+    fn activate(&mut self, _features: u64, mem: &GuestMemoryMmap) -> Result<(), String> {
+        self.mem = Some(mem.clone());
         Ok(())
     }
 
-    fn reset(&mut self) {}
+    fn reset(&mut self) {
+        self.mem = None;
+    }
 
-    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed {
+    fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed {
         let [q] = queues else {
             return Processed::default();
         };
         if matches!(wake, Wake::Backend) || !q.ready() {
             return Processed::default();
         }
+        let Some(mem) = self.mem.take() else {
+            return Processed::default();
+        };
         let mut budget = Budget::default();
-        let served = serve_chains(q, mem, &mut budget, |q, head, budget| {
-            self.serve(q, mem, head, budget)
+        let served = serve_chains(q, &mem, &mut budget, |q, head, budget| {
+            self.serve(q, &mem, head, budget)
         });
+        self.mem = Some(mem);
         Processed {
             interrupt: served.interrupt,
             unfinished: u32::from(served.unfinished),

@@ -64,12 +64,13 @@ impl Rig {
         q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
-        let dev = Block::new(
+        let mut dev = Block::new(
             image.try_clone().unwrap(),
             DISK,
             readonly,
             "netvmm-test-disk",
         );
+        dev.activate(dev.features(), &mem).unwrap();
         Self {
             mem,
             q,
@@ -119,7 +120,7 @@ impl Rig {
 
     fn process(&mut self) -> Processed {
         self.dev
-            .process(Wake::Queue(0), std::slice::from_mut(&mut self.q), &self.mem)
+            .process(Wake::Queue(0), std::slice::from_mut(&mut self.q))
     }
 
     fn status(&self, at: u64) -> u8 {
@@ -345,4 +346,17 @@ fn config_space_has_capacity_size_max_and_seg_max() {
     assert_eq!(w, [0; 4], "past the end reads as zero");
     assert_eq!(r.dev.device_type(), VIRTIO_ID_BLOCK);
     assert_eq!(r.dev.features() & F_RO, 0);
+}
+
+#[test]
+fn nothing_is_served_before_activation_or_after_a_reset() {
+    let mut r = Rig::new(false);
+    r.dev.reset();
+    let status = r.request(T_IN, 0, 512, true);
+    assert_eq!(r.process(), Processed::default());
+    assert_eq!(r.status(status), 0xaa, "untouched");
+    let mem = r.mem.clone();
+    r.dev.activate(r.dev.features(), &mem).unwrap();
+    r.process();
+    assert_eq!(r.status(status), S_OK);
 }

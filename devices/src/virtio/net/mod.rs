@@ -89,6 +89,8 @@ pub struct Net<B: NetBackend> {
     /// Length of the last frame received, to pick the receive path for the next.
     rx_last_len: usize,
     tx_iovs: Vec<libc::iovec>,
+    /// The guest memory given at activation; `win_iovs` point into it.
+    mem: Option<GuestMemoryMmap>,
     stats: NetStats,
 }
 
@@ -112,6 +114,7 @@ impl<B: NetBackend> Net<B> {
             win_capacity: 0,
             rx_last_len: 0,
             tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            mem: None,
             stats: NetStats::default(),
         }
     }
@@ -562,8 +565,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         }
     }
 
-    fn activate(&mut self, features: u64) -> Result<(), String> {
+    fn activate(&mut self, features: u64, mem: &GuestMemoryMmap) -> Result<(), String> {
         self.acked = features;
+        self.mem = Some(mem.clone());
         self.backend
             .set_vnet_hdr_len(VNET_HDR_LEN)
             .map_err(|e| format!("cannot set the vnet header length: {e}"))?;
@@ -579,6 +583,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn reset(&mut self) {
         self.acked = 0;
+        // The window's iovecs point into this memory: they go first, then the memory.
+        self.win_iovs.clear();
+        self.mem = None;
         self.rx_pending = 0;
         self.rx_used.clear();
         self.win_chains.clear();
@@ -587,7 +594,24 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.tx_iovs.clear();
     }
 
-    fn process(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed {
+    fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed {
+        // Taken out for the call (not cloned: no allocation per wake-up) and put back.
+        let Some(mem) = self.mem.take() else {
+            return Processed::default();
+        };
+        let done = self.process_in(wake, queues, &mem);
+        self.mem = Some(mem);
+        done
+    }
+
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.backend.as_raw_fd())
+    }
+}
+
+impl<B: NetBackend> Net<B> {
+    /// [`VirtioDevice::process`] in the activation memory.
+    fn process_in(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed {
         let mut done = Processed::default();
         let [rxq, txq] = queues else {
             return done;
@@ -612,10 +636,6 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
             note(self.process_rx(rxq, mem, &mut budget), RX);
         }
         done
-    }
-
-    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.backend.as_raw_fd())
     }
 }
 

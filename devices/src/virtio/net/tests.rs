@@ -282,15 +282,10 @@ fn guest_memory() -> GuestMemoryMmap {
 
 /// Runs `process` on another thread and fails the test if it does not return in time (a
 /// spinning device thread is then abandoned; the test binary still exits).
-fn process_with_deadline(
-    mut dev: Device,
-    mem: &GuestMemoryMmap,
-    wake: Wake,
-) -> (Device, Processed) {
-    let mem = mem.clone();
+fn process_with_deadline(mut dev: Device, wake: Wake) -> (Device, Processed) {
     let (done, result) = mpsc::channel();
     thread::spawn(move || {
-        let processed = dev.net.process(wake, &mut dev.queues, &mem);
+        let processed = dev.net.process(wake, &mut dev.queues);
         let _ = done.send((dev, processed));
     });
     match result.recv_timeout(DEADLINE) {
@@ -308,7 +303,8 @@ impl Rig {
     /// A device with both queues ready, activated with `features`.
     fn new(features: u64) -> Self {
         let mut rig = Self::inactive();
-        rig.net_mut().activate(features).unwrap();
+        let mem = rig.mem.clone();
+        rig.net_mut().activate(features, &mem).unwrap();
         rig
     }
 
@@ -319,7 +315,8 @@ impl Rig {
     /// A device activated with `features` whose queues have `size` entries.
     fn sized(features: u64, size: u16) -> Self {
         let mut rig = Self::inactive_sized(size);
-        rig.net_mut().activate(features).unwrap();
+        let mem = rig.mem.clone();
+        rig.net_mut().activate(features, &mem).unwrap();
         rig
     }
 
@@ -350,7 +347,7 @@ impl Rig {
 
     fn wake_processed(&mut self, wake: Wake) -> Processed {
         let dev = self.dev.take().expect("device lost to an earlier hang");
-        let (dev, processed) = process_with_deadline(dev, &self.mem, wake);
+        let (dev, processed) = process_with_deadline(dev, wake);
         self.dev = Some(dev);
         processed
     }
@@ -1284,20 +1281,14 @@ fn indirect_descriptor_tables_are_bounded() {
 fn process_with_odd_queues_or_wakes_does_nothing() {
     let mut rig = Rig::new(VIRTIO_F_VERSION_1);
     rig.push_frame(frame(10, 0));
-    let mem = rig.mem.clone();
+
     let net = rig.net_mut();
-    assert_eq!(
-        net.process(Wake::Backend, &mut [], &mem),
-        Processed::default()
-    );
+    assert_eq!(net.process(Wake::Backend, &mut []), Processed::default());
     let mut one = vec![Queue::new(16).unwrap()];
-    assert_eq!(
-        net.process(Wake::Backend, &mut one, &mem),
-        Processed::default()
-    );
+    assert_eq!(net.process(Wake::Backend, &mut one), Processed::default());
     let mut three: Vec<Queue> = (0..3).map(|_| Queue::new(16).unwrap()).collect();
     assert_eq!(
-        net.process(Wake::Queue(0), &mut three, &mem),
+        net.process(Wake::Queue(0), &mut three),
         Processed::default()
     );
     assert!(!rig.wake(Wake::Queue(2)));
@@ -1547,7 +1538,8 @@ fn activate_sets_vnet_header_length_and_offloads() {
 fn activate_fails_when_the_backend_refuses() {
     let mut rig = Rig::inactive();
     rig.shared.lock().unwrap().fail_config = true;
-    assert!(rig.net_mut().activate(VIRTIO_F_VERSION_1).is_err());
+    let mem = rig.mem.clone();
+    assert!(rig.net_mut().activate(VIRTIO_F_VERSION_1, &mem).is_err());
 }
 
 #[test]
@@ -1564,7 +1556,8 @@ fn reset_forgets_features_and_the_pending_frame() {
     assert_eq!(rig.net().acked, 0);
     assert_eq!(rig.net().rx_pending, 0);
     // Re-activation works like the first.
-    rig.net_mut().activate(VIRTIO_F_VERSION_1).unwrap();
+    let mem = rig.mem.clone();
+    rig.net_mut().activate(VIRTIO_F_VERSION_1, &mem).unwrap();
     rig.assert_rx_works(0);
     rig.assert_tx_works(2);
     assert_eq!(
@@ -1634,7 +1627,7 @@ fn fuzz_one(rng: &mut XorShift, noise: &[u8], avoid_tx_spin: bool) {
     let event_idx = rng.chance(30);
     let (backend, shared) = MockBackend::new();
     let mut net = Net::new(backend, MAC);
-    net.activate(features).unwrap();
+    net.activate(features, &mem).unwrap();
     let mut queues = vec![rxq, txq];
     for q in &mut queues {
         q.set_event_idx(event_idx);
@@ -1711,10 +1704,10 @@ fn fuzz_one(rng: &mut XorShift, noise: &[u8], avoid_tx_spin: bool) {
             3 => Wake::Activated,
             _ => Wake::Queue(rng.below(4) as u16),
         };
-        net.process(wake, &mut queues, &mem);
+        net.process(wake, &mut queues);
         if rng.chance(5) {
             net.reset();
-            net.activate(features).unwrap();
+            net.activate(features, &mem).unwrap();
         }
     }
 

@@ -189,3 +189,29 @@ fn doctor_names_the_kvm_kind() {
         assert!(!module.contains("not found"), "{tun} but {module}");
     }
 }
+
+/// A guest command too long for the kernel's command line is refused, never cut short.
+/// It gets as far as writing the command line, which needs a /dev/kvm (PVM is enough:
+/// nothing runs) and the guest kernel.
+#[test]
+fn a_guest_command_too_long_for_the_kernel_is_refused() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipping: no /dev/kvm here");
+        return;
+    }
+    let kernel = netvmm(&["image", "path", "kernel"]);
+    assert!(kernel.status.success(), "{kernel:?}");
+    let kernel = String::from_utf8_lossy(&kernel.stdout).trim().to_string();
+    let long = format!("echo {}", "x".repeat(1600));
+    let out = std::process::Command::new(common::NETVMM)
+        .args(["run", "--kernel", &kernel, "--", "sh", "-c", &long])
+        .env("NETVMM_ALLOW_PVM", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("keeps at most 2047"), "{stderr}");
+    assert!(stderr.contains("cut short"), "{stderr}");
+}

@@ -48,6 +48,9 @@ populate() {
 	mkdir -p "$root/etc/systemd/network"
 	ln -sfn /dev/null "$root/etc/systemd/network/99-default.link"
 	ln -sfn /lib/systemd/system/multi-user.target "$root/etc/systemd/system/default.target"
+	# binfmt_misc's automount needs autofs4, a module the rootfs does not have (the
+	# initramfs loaded what the guest needs): "UNSUPP" on the console at every boot.
+	ln -sfn /dev/null "$root/etc/systemd/system/proc-sys-fs-binfmt_misc.automount"
 	install -m 0644 "$HERE/netvmm-run.service" "$root/etc/systemd/system/netvmm-run.service"
 	mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
 	ln -sfn ../netvmm-run.service "$root/etc/systemd/system/multi-user.target.wants/netvmm-run.service"

@@ -39,6 +39,10 @@ OUTPUTS=(vmlinuz vmlinux kernel-release initrd.cpio.gz)
 # the NIC, the disks, and the pvpanic device so a guest panic reaches the VMM.
 GUEST_MODULES=(virtio_mmio virtio_net virtio_blk pvpanic pvpanic_mmio)
 
+# And for guest-init.sh's root=: the disk, and the root disk's filesystem (built into the
+# cloud kernel, a module in the generic one). A module named twice is staged once.
+GUEST_MODULES+=(virtio_blk ext4)
+
 STAMP=$(sources_hash "$HERE/build-guest.sh" "$HERE/lib.sh" "$HERE/guest-init.sh" "$HERE/netvmm-exit.S")
 begin_build guest "$OUT_DIR" "$STAMP" "${OUTPUTS[@]}"
 KPKG=$(kernel_package)

@@ -7,6 +7,10 @@
 #                        netvmm.run="shell command"
 #                        netvmm.run64=BASE64 (the same, base64: `netvmm run -- CMD`)
 #                        netvmm.exit=poweroff|reboot (poweroff)
+#                        root=/dev/vdX|LABEL=..|UUID=.. rootfstype=TYPE ro|rw init=PATH:
+#                        mount that root and switch_root to its init (/sbin/init)
+#                        instead of all of the below, which the new root's own
+#                        init does (build-rootfs.sh: netvmm-run.service)
 #   console output       exactly one "netvmm-guest: ready ..." line, then for
 #                        netvmm.run "netvmm-guest: command exited with status N"
 #   exit device          the command's status N is written to I/O port 0xf4
@@ -48,12 +52,30 @@ if [ -r /etc/netvmm-modules ] && [ -d "/lib/modules/$(uname -r)" ]; then
 	done </etc/netvmm-modules
 fi
 
+# report_status N: write N to netvmm's exit device (I/O port 0xf4), which
+# ends the VM with exit status N. Under a VMM without it the write does
+# nothing (QEMU's isa-debug-exit, if present there, exits (N << 1) | 1).
+# Through /dev/port where the kernel has it, else with netvmm-exit (ioperm
+# and outb: Debian's cloud kernel has no /dev/port).
+report_status() {
+	if [ -c /dev/port ]; then
+		# shellcheck disable=SC2059 # the format is the octal escape of N
+		printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
+	else
+		/bin/netvmm-exit "$1"
+	fi
+}
+
 ip_addr=
 iface=eth0
 gw=
 host_name=
 run=
 exit_mode=poweroff
+root=
+rootfstype=
+root_mode=rw
+new_init=/sbin/init
 # eval honours the quotes of netvmm.run="a b; c". An unbalanced quote would
 # be a syntax error that kills PID 1, so try it in a subshell first.
 cmdline=$(cat /proc/cmdline)
@@ -79,8 +101,57 @@ for arg in "$@"; do
 		fi
 		;;
 	netvmm.exit=*) exit_mode=${arg#netvmm.exit=} ;;
+	root=*) root=${arg#root=} ;;
+	rootfstype=*) rootfstype=${arg#rootfstype=} ;;
+	ro | rw) root_mode=$arg ;;
+	init=*) new_init=${arg#init=} ;;
 	esac
 done
+
+# fail_boot MESSAGE: the root could not be booted. Said on the console and reported as
+# status 125 through the exit device (as an undecodable command is), so that a missing
+# or broken disk ends the VM with a failure at once instead of hanging or passing.
+fail_boot() {
+	say "$*"
+	report_status 125
+	say "no exit device took the status: crashing the kernel so that the failure is seen"
+	echo c >/proc/sysrq-trigger
+	poweroff -f
+	while :; do sleep 3600; done
+}
+
+if [ -n "$root" ]; then
+	# virtio_blk (loaded above with the other modules) probes the disk asynchronously:
+	# give the device up to 5 s. findfs resolves LABEL= and UUID=.
+	i=0
+	dev=
+	while [ "$i" -lt 50 ]; do
+		case $root in
+		/dev/*) [ -b "$root" ] && dev=$root ;;
+		*) dev=$(findfs "$root" 2>/dev/null) ;;
+		esac
+		[ -n "$dev" ] && break
+		sleep 0.1
+		i=$((i + 1))
+	done
+	[ -n "$dev" ] || fail_boot "root device $root did not appear within 5 s (no --disk, or no virtio_blk driver?)"
+	mkdir -p /newroot
+	if ! out=$(mount ${rootfstype:+-t "$rootfstype"} -o "$root_mode" "$dev" /newroot 2>&1); then
+		fail_boot "cannot mount $dev on /newroot: $out"
+	fi
+	[ -e "/newroot$new_init" ] || [ -L "/newroot$new_init" ] || fail_boot "$dev has no $new_init"
+	# switch_root wants the new root's /dev, /proc, /sys and /run in place; /tmp goes.
+	umount /tmp
+	for m in /dev /proc /sys /run; do
+		mkdir -p "/newroot$m"
+		mount --move "$m" "/newroot$m" || say "cannot move $m to the new root"
+	done
+	exec switch_root -c /dev/console /newroot "$new_init"
+	# exec failed; the console is still open, but /dev and /proc are gone from here.
+	say "switch_root to $dev failed"
+	poweroff -f
+	while :; do sleep 3600; done
+fi
 
 [ -n "$host_name" ] && hostname "$host_name"
 
@@ -110,20 +181,6 @@ read -r uptime _ </proc/uptime
 cpus=$(grep -c '^processor' /proc/cpuinfo)
 mem_kb=$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)
 echo "netvmm-guest: ready uptime=$uptime cpus=$cpus mem_kb=$mem_kb" >/dev/console
-
-# report_status N: write N to netvmm's exit device (I/O port 0xf4), which
-# ends the VM with exit status N. Under a VMM without it the write does
-# nothing (QEMU's isa-debug-exit, if present there, exits (N << 1) | 1).
-# Through /dev/port where the kernel has it, else with netvmm-exit (ioperm
-# and outb: Debian's cloud kernel has no /dev/port).
-report_status() {
-	if [ -c /dev/port ]; then
-		# shellcheck disable=SC2059 # the format is the octal escape of N
-		printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null
-	else
-		/bin/netvmm-exit "$1"
-	fi
-}
 
 if [ -n "$run" ]; then
 	/bin/sh -c "$run"

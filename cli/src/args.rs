@@ -187,12 +187,18 @@ impl From<Flavour> for lab::GuestFlavour {
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
     /// Build the guest image if needed and print its paths.
-    Build,
-    /// Print the path of one part: kernel, vmlinux or initrd (building it if needed), or
+    Build {
+        /// Build the Debian 12 root filesystem image instead (systemd, iproute2, iperf3:
+        /// boot it with --disk and root=/dev/vda) and print its path.
+        #[arg(long)]
+        rootfs: bool,
+    },
+    /// Print the path of one part: kernel, vmlinux or initrd (building it if needed),
     /// tinykernel: a kernel built from Debian's linux-source-6.1 with `make tinyconfig`
-    /// and `netvmm kconfig` (minutes, once).
+    /// and `netvmm kconfig` (minutes, once), or rootfs: the Debian root filesystem image
+    /// (`image build --rootfs`).
     Path {
-        #[arg(value_parser = ["kernel", "vmlinux", "initrd", "tinykernel"])]
+        #[arg(value_parser = ["kernel", "vmlinux", "initrd", "tinykernel", "rootfs"])]
         part: String,
     },
 }
@@ -427,5 +433,28 @@ mod tests {
             lab::GuestFlavour::from(Flavour::Generic).metapackage(),
             "linux-image-amd64"
         );
+    }
+
+    #[test]
+    fn image_rootfs_is_a_build_flag_and_a_path_part() {
+        let image = |args: &[&str]| match parse(args).map(|c| c.command) {
+            Ok(Command::Image(i)) => Ok(i.command),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert!(matches!(
+            image(&["image", "build", "--rootfs"]),
+            Ok(ImageCommand::Build { rootfs: true })
+        ));
+        assert!(matches!(
+            image(&["image", "build"]),
+            Ok(ImageCommand::Build { rootfs: false })
+        ));
+        assert!(matches!(
+            image(&["image", "path", "rootfs"]),
+            Ok(ImageCommand::Path { ref part }) if part == "rootfs"
+        ));
+        let e = image(&["image", "path", "rootfs.ext4"]).unwrap_err();
+        assert!(e.contains("rootfs"), "{e}");
     }
 }

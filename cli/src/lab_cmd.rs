@@ -40,13 +40,20 @@ pub enum LabCmdError {
 type Result<T> = std::result::Result<T, LabCmdError>;
 
 pub fn image(a: ImageArgs) -> Result<i32> {
-    if matches!(a.command, ImageCommand::Path { ref part } if part == "tinykernel") {
-        println!("{}", Images::tiny_kernel()?.display());
+    // The images that are not the guest's kernel and initramfs.
+    let other = match &a.command {
+        ImageCommand::Path { part } if part == "tinykernel" => Some(Images::tiny_kernel()?),
+        ImageCommand::Path { part } if part == "rootfs" => Some(Images::rootfs()?),
+        ImageCommand::Build { rootfs: true } => Some(Images::rootfs()?),
+        _ => None,
+    };
+    if let Some(p) = other {
+        println!("{}", p.display());
         return Ok(0);
     }
     let i = Images::guest_of(a.flavour.into())?;
     match a.command {
-        ImageCommand::Build => {
+        ImageCommand::Build { .. } => {
             println!("kernel  {}", i.guest_kernel.display());
             println!("vmlinux {}", i.guest_vmlinux.display());
             println!("initrd  {}", i.guest_initrd.display());

@@ -156,6 +156,16 @@ impl Images {
         Ok(kernel)
     }
 
+    /// A Debian 12 root filesystem image (systemd, iproute2, iperf3; raw ext4) for
+    /// `--disk` and `root=/dev/vda`, built if missing or out of date: a minute or so,
+    /// once, with mmdebstrap (resources/build-rootfs.sh).
+    pub fn rootfs() -> Result<PathBuf, ImageError> {
+        let out = cache_dir()?.join("rootfs");
+        let image = out.join("rootfs.ext4");
+        build("build-rootfs.sh", &out, &[], &[&image])?;
+        Ok(image)
+    }
+
     /// Guest and lab images, built if missing or out of date.
     pub fn all() -> Result<Self, ImageError> {
         let i = Self::guest()?;

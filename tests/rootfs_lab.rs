@@ -116,7 +116,6 @@ fn field(console: &str, marker: &str, key: &str) -> Option<String> {
 /// command (status back through the exit device), reaches the host through a tap, leaves
 /// what it wrote in the host's image file, and a `poweroff` inside it ends netvmm with 0.
 #[test]
-#[ignore = "needs --disk (virtio-blk)"]
 fn debian_rootfs_boots_to_multi_user_runs_the_command_and_reaches_the_network() {
     let dir = std::env::temp_dir().join(format!("netvmm-rootfs-lab-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

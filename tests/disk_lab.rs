@@ -102,10 +102,15 @@ fn lab_run_leaves_what_the_guest_wrote_in_the_host_file() {
     let image: PathBuf =
         std::env::temp_dir().join(format!("netvmm-disk-lab-{}.img", std::process::id()));
     std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
-    let kernel = common::netvmm(&["image", "path", "kernel"]);
-    let initrd = common::netvmm(&["image", "path", "initrd"]);
-    let path = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let (k, i, d) = (path(&kernel), path(&initrd), image.display().to_string());
+    let (kernel, initrd) = (
+        common::image_path(&["kernel"]),
+        common::image_path(&["initrd"]),
+    );
+    let (k, i, d) = (
+        kernel.display().to_string(),
+        initrd.display().to_string(),
+        image.display().to_string(),
+    );
     let out = common::netvmm_in_lab(&[
         "lab",
         "run",

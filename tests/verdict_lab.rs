@@ -68,22 +68,12 @@ fn foreign_initrd(dir: &Path) -> PathBuf {
     path
 }
 
-fn image_path(args: &[&str]) -> PathBuf {
-    let out = common::netvmm(args);
-    assert!(
-        out.status.success(),
-        "netvmm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 #[test]
 fn the_guests_verdict_is_netvmms_exit_status() {
     let dir = std::env::temp_dir().join(format!("netvmm-verdict-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let initrd = foreign_initrd(&dir);
-    let generic = image_path(&["image", "path", "kernel", "--flavour", "generic"]);
+    let generic = common::image_path(&["kernel", "--flavour", "generic"]);
     let out = common::lab_with_files(SCENARIO, 1500, &[&generic, &initrd]);
     let _ = std::fs::remove_dir_all(&dir);
     let dump = out.dump();
@@ -119,8 +109,8 @@ fn the_guests_verdict_is_netvmms_exit_status() {
 
 #[test]
 fn lab_run_passes_the_command_and_its_status_through() {
-    let kernel = image_path(&["image", "path", "kernel"]);
-    let initrd = image_path(&["image", "path", "initrd"]);
+    let kernel = common::image_path(&["kernel"]);
+    let initrd = common::image_path(&["initrd"]);
     let (k, i) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
     let out = common::netvmm_in_lab(&[
         "lab",

@@ -19,6 +19,19 @@ pub fn netvmm(args: &[&str]) -> Output {
         .expect("netvmm binary runs")
 }
 
+/// The path `netvmm image path ARGS...` prints (building the image if needed).
+pub fn image_path(args: &[&str]) -> std::path::PathBuf {
+    let mut all = vec!["image", "path"];
+    all.extend_from_slice(args);
+    let out = netvmm(&all);
+    assert!(
+        out.status.success(),
+        "netvmm {all:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// What a lab scenario printed and its exit status.
 pub struct LabOutput {
     pub status: i32,

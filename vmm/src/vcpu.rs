@@ -194,23 +194,26 @@ mod tests {
         (end, out)
     }
 
+    /// Real mode, code segment 0, starting at 0x1000.
+    fn real_mode_at_0x1000(vcpu: &kvm_ioctls::VcpuFd, _: &GuestMemoryMmap) {
+        let mut sregs = vcpu.get_sregs().unwrap();
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.set_sregs(&sregs).unwrap();
+        let regs = kvm_bindings::kvm_regs {
+            rip: 0x1000,
+            rflags: 2,
+            ..Default::default()
+        };
+        vcpu.set_regs(&regs).unwrap();
+    }
+
     #[test]
     fn real_mode_program_reaches_the_bus_and_halts() {
         let Some(kvm) = kvm() else { return };
         // mov dx,0x3f8; mov al,'h'; out dx,al; mov al,'i'; out dx,al; hlt
         let code = [0xba, 0xf8, 0x03, 0xb0, b'h', 0xee, 0xb0, b'i', 0xee, 0xf4];
-        let (end, out) = run_program(&kvm, 0x1000, &code, |vcpu, _| {
-            let mut sregs = vcpu.get_sregs().unwrap();
-            sregs.cs.base = 0;
-            sregs.cs.selector = 0;
-            vcpu.set_sregs(&sregs).unwrap();
-            let regs = kvm_bindings::kvm_regs {
-                rip: 0x1000,
-                rflags: 2,
-                ..Default::default()
-            };
-            vcpu.set_regs(&regs).unwrap();
-        });
+        let (end, out) = run_program(&kvm, 0x1000, &code, real_mode_at_0x1000);
         assert_eq!(out, b"hi");
         assert!(
             matches!(end, Some(VmExit::Fault(ref m)) if m.contains("halted")),
@@ -227,18 +230,7 @@ mod tests {
             0xb8, 0x09, 0x09, 0xe7, 0xf4, 0xe4, 0xf4, 0xb0, 0x07, 0xe6, 0xf4, 0xb0, 0x08, 0xe6,
             0xf4, 0xf4,
         ];
-        let (end, _) = run_program(&kvm, 0x1000, &code, |vcpu, _| {
-            let mut sregs = vcpu.get_sregs().unwrap();
-            sregs.cs.base = 0;
-            sregs.cs.selector = 0;
-            vcpu.set_sregs(&sregs).unwrap();
-            let regs = kvm_bindings::kvm_regs {
-                rip: 0x1000,
-                rflags: 2,
-                ..Default::default()
-            };
-            vcpu.set_regs(&regs).unwrap();
-        });
+        let (end, _) = run_program(&kvm, 0x1000, &code, real_mode_at_0x1000);
         assert_eq!(end, Some(VmExit::GuestStatus(7)));
     }
 

@@ -221,11 +221,7 @@ impl Block {
                 let Some(offset) = self.range(req.sector, req.data_len) else {
                     return (S_IOERR, 0);
                 };
-                let result = if req.kind == T_IN {
-                    self.read_into(mem, &req.data, offset)
-                } else {
-                    self.write_from(mem, &req.data, offset)
-                };
+                let result = self.copy(mem, &req.data, offset, req.kind == T_IN);
                 match (result, req.kind) {
                     (Ok(()), T_IN) => {
                         self.stats.reads += 1;
@@ -275,32 +271,14 @@ impl Block {
         (end <= self.sectors).then_some(sector * SECTOR_SIZE)
     }
 
-    fn read_into(
+    /// Moves the data of a request between the image at `offset` and the guest buffers
+    /// `data`, through the bounce buffer: into the guest for IN, out of it for OUT.
+    fn copy(
         &mut self,
         mem: &GuestMemoryMmap,
         data: &[(GuestAddress, usize)],
         mut offset: u64,
-    ) -> Result<(), ()> {
-        for &(addr, len) in data {
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(CHUNK);
-                let buf = &mut self.bounce[..n];
-                self.image.read_exact_at(buf, offset).map_err(|_| ())?;
-                let at = addr.checked_add(done as u64).ok_or(())?;
-                mem.write_slice(buf, at).map_err(|_| ())?;
-                done += n;
-                offset += n as u64;
-            }
-        }
-        Ok(())
-    }
-
-    fn write_from(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        data: &[(GuestAddress, usize)],
-        mut offset: u64,
+        into_guest: bool,
     ) -> Result<(), ()> {
         for &(addr, len) in data {
             let mut done = 0;
@@ -308,8 +286,13 @@ impl Block {
                 let n = (len - done).min(CHUNK);
                 let buf = &mut self.bounce[..n];
                 let at = addr.checked_add(done as u64).ok_or(())?;
-                mem.read_slice(buf, at).map_err(|_| ())?;
-                self.image.write_all_at(buf, offset).map_err(|_| ())?;
+                if into_guest {
+                    self.image.read_exact_at(buf, offset).map_err(|_| ())?;
+                    mem.write_slice(buf, at).map_err(|_| ())?;
+                } else {
+                    mem.read_slice(buf, at).map_err(|_| ())?;
+                    self.image.write_all_at(buf, offset).map_err(|_| ())?;
+                }
                 done += n;
                 offset += n as u64;
             }

@@ -73,10 +73,20 @@ pub struct RunArgs {
     /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,mac=MAC].
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
+    /// Per-thread seccomp filters; `off` is for debugging a filter only (capabilities are
+    /// dropped either way).
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = Switch::On)]
+    pub seccomp: Switch,
     /// The guest command, after `--`: netvmm's guest image runs it (each argument intact)
     /// and netvmm exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Arguments that parse but do not make a valid VM.
@@ -99,6 +109,7 @@ impl RunArgs {
         c.cpus = self.cpus;
         c.serial_log = self.serial_log;
         c.timeout = self.timeout;
+        c.seccomp = self.seccomp == Switch::On;
         c.nets = self
             .nets
             .iter()

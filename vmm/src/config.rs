@@ -27,6 +27,9 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// Guest NICs in order: eth0, eth1, ...
     pub nets: Vec<net::NetSpec>,
+    /// Per-thread seccomp filters (see [`crate::sandbox`]); off only for debugging.
+    /// Capabilities are dropped either way.
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -40,6 +43,7 @@ impl VmConfig {
             serial_log: None,
             timeout: None,
             nets: Vec::new(),
+            seccomp: true,
         }
     }
 

@@ -253,3 +253,73 @@ fn only_the_watcher_and_main_keep_net_admin_and_only_for_a_bridge() {
     );
     assert!(left.is_empty(), "taps left behind: {left:?}");
 }
+
+/// A pseudo-terminal pair (controller, the terminal itself), or None where there is none.
+fn pty() -> Option<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt returns a new fd or -1; checked.
+    let controller = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+    if controller < 0 {
+        return None;
+    }
+    // SAFETY: `controller` is a fresh fd that only this File owns.
+    let controller_file = unsafe { std::fs::File::from_raw_fd(controller) };
+    // SAFETY: grantpt/unlockpt/ptsname take the controller fd; ptsname's static result
+    // is copied at once, on this thread only.
+    let path = unsafe {
+        if libc::grantpt(controller) != 0 || libc::unlockpt(controller) != 0 {
+            return None;
+        }
+        let name = libc::ptsname(controller);
+        if name.is_null() {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()?;
+    Some((controller_file, terminal))
+}
+
+fn termios(f: &std::fs::File) -> libc::termios {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data; tcgetattr fills it from a valid fd.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(f.as_raw_fd(), &mut t), 0);
+        t
+    }
+}
+
+#[test]
+fn a_terminal_is_put_back_under_the_filter() {
+    let Some(k) = kernel() else { return };
+    let Some((_controller, terminal)) = pty() else {
+        eprintln!("skipping: no pseudo-terminal here");
+        return;
+    };
+    let before = termios(&terminal);
+    let out = Command::new(NETVMM)
+        .args(["run", "--kernel", &k, "--timeout", "1"])
+        .env("NETVMM_ALLOW_PVM", "1")
+        .stdin(terminal.try_clone().expect("dup the terminal"))
+        .stdout(Stdio::null())
+        .output()
+        .expect("netvmm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Raw mode on, then off again at exit (tcsetattr: TCSETS, then TCGETS), from the
+    // confined main thread.
+    assert_eq!(out.status.code(), Some(124), "{stderr}");
+    assert!(!stderr.contains("seccomp:"), "{stderr}");
+    let after = termios(&terminal);
+    assert_eq!(
+        (before.c_lflag, before.c_iflag, before.c_oflag),
+        (after.c_lflag, after.c_iflag, after.c_oflag),
+        "the terminal was not put back"
+    );
+}

@@ -199,8 +199,10 @@ pub fn main_thread() -> Rules {
     List::new()
         .runtime()
         .netlink()
-        // The terminal back to how it was (tcsetattr).
+        // The terminal back to how it was: glibc's tcsetattr sets (TCSETS), then reads
+        // the settings back (TCGETS) to check what the kernel took.
         .ioctl(libc::TCSETS)
+        .ioctl(libc::TCGETS)
         // A given tap's vnet header size and offloads put back as found.
         .ioctl(TUNSETOFFLOAD)
         .ioctl(TUNSETVNETHDRSZ)

@@ -231,6 +231,16 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_is_on_unless_turned_off() {
+        let on = |args: &[&str]| run_args(args).into_config().unwrap().seccomp;
+        assert!(on(&["run", "--kernel", "/k"]));
+        assert!(on(&["run", "--kernel", "/k", "--seccomp", "on"]));
+        assert!(!on(&["run", "--kernel", "/k", "--seccomp=off"]));
+        let e = parse(&["run", "--kernel", "/k", "--seccomp", "maybe"]).unwrap_err();
+        assert!(e.contains("--seccomp"), "{e}");
+    }
+
+    #[test]
     fn run_defaults_and_values() {
         let r = run_args(&["run", "--kernel", "/k"]);
         assert_eq!((r.memory, r.cpus, r.timeout), (256, 1, None));

@@ -79,10 +79,20 @@ pub struct RunArgs {
     /// file or a block device), locked against a second netvmm or QEMU writing it.
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     pub disks: Vec<String>,
+    /// Per-thread seccomp filters; `off` is for debugging a filter only (capabilities are
+    /// dropped either way).
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = Switch::On)]
+    pub seccomp: Switch,
     /// The guest command, after `--`: netvmm's guest image runs it (each argument intact)
     /// and netvmm exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Arguments that parse but do not make a valid VM.
@@ -107,6 +117,7 @@ impl RunArgs {
         c.cpus = self.cpus;
         c.serial_log = self.serial_log;
         c.timeout = self.timeout;
+        c.seccomp = self.seccomp == Switch::On;
         c.nets = self
             .nets
             .iter()
@@ -246,6 +257,16 @@ mod tests {
             Command::Run(r) => r,
             other => panic!("not run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn seccomp_is_on_unless_turned_off() {
+        let on = |args: &[&str]| run_args(args).into_config().unwrap().seccomp;
+        assert!(on(&["run", "--kernel", "/k"]));
+        assert!(on(&["run", "--kernel", "/k", "--seccomp", "on"]));
+        assert!(!on(&["run", "--kernel", "/k", "--seccomp=off"]));
+        let e = parse(&["run", "--kernel", "/k", "--seccomp", "maybe"]).unwrap_err();
+        assert!(e.contains("--seccomp"), "{e}");
     }
 
     #[test]

@@ -179,6 +179,9 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
             readonly: spec.readonly,
         });
     }
+    if r.seccomp == crate::args::Switch::Off {
+        args.push("--seccomp=off".into());
+    }
     let mut run = LabRun::new(String::new());
     if let Some(log) = &r.serial_log {
         args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);

@@ -47,6 +47,9 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
     match command {
         Command::Run(a) => {
             let config = a.into_config()?;
+            if !config.seccomp {
+                eprintln!("netvmm: --seccomp=off: no seccomp filters, for debugging only");
+            }
             let vm = vmm::Vmm::new(config)?;
             for nic in vm.nics() {
                 eprintln!("netvmm: {nic}");

@@ -3,7 +3,7 @@
 //! bridge goes, and nothing puts it back, so without this the guest stays cut off.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::netlink::{self, LinkEvent, LinkMonitor, NetlinkError};
@@ -164,8 +164,20 @@ impl Drop for Running {
     }
 }
 
+/// What the watcher thread runs first, before it touches any socket; an error keeps it
+/// from watching and is [`spawn`]'s error. The VMM confines the thread here (its seccomp
+/// filter and capabilities).
+pub type ThreadStart = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+static THREAD_START: Mutex<Option<ThreadStart>> = Mutex::new(None);
+
+/// Sets (or with None clears) what watcher threads started from now on run first.
+pub fn set_thread_start(start: Option<ThreadStart>) {
+    *THREAD_START.lock().unwrap_or_else(|e| e.into_inner()) = start;
+}
+
 /// Starts a watcher for `ports` on its own thread; `notify` hears what it did. None when
-/// there is nothing to watch.
+/// there is nothing to watch. Returns once the thread has run its [`ThreadStart`].
 pub fn spawn(
     ports: Vec<Port>,
     mut notify: impl FnMut(Notice) + Send + 'static,
@@ -182,24 +194,51 @@ pub fn spawn(
     // SAFETY: a fresh descriptor nothing else owns.
     let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
     let stop_here = stop.clone();
+    let start = THREAD_START
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("netvmm-bridges".into())
-        .spawn(move || loop {
-            match wait(&[stop_here.as_raw_fd(), w.monitor.as_raw_fd()], -1) {
-                Ok(ready) if ready[0] => return,
-                Ok(ready) if ready[1] => w
-                    .handle()
-                    .into_iter()
-                    .for_each(|p| notify(Notice::PutBack(p))),
-                Ok(_) => {}
-                Err(e) => return notify(Notice::Failed(e)),
+        .spawn(move || {
+            let first = start.map_or(Ok(()), |f| f());
+            let ok = first.is_ok();
+            let _ = started_tx.send(first);
+            if ok {
+                watch(&mut w, &stop_here, &mut notify);
             }
         })
         .map_err(NetlinkError::Socket)?;
+    let started = started
+        .recv()
+        .unwrap_or_else(|_| Err("the thread ended at once".into()));
+    if let Err(reason) = started {
+        let _ = thread.join();
+        return Err(NetlinkError::BadArgument {
+            action: "start the bridge watcher thread".into(),
+            reason,
+        });
+    }
     Ok(Some(Running {
         stop,
         thread: Some(thread),
     }))
+}
+
+/// The watcher thread's loop, until `stop` is written or waiting fails.
+fn watch(w: &mut Watcher, stop: &OwnedFd, notify: &mut impl FnMut(Notice)) {
+    loop {
+        match wait(&[stop.as_raw_fd(), w.monitor.as_raw_fd()], -1) {
+            Ok(ready) if ready[0] => return,
+            Ok(ready) if ready[1] => w
+                .handle()
+                .into_iter()
+                .for_each(|p| notify(Notice::PutBack(p))),
+            Ok(_) => {}
+            Err(e) => return notify(Notice::Failed(e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub struct VmConfig {
     pub nets: Vec<net::NetSpec>,
     /// Guest disks in order: vda, vdb, ...
     pub disks: Vec<crate::disks::DiskSpec>,
+    /// Per-thread seccomp filters (see [`crate::sandbox`]); off only for debugging.
+    /// Capabilities are dropped either way.
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -45,6 +48,7 @@ impl VmConfig {
             timeout: None,
             nets: Vec::new(),
             disks: Vec::new(),
+            seccomp: true,
         }
     }
 

@@ -151,15 +151,18 @@ impl Drop for RawTerminal {
 const ESCAPE: u8 = 0x01;
 const ESCAPE_QUIT: u8 = b'x';
 
-/// Forwards stdin to the guest's serial port on a thread of its own. In a raw terminal,
-/// Ctrl-A x asks the VMM to stop (reported as SIGINT would be).
+/// Forwards stdin to the guest's serial port on a thread of its own, confined to the
+/// console's sandbox from its start. In a raw terminal, Ctrl-A x asks the VMM to stop
+/// (reported as SIGINT would be).
 pub fn spawn_stdin_forwarder<W: Write + Send + 'static>(
     serial: Arc<Mutex<SerialConsole<W>>>,
     escape_enabled: bool,
-) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("netvmm-stdin".into())
-        .spawn(move || {
+    sandbox: &crate::sandbox::Sandbox,
+) -> Result<(), crate::sandbox::SandboxError> {
+    sandbox.spawn(
+        "netvmm-stdin".into(),
+        crate::sandbox::ThreadKind::Console,
+        move || {
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 256];
             let mut escape_pending = false;
@@ -194,8 +197,8 @@ pub fn spawn_stdin_forwarder<W: Write + Send + 'static>(
                     }
                 }
             }
-        })
-        .map(|_| ())
+        },
+    )
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod memory;
 pub mod nics;
 pub mod report;
+pub mod sandbox;
 pub mod signals;
 pub mod vcpu;
 pub mod virtio_slot;

@@ -198,18 +198,23 @@ pub fn build(
     Ok(nics)
 }
 
-/// Runs the network event loop on a thread of its own until the process ends.
-pub fn spawn_event_loop(mut em: NetEventManager) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("netvmm-net".into())
-        .spawn(move || loop {
+/// Runs the network event loop on a thread of its own, confined to the device sandbox
+/// from its start, until the process ends.
+pub fn spawn_event_loop(
+    mut em: NetEventManager,
+    sandbox: &crate::sandbox::Sandbox,
+) -> Result<(), crate::sandbox::SandboxError> {
+    sandbox.spawn(
+        "netvmm-net".into(),
+        crate::sandbox::ThreadKind::Device,
+        move || loop {
             // An epoll error here (EINTR aside) would repeat forever; back off instead of
             // spinning a core.
             if em.run().is_err() {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-        })
-        .map(|_| ())
+        },
+    )
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::cpu::{self, CpuError};
 use crate::kvm_kind::{self, KvmKind};
 use crate::layout;
 use crate::memory::{self, MemoryError};
+use crate::sandbox::{Sandbox, SandboxError, ThreadKind};
 use crate::vcpu::{self, Buses};
 
 /// Where KVM may put its three-page TSS for real-mode emulation: just below the BIOS area
@@ -60,6 +61,8 @@ pub enum VmmError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
     #[error("cannot {what}: {source}")]
     Io {
         what: &'static str,
@@ -144,6 +147,7 @@ pub struct Vmm {
     nic_counters: Vec<crate::nics::NicCounters>,
     net_events: Option<crate::nics::NetEventManager>,
     disks: crate::disks::Disks,
+    sandbox: Sandbox,
     /// Dropped when `run` returns (or `new` fails): deletes what netvmm created on the host.
     _host_cleanup: crate::nics::HostCleanup,
 }
@@ -178,6 +182,7 @@ impl Vmm {
         };
         vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
 
+        let sandbox = Sandbox::new(config.seccomp)?;
         let guest_memory = memory::create_guest_memory(config.memory_mib)?;
         register_memory(&vm, &guest_memory)?;
 
@@ -228,6 +233,16 @@ impl Vmm {
         };
         virtio_mmio.extend(disks.slots.iter().cloned());
         host_cleanup.watch_bridges().map_err(io_err_from_netlink)?;
+        // The watcher re-enslaves taps for the VM's whole life: it keeps CAP_NET_ADMIN.
+        let confine = sandbox.clone();
+        net::bridge_watch::set_thread_start(Some(Arc::new(move || {
+            confine
+                .enter(ThreadKind::Bridges, true)
+                .map_err(|e| e.to_string())
+        })));
+        let watching = host_cleanup.watch_bridges();
+        net::bridge_watch::set_thread_start(None);
+        watching.map_err(io_err_from_netlink)?;
         let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;
@@ -282,6 +297,7 @@ impl Vmm {
             nic_counters,
             net_events,
             disks,
+            sandbox,
             _host_cleanup: host_cleanup,
         })
     }
@@ -300,19 +316,32 @@ impl Vmm {
     pub fn run(mut self) -> Result<Outcome, VmmError> {
         crate::signals::install().map_err(io_err("install signal handlers"))?;
         let mut terminal = RawTerminal::enter();
-        console::spawn_stdin_forwarder(self.serial.clone(), terminal.is_raw())
-            .map_err(io_err("start the console thread"))?;
+        console::spawn_stdin_forwarder(self.serial.clone(), terminal.is_raw(), &self.sandbox)?;
         if let Some(em) = self.net_events.take() {
-            crate::nics::spawn_event_loop(em).map_err(io_err("start the network thread"))?;
+            crate::nics::spawn_event_loop(em, &self.sandbox)?;
         }
         let first_run = Arc::new(OnceLock::new());
+        let mut go = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let (buses, exit, first) = (self.buses.clone(), self.exit.clone(), first_run.clone());
             let id = id as u8;
-            std::thread::Builder::new()
-                .name(format!("netvmm-vcpu{id}"))
-                .spawn(move || vcpu::run_loop(id, vcpu, buses, exit, first))
-                .map_err(io_err("start a vCPU thread"))?;
+            let (start, started) = std::sync::mpsc::channel::<()>();
+            go.push(start);
+            // Confined as it starts; it enters the guest only once every thread is (the
+            // main thread last), and never if `run` fails before that.
+            self.sandbox
+                .spawn(format!("netvmm-vcpu{id}"), ThreadKind::Vcpu, move || {
+                    if started.recv().is_ok() {
+                        vcpu::run_loop(id, vcpu, buses, exit, first);
+                    }
+                })?;
+        }
+        // From here the main thread only waits, then puts the host's interfaces back
+        // (netlink: CAP_NET_ADMIN if any NIC left something to undo).
+        let keep = crate::sandbox::needs_net_admin(&self.config.nets);
+        self.sandbox.enter(ThreadKind::Main, keep)?;
+        for start in go {
+            let _ = start.send(());
         }
 
         let deadline = self.config.timeout.map(|t| self.started + t);

@@ -1,0 +1,244 @@
+//! The allow-lists, one per thread kind: every syscall a thread of that kind makes once its
+//! filter is on, each with the reason it needs it. Anything else traps (see
+//! [`super::sigsys`]). Found by tracing (strace -ff) real guests in the lab on every
+//! backend (tap with traffic, bridge, a given tap, macvtap with the host-access shim) and
+//! every end (power-off, timeout, panic, SIGTERM, a bridge re-created meanwhile), then
+//! reviewed one by one; what no trace showed is only here with a reason.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
+
+/// Syscall number -> the argument patterns it is allowed with (empty: any arguments).
+pub type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+/// <linux/kvm.h>: _IO(KVMIO, 0x80).
+pub const KVM_RUN: u64 = 0xae80;
+/// <linux/if_tun.h>: _IOW('T', 208, unsigned int).
+pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
+/// <linux/if_tun.h>: _IOW('T', 216, int).
+pub const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAKE: u64 = 1;
+const FUTEX_WAIT_BITSET: u64 = 9;
+const FUTEX_PRIVATE_FLAG: u64 = 128;
+const FUTEX_CLOCK_REALTIME: u64 = 256;
+
+/// Builds one list; each call says what one syscall may do.
+struct List(Rules);
+
+impl List {
+    fn new() -> Self {
+        Self(Rules::new())
+    }
+
+    /// `nr` with any arguments.
+    fn any(mut self, nr: i64) -> Self {
+        self.0.insert(nr, Vec::new());
+        self
+    }
+
+    /// `nr` when argument `arg` is `value` (several calls: any of those values).
+    fn when(self, nr: i64, arg: u8, value: u64) -> Self {
+        self.when_all(nr, &[(arg, SeccompCmpOp::Eq, value)])
+    }
+
+    /// `nr` when every condition holds (several calls: any of those patterns).
+    fn when_all(mut self, nr: i64, conditions: &[(u8, SeccompCmpOp, u64)]) -> Self {
+        let conditions = conditions
+            .iter()
+            .map(|(arg, op, value)| {
+                // Only argument indexes 0..=5 fail here, and those are constants below.
+                SeccompCondition::new(*arg, SeccompCmpArgLen::Dword, op.clone(), *value)
+                    .expect("argument index in 0..=5")
+            })
+            .collect();
+        let rule = SeccompRule::new(conditions).expect("at least one condition");
+        self.0.entry(nr).or_default().push(rule);
+        self
+    }
+
+    /// `nr` when argument `arg` has none of the bits of `mask`.
+    fn without_bits(self, nr: i64, arg: u8, mask: u64) -> Self {
+        self.when_all(nr, &[(arg, SeccompCmpOp::MaskedEq(mask), 0)])
+    }
+
+    /// `ioctl` with request `request` (argument 1).
+    fn ioctl(self, request: u64) -> Self {
+        self.when(libc::SYS_ioctl, 1, request)
+    }
+
+    /// What any Rust thread here does, whatever its job.
+    fn runtime(self) -> Self {
+        let mut l = self;
+        // Mutexes, condvars, channels and thread joins: private futexes (std) and
+        // shared ones (glibc's pthread_join waits on the thread id word).
+        for base in [FUTEX_WAIT, FUTEX_WAKE, FUTEX_WAIT_BITSET] {
+            for flags in [0, FUTEX_PRIVATE_FLAG] {
+                l = l.when(libc::SYS_futex, 1, base | flags);
+            }
+        }
+        for flags in [0, FUTEX_PRIVATE_FLAG] {
+            l = l.when(
+                libc::SYS_futex,
+                1,
+                FUTEX_WAIT_BITSET | FUTEX_CLOCK_REALTIME | flags,
+            );
+        }
+        l
+            // std's channels back off with it under contention.
+            .any(libc::SYS_sched_yield)
+            // The allocator: heap growth and big blocks; never executable memory.
+            .any(libc::SYS_brk)
+            .without_bits(libc::SYS_mmap, 2, libc::PROT_EXEC as u64)
+            .without_bits(libc::SYS_mprotect, 2, libc::PROT_EXEC as u64)
+            .any(libc::SYS_munmap)
+            .any(libc::SYS_mremap)
+            // glibc's malloc trims freed arenas and thread stacks with it.
+            .when(libc::SYS_madvise, 2, libc::MADV_DONTNEED as u64)
+            // Clocks fall back to the syscall where the vDSO cannot read the clocksource
+            // (the emulated lab host).
+            .any(libc::SYS_clock_gettime)
+            // Errors and panics go to stderr (and the SIGSYS line).
+            .any(libc::SYS_write)
+            // Returning from a signal handler (SIGINT/SIGTERM, a vCPU's interrupted run).
+            .any(libc::SYS_rt_sigreturn)
+            // glibc blocks signals around thread exit; std removes its alternate signal
+            // stack when a thread ends.
+            .any(libc::SYS_rt_sigprocmask)
+            .any(libc::SYS_sigaltstack)
+            // A syscall interrupted by SIGSTOP resumes through it.
+            .any(libc::SYS_restart_syscall)
+            // An abort (a panic while panicking) raises SIGABRT, with the default action.
+            .when(libc::SYS_rt_sigaction, 0, libc::SIGABRT as u64)
+            .any(libc::SYS_getpid)
+            .any(libc::SYS_gettid)
+            .when(libc::SYS_tgkill, 2, libc::SIGABRT as u64)
+            // A thread's end, the process's end (and the SIGSYS handler's _exit).
+            .any(libc::SYS_exit)
+            .any(libc::SYS_exit_group)
+    }
+
+    /// Sleeping for a while (std::thread::sleep; glibc's nanosleep is clock_nanosleep).
+    fn sleep(self) -> Self {
+        self.any(libc::SYS_clock_nanosleep)
+    }
+
+    /// Request/reply and monitor NETLINK_ROUTE sockets (net::netlink).
+    fn netlink(self) -> Self {
+        self
+            // Only netlink sockets: nothing that reaches beyond this host's kernel.
+            .when(libc::SYS_socket, 0, libc::AF_NETLINK as u64)
+            .any(libc::SYS_bind)
+            .any(libc::SYS_getsockname)
+            .any(libc::SYS_setsockopt)
+            .any(libc::SYS_sendto)
+            .any(libc::SYS_recvfrom)
+            .any(libc::SYS_close)
+    }
+}
+
+/// A vCPU thread: KVM_RUN, and the device registers it dispatches exits to (the serial
+/// console's output, the exit devices, a virtio transport activated by the driver).
+pub fn vcpu() -> Rules {
+    List::new()
+        .runtime()
+        // Running the guest; no other KVM ioctl is needed once it runs.
+        .ioctl(KVM_RUN)
+        // A driver's DRIVER_OK activates its NIC from the vCPU that wrote it: the tap
+        // gets the vnet header size and offloads the guest negotiated.
+        .ioctl(TUNSETOFFLOAD)
+        .ioctl(TUNSETVNETHDRSZ)
+        // vCPU 0 marks the set-up CPU time for the boot report as it enters the guest.
+        .any(libc::SYS_getrusage)
+        // A vCPU thread that ends (the VM ended) closes its vCPU fd, and, holding the
+        // last reference to the buses, perhaps the devices' fds.
+        .any(libc::SYS_close)
+        .0
+}
+
+/// The device thread: the event loop over the NICs' queue eventfds and backends.
+pub fn device() -> Rules {
+    List::new()
+        .runtime()
+        .sleep()
+        // The event loop (every fd was registered before the thread started).
+        .any(libc::SYS_epoll_wait)
+        // eventfds and the tap: frames in and out.
+        .any(libc::SYS_read)
+        .any(libc::SYS_readv)
+        .any(libc::SYS_writev)
+        // virtio-blk: the image read and written at the request's offset, and flushed
+        // (fdatasync) on the guest's FLUSH.
+        .any(libc::SYS_pread64)
+        .any(libc::SYS_pwrite64)
+        .any(libc::SYS_fdatasync)
+        .0
+}
+
+/// The console thread: stdin to the guest's serial port.
+pub fn console() -> Rules {
+    List::new()
+        .runtime()
+        // Waits for the guest to drain its receive FIFO.
+        .sleep()
+        .any(libc::SYS_read)
+        .0
+}
+
+/// The bridge watcher: link notifications in, re-enslaving netlink requests out.
+pub fn bridges() -> Rules {
+    List::new()
+        .runtime()
+        .netlink()
+        // Waits on the monitor socket and the stop eventfd.
+        .any(libc::SYS_poll)
+        .0
+}
+
+/// The main thread once everything runs: waits for the end, then restores the terminal,
+/// writes the report, stops the watcher, releases or deletes the host interfaces (netlink)
+/// and closes everything.
+pub fn main_thread() -> Rules {
+    List::new()
+        .runtime()
+        .netlink()
+        // The terminal back to how it was: glibc's tcsetattr sets (TCSETS), then reads
+        // the settings back (TCGETS) to check what the kernel took.
+        .ioctl(libc::TCSETS)
+        .ioctl(libc::TCGETS)
+        // A given tap's vnet header size and offloads put back as found.
+        .ioctl(TUNSETOFFLOAD)
+        .ioctl(TUNSETVNETHDRSZ)
+        // The boot report reads /proc/self/smaps (std sizes the read with statx); the
+        // shim's lock file is opened and locked when a macvtap's shim use is released.
+        .any(libc::SYS_openat)
+        .any(libc::SYS_read)
+        .any(libc::SYS_statx)
+        .any(libc::SYS_flock)
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_list_compiles_and_only_vcpus_may_run_the_guest() {
+        for (name, rules) in [
+            ("vcpu", vcpu()),
+            ("device", device()),
+            ("console", console()),
+            ("bridges", bridges()),
+            ("main", main_thread()),
+        ] {
+            assert!(rules.contains_key(&libc::SYS_exit_group), "{name}");
+            assert!(!rules.contains_key(&libc::SYS_execve), "{name}");
+            assert!(!rules.contains_key(&libc::SYS_clone), "{name}");
+            let ioctls = rules.get(&libc::SYS_ioctl).map_or(0, Vec::len);
+            assert!(name == "vcpu" || name == "main" || ioctls == 0, "{name}");
+            super::super::compile(rules).unwrap();
+        }
+    }
+}

@@ -140,7 +140,7 @@ fn tap_networking_end_to_end() {
     for (spec, needle) in [
         ("tap,mac=52:54:00:zz:00:01", "52:54:00:zz:00:01"),
         ("tap=averyveryverylongname", "IFNAMSIZ"),
-        ("fd=9", "fd_9"),
+        ("fd=9", "fd=9:_no_such_open_file_descriptor"),
         ("fd=0", "not_a_tap"),
         ("tap,colour=red", "colour"),
     ] {

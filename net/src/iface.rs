@@ -26,10 +26,10 @@ fn control_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// An `ifreq` naming `name`, which must pass [`crate::spec::check_ifname`] (a tap name
+/// An `ifreq` naming `name`, which must pass [`crate::names::check_ifname`] (a tap name
 /// template such as `nvtap%d` does).
 pub fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
-    crate::spec::check_ifname(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    crate::names::check_ifname(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {

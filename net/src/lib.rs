@@ -7,6 +7,7 @@ pub mod bridge_watch;
 pub mod given;
 pub mod iface;
 pub mod mac;
+pub mod names;
 pub mod netlink;
 pub mod owned;
 pub mod private_fs;

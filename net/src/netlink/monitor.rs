@@ -11,6 +11,8 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use super::conn::split_datagram;
 use super::error::{NetlinkError, Result};
 use super::links::LinkInfo;
+#[cfg(doc)]
+use super::{link_info, list_links};
 
 /// `RTMGRP_LINK` from <linux/rtnetlink.h>: the multicast group of link notifications.
 const RTMGRP_LINK: u32 = 1;

@@ -14,6 +14,9 @@ pub mod private_fs;
 pub mod shim;
 pub mod spec;
 pub mod tap;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_support;
 
 pub use mac::MacAddr;
 pub use spec::{BackendSpec, NetSpec, SpecError};

@@ -11,7 +11,7 @@ use super::conn::Conn;
 use super::error::{NetlinkError, Result};
 use super::LinkRef;
 
-/// Gives `dev` the address `addr/prefix`: `ip addr add ADDR/PREFIX dev DEV`.
+/// Gives `dev` the address `addr/prefix`: `ip addr add ADDR/PREFIX brd + dev DEV`.
 pub fn add_ipv4<'a>(dev: impl Into<LinkRef<'a>>, addr: Ipv4Addr, prefix: u8) -> Result<()> {
     let dev = dev.into();
     let action = format!("give {dev} the address {addr}/{prefix}");
@@ -31,6 +31,12 @@ pub fn add_ipv4<'a>(dev: impl Into<LinkRef<'a>>, addr: Ipv4Addr, prefix: u8) -> 
         AddressAttribute::Local(IpAddr::V4(addr)),
         AddressAttribute::Address(IpAddr::V4(addr)),
     ];
+    // As SIOCSIFADDR and `ip addr add ... brd +` do; /31 and /32 have no broadcast.
+    if prefix <= 30 {
+        let host_bits = u32::MAX >> prefix;
+        let brd = Ipv4Addr::from(u32::from(addr) | host_bits);
+        msg.attributes.push(AddressAttribute::Broadcast(brd));
+    }
     conn.request(
         RouteNetlinkMessage::NewAddress(msg),
         NLM_F_CREATE | NLM_F_EXCL,
@@ -93,6 +99,14 @@ impl LinkAddress {
 
     pub fn prefix(&self) -> u8 {
         self.0.header.prefix_len
+    }
+
+    /// The IPv4 broadcast address (IFA_BROADCAST), if the address has one.
+    pub fn broadcast(&self) -> Option<Ipv4Addr> {
+        self.0.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Broadcast(b) => Some(*b),
+            _ => None,
+        })
     }
 
     /// Whether `other` is the same address (the same address and prefix): what the kernel

@@ -421,38 +421,71 @@ mod tests {
         assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
     }
 
+    fn tap() -> Outcome {
+        parse(&tap_lines(), &[Backend::Tap], "x").remove(0)
+    }
+
+    fn notes_of(o: &Outcome) -> String {
+        o.notes.join("\n")
+    }
+
     #[test]
-    fn a_backend_from_its_lines() {
-        let text = tap_lines();
-        let o = parse(&text, &[Backend::Tap], "x").remove(0);
-        assert_eq!(o.skipped, None);
+    fn boot_is_netvmm_to_ready_plus_the_guest_clock_to_its_first_reply() {
         // 2000 ms to the ready line + (1.75 - 1.50) s of the guest's clock.
-        assert_eq!(o.boot_ms, Some(2250.0));
+        assert_eq!(tap().boot_ms, Some(2250.0));
+    }
+
+    #[test]
+    fn rtts_come_from_the_timed_replies() {
+        let o = tap();
+        assert_eq!(o.skipped, None);
         let r = o.rtt_ms.guest_to_host.unwrap();
         assert!((r.avg - 1.45).abs() < 1e-9, "{r:?}");
         assert!((r.p99 - 2.4).abs() < 1e-9, "{r:?}");
         assert!((o.rtt_ms.guest_to_lan.unwrap().p99 - 2.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_direction_is_reachable_when_any_reply_came_back() {
         assert_eq!(
-            o.reachability.values(),
+            tap().reachability.values(),
             [Some(true), Some(true), Some(true), Some(false), Some(true)]
         );
-        assert_eq!(o.throughput_mbps.guest_to_lan, Some(267.0));
-        assert_eq!(o.throughput_mbps.lan_to_guest, None);
-        assert_eq!(o.throughput_mbps.host_to_guest, None);
-        // The guest_to_host run has no CPU readings: only guest_to_lan counts.
-        assert_eq!(o.throughput_mbps.guest_to_host, Some(3150.0));
-        let expect = 300.0 * 10.0 / (95.4 * 1048576.0 / 1e9);
-        assert!((o.vmm_cpu_ms_per_gb.unwrap() - expect).abs() < 1e-6);
-        let notes = o.notes.join("\n");
+    }
+
+    #[test]
+    fn throughput_is_the_receiver_summary() {
+        let t = tap().throughput_mbps;
+        assert_eq!(t.guest_to_lan, Some(267.0));
+        assert_eq!(t.guest_to_host, Some(3150.0));
+        assert_eq!(t.lan_to_guest, None);
+        assert_eq!(t.host_to_guest, None);
+    }
+
+    #[test]
+    fn a_missing_throughput_says_why() {
+        let notes = notes_of(&tap());
         assert!(
             notes.contains("throughput lan_to_guest: no path"),
             "{notes}"
         );
-        assert!(!notes.contains("measured although"), "{notes}");
-        let private = text.replace("cmp tap", "cmp macvtap-private").replace(
-            "guest_to_host 64 bytes from 192.0.2.1: seq=0",
-            "guest_to_host 1 packets transmitted, 0 received; seq=0",
+        assert!(
+            notes.contains("throughput host_to_guest: iperf3: error - unable to connect"),
+            "{notes}"
         );
+        assert!(!notes.contains("measured although"), "{notes}");
+    }
+
+    #[test]
+    fn vmm_cpu_counts_only_runs_with_readings_around_them() {
+        // The guest_to_host run has no CPU readings: only guest_to_lan counts.
+        let expect = 300.0 * 10.0 / (95.4 * 1048576.0 / 1e9);
+        assert!((tap().vmm_cpu_ms_per_gb.unwrap() - expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn throughput_over_a_failed_ping_direction_is_explained() {
+        let private = tap_lines().replace("cmp tap", "cmp macvtap-private");
         let private: String = private
             .lines()
             .filter(|l| !l.contains("ping guest_to_host 64 bytes"))
@@ -468,62 +501,85 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    const MIXED: &str = "cmp macvtap-bridge skip netvmm: cannot create macvtap on lanA: Operation not supported\n\
+                cmp macvtap-bridge done\n\
+                cmp macvtap-vepa netup 1:2.0\n\
+                cmp macvtap-passthru netup 0:31.0\n\
+                cmp macvtap-passthru done\n\
+                cmp macvtap-passthru second-guest 1 netvmm: lanA is taken by a passthru macvtap\n\
+                cmp macvtap-passthru ping guest_to_host 20 packets transmitted, 0 packets received, 100% packet loss\n\
+                cmp other-backend skip x\n";
+
+    fn mixed(b: Backend) -> Outcome {
+        parse(MIXED, &[b], "the lab host crashed").remove(0)
+    }
+
+    #[test]
+    fn a_skipped_backend_has_its_reason_and_no_facts() {
+        let o = mixed(Backend::MacvtapBridge);
+        assert_eq!(
+            o.skipped.as_deref(),
+            Some("netvmm: cannot create macvtap on lanA: Operation not supported")
+        );
+        assert_eq!(o.reachability, Reachability::default());
+    }
+
+    #[test]
+    fn an_unfinished_backend_is_skipped_without_its_half_observed_figures() {
+        let o = mixed(Backend::MacvtapVepa);
+        assert_eq!(o.skipped.as_deref(), Some("the lab host crashed"));
+        assert_eq!(o.notes, Vec::<String>::new());
+        assert_eq!(o.reachability, Reachability::default());
+    }
+
+    #[test]
+    fn finished_backends_and_dropping_one_s_lines() {
+        assert_eq!(
+            finished(MIXED, &Backend::ALL),
+            [Backend::MacvtapBridge, Backend::MacvtapPassthru]
+        );
+        let both = parse(
+            MIXED,
+            &[Backend::MacvtapPassthru, Backend::MacvtapBridge],
+            "x",
+        );
+        let names: Vec<Backend> = both.iter().map(|o| o.backend).collect();
+        assert_eq!(names, [Backend::MacvtapPassthru, Backend::MacvtapBridge]);
+        let rest = without(MIXED, Backend::MacvtapPassthru);
+        assert!(!rest.contains("passthru") && rest.contains("cmp macvtap-vepa netup 1:2.0\n"));
+    }
+
+    #[test]
+    fn a_refused_second_passthru_guest_means_no_guest_to_guest() {
+        let p = mixed(Backend::MacvtapPassthru);
+        assert_eq!(p.skipped, None);
+        assert_eq!(p.reachability.guest_to_guest, Some(false));
+        let notes = notes_of(&p);
         assert!(
-            notes.contains("throughput host_to_guest: iperf3: error - unable to connect"),
+            notes.contains("refused one on the same NIC (lanA is taken"),
             "{notes}"
         );
     }
 
     #[test]
-    fn skipped_unreached_and_passthru() {
-        let text = "cmp macvtap-bridge skip netvmm: cannot create macvtap on lanA: Operation not supported\n\
-                    cmp macvtap-bridge done\n\
-                    cmp macvtap-vepa netup 1:2.0\n\
-                    cmp macvtap-passthru netup 0:31.0\n\
-                    cmp macvtap-passthru done\n\
-                    cmp macvtap-passthru second-guest 1 netvmm: lanA is taken by a passthru macvtap\n\
-                    cmp macvtap-passthru ping guest_to_host 20 packets transmitted, 0 packets received, 100% packet loss\n\
-                    cmp other-backend skip x\n";
-        let v = parse(
-            text,
-            &[
-                Backend::MacvtapBridge,
-                Backend::MacvtapVepa,
-                Backend::MacvtapPassthru,
-            ],
-            "the lab host crashed",
-        );
-        assert_eq!(
-            v[0].skipped.as_deref(),
-            Some("netvmm: cannot create macvtap on lanA: Operation not supported")
-        );
-        assert_eq!(v[0].reachability, Reachability::default());
-        // Started, never finished: skipped, without the half-observed figures.
-        assert_eq!(v[1].skipped.as_deref(), Some("the lab host crashed"));
-        assert_eq!(v[1].notes, Vec::<String>::new());
-        assert_eq!(
-            finished(text, &Backend::ALL),
-            [Backend::MacvtapBridge, Backend::MacvtapPassthru]
-        );
-        let rest = without(text, Backend::MacvtapPassthru);
-        assert!(!rest.contains("passthru") && rest.contains("cmp macvtap-vepa netup 1:2.0\n"));
-        let p = &v[2];
-        assert_eq!(p.skipped, None);
-        assert_eq!(p.boot_ms, None);
+    fn what_was_not_seen_is_null_with_a_note() {
+        let p = mixed(Backend::MacvtapPassthru);
         assert_eq!(p.reachability.guest_to_host, Some(false));
-        assert_eq!(p.reachability.guest_to_guest, Some(false));
         assert_eq!(p.reachability.lan_to_guest, None);
         assert_eq!(p.rtt_ms.guest_to_host, None);
+        assert_eq!(p.boot_ms, None);
         assert_eq!(p.vmm_cpu_ms_per_gb, None);
-        let notes = p.notes.join("\n");
-        assert!(
-            notes.contains("refused one on the same NIC (lanA is taken"),
-            "{notes}"
-        );
+        let notes = notes_of(&p);
         assert!(
             notes.contains("boot_ms: the guest never got a ping reply"),
             "{notes}"
         );
         assert!(notes.contains("lan_to_guest: not observed"), "{notes}");
+        assert!(
+            notes.contains("rtt guest_to_host: no ping replies"),
+            "{notes}"
+        );
     }
 }

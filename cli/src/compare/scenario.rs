@@ -129,10 +129,12 @@ host_view() {
 }
 
 # The measured guest's host-side interfaces down: a guest cut off from the network while it
-# runs (for the tests; netvmm marks what it creates with its pid).
+# runs (for the tests; netvmm marks what it creates "netvmm pid=PID:START[:PIDNS]").
 cut_guest() {
   for i in /sys/class/net/*; do
-    [ "$(cat $i/ifalias 2>/dev/null)" = "netvmm pid=$apid" ] && $IP link set ${i##*/} down
+    case "$(cat $i/ifalias 2>/dev/null)" in
+    "netvmm pid=$apid:"*) $IP link set ${i##*/} down ;;
+    esac
   done
 }
 

@@ -23,9 +23,15 @@
 
 mod common;
 
-/// netvmm's own JSON value and its test reader.
-#[path = "../cli/src/compare/json_value.rs"]
-mod json;
+/// netvmm's own result types, read back with serde (report.rs needs `crate::backend`).
+#[path = "../cli/src/compare/backend.rs"]
+#[allow(dead_code)]
+mod backend;
+#[path = "../cli/src/compare/report.rs"]
+#[allow(dead_code)]
+mod report;
+
+use report::{Outcome, Report};
 
 const BACKENDS: [&str; 7] = [
     "tap",
@@ -35,13 +41,6 @@ const BACKENDS: [&str; 7] = [
     "macvtap-vepa",
     "macvtap-private",
     "macvtap-passthru",
-];
-const REACH: [&str; 5] = [
-    "guest_to_host",
-    "host_to_guest",
-    "guest_to_lan",
-    "lan_to_guest",
-    "guest_to_guest",
 ];
 
 fn expected(backend: &str) -> [bool; 5] {
@@ -55,16 +54,23 @@ fn expected(backend: &str) -> [bool; 5] {
 }
 
 /// Holds backend `b`'s measured reachability (result `r`) against the kernel's semantics.
-fn reaches_as_expected(b: &str, r: &json::Json, dump: &str) {
-    let reach = r
-        .get("reachability")
-        .unwrap_or_else(|| panic!("{b}: no reachability\n{dump}"));
-    let got: Vec<Option<bool>> = REACH
-        .iter()
-        .map(|k| reach.get(k).and_then(|v| v.bool()))
-        .collect();
-    let want: Vec<Option<bool>> = expected(b).iter().map(|x| Some(*x)).collect();
-    assert_eq!(got, want, "{b}: reachability {REACH:?}\n{dump}");
+fn reaches_as_expected(r: &Outcome, dump: &str) {
+    let b = r.backend.name();
+    let want = expected(b).map(Some);
+    assert_eq!(
+        r.reachability.values(),
+        want,
+        "{b}: reachability {:?}\n{dump}",
+        report::Reachability::NAMES
+    );
+}
+
+/// The `--json` document, into the types netvmm wrote it from.
+fn read_report(text: &str, dump: &str) -> Report {
+    let doc: Report =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not the JSON schema: {e}\n{dump}"));
+    assert_eq!(doc.schema_version, report::SCHEMA_VERSION, "{dump}");
+    doc
 }
 
 #[test]
@@ -100,67 +106,50 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     );
     assert_eq!(out.status.code(), Some(0), "{dump}");
 
-    let doc =
-        json::read::parse(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{dump}"));
-    assert_eq!(
-        doc.get("lab").and_then(|v| v.str()),
-        Some("emulated"),
-        "{dump}"
-    );
-    let results = doc.get("results").and_then(|v| v.arr()).expect("results");
-    let names: Vec<&str> = results
-        .iter()
-        .filter_map(|r| r.get("backend").and_then(|v| v.str()))
-        .collect();
+    let doc = read_report(&stdout, &dump);
+    assert_eq!(doc.lab, "emulated", "{dump}");
+    let results = &doc.results;
+    let names: Vec<&str> = results.iter().map(|r| r.backend.name()).collect();
     assert_eq!(
         names, BACKENDS,
         "every backend reported, passthru last\n{dump}"
     );
 
     for r in results {
-        let b = r.get("backend").and_then(|v| v.str()).unwrap();
-        assert!(
-            matches!(r.get("skipped"), Some(json::Json::Null)),
-            "{b} skipped\n{dump}"
-        );
-        reaches_as_expected(b, r, &dump);
+        let b = r.backend.name();
+        assert_eq!(r.skipped, None, "{b} skipped\n{dump}");
+        reaches_as_expected(r, &dump);
 
-        let num = |path: &[&str]| json::read::get(r, path).and_then(|v| v.num());
-        let positive = |path: &[&str]| positive(r, b, path, &dump);
-        positive(&["boot_ms"]);
-        positive(&["vmm_cpu_ms_per_gb"]);
-        positive(&["rtt_ms", "guest_to_lan", "avg"]);
-        positive(&["rtt_ms", "guest_to_lan", "p99"]);
-        positive(&["throughput_mbps", "guest_to_lan"]);
-        positive(&["throughput_mbps", "lan_to_guest"]);
+        let (t, rtt) = (&r.throughput_mbps, &r.rtt_ms);
+        let positive = |what: &str, v: Option<f64>| positive(b, what, v, &dump);
+        positive("boot_ms", r.boot_ms);
+        positive("vmm_cpu_ms_per_gb", r.vmm_cpu_ms_per_gb);
+        let lan = rtt
+            .guest_to_lan
+            .unwrap_or_else(|| panic!("{b}: no rtt to the LAN\n{dump}"));
+        positive("rtt_ms.guest_to_lan.avg", Some(lan.avg));
+        positive("rtt_ms.guest_to_lan.p99", Some(lan.p99));
+        assert!(lan.p99 >= lan.avg, "{b}: {lan:?}\n{dump}");
+        positive("throughput_mbps.guest_to_lan", t.guest_to_lan);
+        positive("throughput_mbps.lan_to_guest", t.lan_to_guest);
         let [g2h, h2g, ..] = expected(b);
         if g2h {
-            positive(&["rtt_ms", "guest_to_host", "avg"]);
-            positive(&["rtt_ms", "guest_to_host", "p99"]);
+            let host = rtt.guest_to_host;
+            positive("rtt_ms.guest_to_host.avg", host.map(|h| h.avg));
+            positive("rtt_ms.guest_to_host.p99", host.map(|h| h.p99));
         } else {
-            assert_eq!(
-                num(&["rtt_ms", "guest_to_host", "avg"]),
-                None,
-                "{b}\n{dump}"
-            );
+            assert_eq!(rtt.guest_to_host, None, "{b}\n{dump}");
         }
         if h2g {
-            positive(&["throughput_mbps", "guest_to_host"]);
-            positive(&["throughput_mbps", "host_to_guest"]);
+            positive("throughput_mbps.guest_to_host", t.guest_to_host);
+            positive("throughput_mbps.host_to_guest", t.host_to_guest);
         } else {
-            assert_eq!(
-                num(&["throughput_mbps", "host_to_guest"]),
-                None,
-                "{b}\n{dump}"
-            );
+            assert_eq!(t.host_to_guest, None, "{b}\n{dump}");
             assert!(
                 stderr.contains("throughput host_to_guest: no path"),
                 "the reason for a null is printed\n{dump}"
             );
         }
-        let avg = num(&["rtt_ms", "guest_to_lan", "avg"]).unwrap();
-        let p99 = num(&["rtt_ms", "guest_to_lan", "p99"]).unwrap();
-        assert!(p99 >= avg, "{b}: p99 {p99} < avg {avg}\n{dump}");
     }
 
     // The table, the lab line, the explanation (which agrees with the kernel) and the chart.
@@ -210,24 +199,19 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
         .and_then(|r| r.split("--- end").next())
         .unwrap_or_else(|| panic!("no JSON\n{dump}"))
         .replace('\r', "");
-    let doc = json::read::parse(&text).unwrap_or_else(|e| panic!("not JSON: {e}\n{dump}"));
-    assert_eq!(
-        doc.get("lab").and_then(|v| v.str()),
-        Some("native"),
-        "{dump}"
-    );
-    let results = doc.get("results").and_then(|v| v.arr()).expect("results");
+    let doc = read_report(&text, &dump);
+    assert_eq!(doc.lab, "native", "{dump}");
+    let results = &doc.results;
     assert_eq!(results.len(), 2, "{dump}");
     for r in results {
-        let b = r.get("backend").and_then(|v| v.str()).unwrap();
-        reaches_as_expected(b, r, &dump);
-        for k in ["guest_to_lan", "lan_to_guest"] {
-            positive(r, b, &["throughput_mbps", k], &dump);
-        }
+        let b = r.backend.name();
+        reaches_as_expected(r, &dump);
+        positive(b, "guest_to_lan", r.throughput_mbps.guest_to_lan, &dump);
+        positive(b, "lan_to_guest", r.throughput_mbps.lan_to_guest, &dump);
     }
-    for k in ["host_to_guest", "guest_to_host"] {
-        positive(&results[0], "tap", &["throughput_mbps", k], &dump);
-    }
+    let tap = &results[0].throughput_mbps;
+    positive("tap", "host_to_guest", tap.host_to_guest, &dump);
+    positive("tap", "guest_to_host", tap.guest_to_host, &dump);
     for said in [
         "iperf3 host_to_guest attempt 1 failed",
         "no longer answers a ping from the host_to_guest client; it is replaced",
@@ -238,8 +222,7 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
     }
 }
 
-/// Holds that the figure at `path` of backend `b`'s result is present and above zero.
-fn positive(r: &json::Json, b: &str, path: &[&str], dump: &str) {
-    let v = json::read::get(r, path).and_then(|v| v.num());
-    assert!(v.is_some_and(|x| x > 0.0), "{b} {path:?} = {v:?}\n{dump}");
+/// Holds that backend `b`'s figure `what` is present and above zero.
+fn positive(b: &str, what: &str, v: Option<f64>, dump: &str) {
+    assert!(v.is_some_and(|x| x > 0.0), "{b} {what} = {v:?}\n{dump}");
 }

@@ -204,7 +204,7 @@ fn seccomp_off_says_so_and_still_drops_capabilities() {
 #[test]
 fn only_the_watcher_and_main_keep_net_admin_and_only_for_a_bridge() {
     let Some(k) = kernel() else { return };
-    let in_netns = net::iface::in_new_netns(move || {
+    let in_netns = net::test_support::in_new_netns(move || {
         let tap_only = observe(
             start(&k, &["--net", "tap"]),
             &["netvmm", "netvmm-stdin", "netvmm-net", "netvmm-vcpu0"],

@@ -1,11 +1,11 @@
-//! Host interface basics through socket ioctls: does a name exist, give it an IPv4 address,
-//! bring it up. (Creating bridges and macvtaps needs netlink; a tap needs none of that.)
+//! Host interface basics for a tap: does a name exist, the `ifreq` that names it, give it
+//! an IPv4 address and bring it up (through `netlink`).
 
 use std::ffi::CString;
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::IpAddr;
 
+use crate::netlink::{self, NetlinkError};
 use crate::spec::Ipv4Cidr;
 
 /// The interface's index in the calling thread's network namespace, if it exists.
@@ -16,20 +16,10 @@ pub fn index_of(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
-fn control_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// An `ifreq` naming `name`, which must pass [`crate::spec::check_ifname`] (a tap name
+/// An `ifreq` naming `name`, which must pass [`crate::names::check_ifname`] (a tap name
 /// template such as `nvtap%d` does).
 pub fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
-    crate::spec::check_ifname(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    crate::names::check_ifname(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
@@ -38,80 +28,47 @@ pub fn ifreq_for(name: &str) -> io::Result<libc::ifreq> {
     Ok(req)
 }
 
-fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(addr).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size on Linux, and sockaddr is the
-    // generic view the ioctl expects of this sockaddr_in.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-}
-
-fn ioctl(sock: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
-    // SAFETY: `req` is a valid, initialised ifreq the kernel reads/writes for these
-    // interface requests; `sock` is an open socket.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, req as *mut libc::ifreq) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Gives `name` the address `cidr` and brings it up.
+/// Makes `cidr` the IPv4 address of `name`, replacing those it held (as SIOCSIFADDR did to
+/// the primary one; a tap netvmm is given keeps its own, and gets them back, see `given`),
+/// and brings it up.
 pub fn set_ipv4_and_up(name: &str, cidr: Ipv4Cidr) -> io::Result<()> {
-    let sock = control_socket()?;
-    let mut req = ifreq_for(name)?;
-    req.ifr_ifru.ifru_addr = sockaddr_in(cidr.addr);
-    ioctl(&sock, libc::SIOCSIFADDR, &mut req)?;
-    let mut req = ifreq_for(name)?;
-    req.ifr_ifru.ifru_netmask = sockaddr_in(cidr.netmask());
-    ioctl(&sock, libc::SIOCSIFNETMASK, &mut req)?;
-    set_up(name)
-}
-
-/// Sets IFF_UP on `name`.
-pub fn set_up(name: &str) -> io::Result<()> {
-    let sock = control_socket()?;
-    let mut req = ifreq_for(name)?;
-    ioctl(&sock, libc::SIOCGIFFLAGS, &mut req)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    ioctl(&sock, libc::SIOCSIFFLAGS, &mut req)
+    let mut held = false;
+    for a in netlink::addresses(name).map_err(io_error)? {
+        match a.addr() {
+            Some(IpAddr::V4(v4)) if (v4, a.prefix()) == (cidr.addr, cidr.prefix) => held = true,
+            Some(IpAddr::V4(_)) => match netlink::delete_address(name, &a) {
+                // Deleting a primary took its secondaries with it.
+                Err(e) if e.os_error() == Some(libc::EADDRNOTAVAIL) => {}
+                r => r.map_err(io_error)?,
+            },
+            _ => {}
+        }
+    }
+    if !held {
+        netlink::add_ipv4(name, cidr.addr, cidr.prefix).map_err(io_error)?;
+    }
+    netlink::set_up(name).map_err(io_error)
 }
 
 /// Whether `name` is up.
 pub fn is_up(name: &str) -> io::Result<bool> {
-    let sock = control_socket()?;
-    let mut req = ifreq_for(name)?;
-    ioctl(&sock, libc::SIOCGIFFLAGS, &mut req)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    Ok(flags & libc::IFF_UP as libc::c_short != 0)
-}
-
-/// Runs `f` on a new thread inside a new, empty network namespace of its own (only that
-/// thread moves), for tests that must not touch the host's interfaces. `Err` only when the
-/// namespace cannot be made; a panic inside `f` is re-raised here, so tests fail loudly.
-pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    let joined = std::thread::spawn(move || {
-        // SAFETY: unshare only changes the calling thread's namespaces.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join();
-    match joined {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
+    match netlink::link_info(name).map_err(io_error)? {
+        Some(l) => Ok(l.admin_up),
+        None => Err(io::ErrorKind::NotFound.into()),
     }
 }
+
+/// A netlink failure as the plain error of this module's callers, who name the action
+/// themselves: the errno where there is one.
+fn io_error(e: NetlinkError) -> io::Error {
+    match e.os_error() {
+        Some(errno) => io::Error::from_raw_os_error(errno),
+        None => io::Error::other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) use crate::test_support::in_new_netns;
 
 #[cfg(test)]
 mod tests {
@@ -123,5 +80,67 @@ mod tests {
         for bad in ["", "sixteen-chars-xx", "a\u{1}b", "a/b", "a\0b"] {
             assert!(ifreq_for(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// The IPv4 addresses of `dev` (a bridge: no /dev/net/tun needed) as "a/p brd b".
+    fn v4(dev: &str) -> Vec<String> {
+        netlink::addresses(dev)
+            .unwrap()
+            .iter()
+            .filter(|a| a.addr().is_some_and(|a| a.is_ipv4()))
+            .map(|a| format!("{a} brd {:?}", a.broadcast()))
+            .collect()
+    }
+
+    /// Runs `f` on a fresh bridge `br0` in a namespace of its own.
+    fn on_a_bridge(f: impl FnOnce() + Send + 'static) {
+        let r = in_new_netns(|| {
+            netlink::create_bridge("br0").unwrap();
+            f()
+        });
+        if let Err(e) = r {
+            eprintln!("skipping: cannot create a network namespace here: {e}");
+        }
+    }
+
+    #[test]
+    fn an_address_comes_with_its_broadcast_and_the_link_goes_up() {
+        on_a_bridge(|| {
+            set_ipv4_and_up("br0", "192.0.2.1/24".parse().unwrap()).unwrap();
+            assert_eq!(v4("br0"), ["192.0.2.1/24 brd Some(192.0.2.255)"]);
+            assert!(is_up("br0").unwrap());
+        });
+    }
+
+    #[test]
+    fn an_address_replaces_those_the_link_held() {
+        on_a_bridge(|| {
+            netlink::add_ipv4("br0", "203.0.113.5".parse().unwrap(), 24).unwrap();
+            netlink::add_ipv4("br0", "203.0.113.6".parse().unwrap(), 24).unwrap();
+            set_ipv4_and_up("br0", "198.51.100.1/30".parse().unwrap()).unwrap();
+            assert_eq!(v4("br0"), ["198.51.100.1/30 brd Some(198.51.100.3)"]);
+        });
+    }
+
+    #[test]
+    fn an_address_the_link_holds_already_is_kept() {
+        on_a_bridge(|| {
+            let cidr = "192.0.2.9/32".parse().unwrap();
+            set_ipv4_and_up("br0", cidr).unwrap();
+            set_ipv4_and_up("br0", cidr).unwrap();
+            assert_eq!(v4("br0"), ["192.0.2.9/32 brd None"]);
+        });
+    }
+
+    #[test]
+    fn a_missing_link_says_so() {
+        on_a_bridge(|| {
+            let e = set_ipv4_and_up("nosuch0", "192.0.2.1/24".parse().unwrap()).unwrap_err();
+            assert!(e.to_string().contains("nosuch0"), "{e}");
+            assert_eq!(
+                is_up("nosuch0").unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+        });
     }
 }

@@ -7,12 +7,16 @@ pub mod bridge_watch;
 pub mod given;
 pub mod iface;
 pub mod mac;
+pub mod names;
 pub mod netlink;
 pub mod owned;
 pub mod private_fs;
 pub mod shim;
 pub mod spec;
 pub mod tap;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_support;
 
 pub use mac::MacAddr;
 pub use spec::{BackendSpec, NetSpec, SpecError};

@@ -498,7 +498,7 @@ fn subjects() -> Vec<Subject> {
 }
 
 fn main() {
-    let result = net::iface::in_new_netns(|| {
+    let result = net::test_support::in_new_netns(|| {
         println!("virtio-net device path vs raw readv/writev on the same fd (own netns)");
         println!(
             "{:<8} {:<4} {:<8} {:>12} {:>9} {:>12} {:>9} {:>7} {:>9} {:>12} {:>7}",

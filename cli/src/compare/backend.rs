@@ -4,7 +4,20 @@ use std::fmt;
 
 /// One way of connecting the guest's virtio-net NIC to the world, in the arrangement its
 /// users really run (see the module docs of `compare`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// A tap with the host's address on it; the host routes between tap and LAN.
     Tap,
@@ -15,6 +28,7 @@ pub enum Backend {
     /// A macvtap on the NIC, bridge mode, with netvmm's host-access shim holding the host's
     /// address instead of the NIC.
     #[value(name = "macvtap-bridge+host")]
+    #[serde(rename = "macvtap-bridge+host")]
     MacvtapBridgeHost,
     /// A macvtap on the NIC, VEPA mode, behind a LAN switch that hairpins.
     MacvtapVepa,
@@ -81,6 +95,10 @@ mod tests {
             assert_eq!(v, b);
         }
         assert!(<Backend as clap::ValueEnum>::from_str("vde", false).is_err());
+        // The JSON writes the same names.
+        for b in Backend::ALL {
+            assert_eq!(serde_json::to_value(b).unwrap(), b.name());
+        }
         let order = run_order(&[
             Backend::MacvtapPassthru,
             Backend::Tap,

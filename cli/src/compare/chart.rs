@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::results::{Outcome, FLOWS};
+use super::report::{Outcome, Throughput};
 
 const WIDTH: f64 = 960.0;
 const LEFT: f64 = 70.0;
@@ -196,9 +196,9 @@ pub fn svg(lab_line: &str, outcomes: &[Outcome]) -> String {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let flows = |o: &Outcome| {
-        FLOWS
+        Throughput::NAMES
             .iter()
-            .zip(o.throughput_mbps)
+            .zip(o.throughput_mbps.values())
             .zip(FLOW_COLOURS)
             .map(|((k, v), c)| Bar {
                 kind: k,
@@ -231,15 +231,15 @@ pub fn svg(lab_line: &str, outcomes: &[Outcome]) -> String {
         vec![
             Bar {
                 kind: "guest_to_host",
-                value: o.rtt_guest_to_host.as_ref().map(|r| r.avg),
+                value: o.rtt_ms.guest_to_host.map(|r| r.avg),
                 colour: RTT_COLOURS[0],
-                whisker: o.rtt_guest_to_host.as_ref().map(|r| r.p99),
+                whisker: o.rtt_ms.guest_to_host.map(|r| r.p99),
             },
             Bar {
                 kind: "guest_to_lan",
-                value: o.rtt_guest_to_lan.as_ref().map(|r| r.avg),
+                value: o.rtt_ms.guest_to_lan.map(|r| r.avg),
                 colour: RTT_COLOURS[1],
-                whisker: o.rtt_guest_to_lan.as_ref().map(|r| r.p99),
+                whisker: o.rtt_ms.guest_to_lan.map(|r| r.p99),
             },
         ]
     };
@@ -274,7 +274,7 @@ pub fn svg(lab_line: &str, outcomes: &[Outcome]) -> String {
 mod tests {
     use super::*;
     use crate::compare::backend::Backend;
-    use crate::compare::results::Rtt;
+    use crate::compare::report::Rtt;
 
     /// Checks that tags nest and close, attributes are quoted and `&` starts an entity;
     /// returns the element names in document order.
@@ -344,14 +344,10 @@ mod tests {
     #[test]
     fn one_group_per_backend_with_its_bars() {
         let mut a = Outcome::new(Backend::Tap);
-        a.throughput_mbps = [Some(300.0), Some(250.0), Some(410.0), Some(380.0)];
-        a.rtt_guest_to_host = Some(Rtt {
-            avg: 0.4,
-            p99: 0.9,
-            samples: 20,
-        });
+        a.throughput_mbps = [Some(300.0), Some(250.0), Some(410.0), Some(380.0)].into();
+        a.rtt_ms.guest_to_host = Some(Rtt { avg: 0.4, p99: 0.9 });
         let mut b = Outcome::new(Backend::MacvtapBridge);
-        b.throughput_mbps = [Some(320.0), Some(260.0), None, None];
+        b.throughput_mbps = [Some(320.0), Some(260.0), None, None].into();
         let mut c = Outcome::new(Backend::MacvtapPassthru);
         c.skipped = Some("a <busy> & taken NIC".into());
         let doc = svg("lab: emulated <QEMU & TCG>", &[a, b, c]);

@@ -2,12 +2,12 @@
 //! facts are what they are.
 
 use super::backend::Backend;
-use super::results::{Outcome, REACH};
+use super::report::{Outcome, Reachability};
 use super::table::mark;
 
 /// What the kernel lets talk to what, in the topology the scenario builds (indexed like
-/// `REACH`: guest_to_host, host_to_guest, guest_to_lan, lan_to_guest, guest_to_guest). The
-/// LAN switch hairpins the NIC's port for vepa and private only.
+/// `Reachability::NAMES`: guest_to_host, host_to_guest, guest_to_lan, lan_to_guest,
+/// guest_to_guest). The LAN switch hairpins the NIC's port for vepa and private only.
 pub fn expected(b: Backend) -> [bool; 5] {
     match b {
         Backend::Tap | Backend::Bridge | Backend::MacvtapBridgeHost | Backend::MacvtapVepa => {
@@ -105,15 +105,15 @@ pub fn explain(outcomes: &[Outcome]) -> String {
             s.push_str(&format!("  Not measured here: {reason}\n"));
             continue;
         }
-        let measured: Vec<String> = REACH
+        let measured: Vec<String> = Reachability::NAMES
             .iter()
-            .zip(o.reachability)
+            .zip(o.reachability.values())
             .map(|(r, v)| format!("{r} {}", mark(v)))
             .collect();
         s.push_str(&format!("  Measured: {}\n", measured.join(", ")));
-        let surprises: Vec<String> = REACH
+        let surprises: Vec<String> = Reachability::NAMES
             .iter()
-            .zip(o.reachability)
+            .zip(o.reachability.values())
             .zip(expected(o.backend))
             .filter_map(|((r, got), want)| match got {
                 Some(g) if g != want => Some(format!(
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn every_backend_is_explained_and_surprises_are_named() {
         let mut a = Outcome::new(Backend::MacvtapBridge);
-        a.reachability = [Some(true), Some(false), Some(true), Some(true), None];
+        a.reachability = [Some(true), Some(false), Some(true), Some(true), None].into();
         let mut b = Outcome::new(Backend::MacvtapPassthru);
         b.skipped = Some("no spare NIC".into());
         let text = explain(&[a, b]);

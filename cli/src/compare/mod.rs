@@ -9,16 +9,17 @@
 //! network) or natively inside a fresh network and mount namespace that netvmm creates with
 //! unshare(1): the host's own interfaces are never touched, and everything created dies
 //! with the namespace, also on Ctrl-C. The scenario writes `cmp ...` result lines
-//! (`results`), which become the table (`table`), the JSON (`json`), the chart (`chart`)
-//! and the explanation (`explain`).
+//! (`results`), parsed into typed outcomes (`report`), which become the table (`table`), the
+//! JSON (`report`, with serde), the chart (`chart`) and the explanation (`explain`).
 
 mod backend;
 mod chart;
 mod console;
 mod error;
 mod explain;
-mod json;
-mod json_value;
+mod report;
+#[cfg(test)]
+mod report_tests;
 mod results;
 mod scenario;
 mod table;
@@ -233,7 +234,10 @@ pub fn run(args: CompareArgs) -> Result<i32> {
     }
     if args.json {
         eprint!("\n{report}");
-        println!("{}", json::report(lab.name(), &outcomes).render());
+        println!(
+            "{}",
+            report::Report::new(lab.name(), outcomes.clone()).to_json()
+        );
     } else {
         print!("\n{report}");
     }

@@ -1,86 +1,18 @@
-//! The scenario's `cmp ...` result lines turned into figures per backend. A figure that
-//! cannot be derived from what the scenario saw is `None`, with a note saying why.
+//! The scenario's `cmp ...` result lines turned into typed outcomes (`report`), one per
+//! backend. A figure that cannot be derived from what the scenario saw is `None`, with a
+//! note saying why.
 
 use super::backend::Backend;
+use super::report::{Outcome, Reachability, Rtt, Throughput};
 
-/// The reachability facts, in the order of the JSON schema.
-pub const REACH: [&str; 5] = [
-    "guest_to_host",
-    "host_to_guest",
-    "guest_to_lan",
-    "lan_to_guest",
-    "guest_to_guest",
-];
 /// The throughput directions, in the order of the JSON schema.
-pub const FLOWS: [&str; 4] = [
-    "guest_to_lan",
-    "lan_to_guest",
-    "guest_to_host",
-    "host_to_guest",
-];
+const FLOWS: [&str; 4] = Throughput::NAMES;
+/// The reachability facts, in the order of the JSON schema.
+const REACH: [&str; 5] = Reachability::NAMES;
 /// /proc/<pid>/stat counts CPU time in USER_HZ ticks, which Linux fixes at 100 on x86.
 const MS_PER_TICK: f64 = 10.0;
 /// Bytes in the "GB" of `vmm_cpu_ms_per_gb` (decimal, like the Mbit/s figures).
 const BYTES_PER_GB: f64 = 1e9;
-
-/// Round-trip times from one ping run, in ms.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rtt {
-    pub avg: f64,
-    /// Nearest-rank 99th percentile: with 20 samples, the largest.
-    pub p99: f64,
-    pub samples: usize,
-}
-
-/// Everything measured for one backend.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub backend: Backend,
-    /// From netvmm's start to the guest's first ping reply from the LAN peer.
-    pub boot_ms: Option<f64>,
-    pub rtt_guest_to_host: Option<Rtt>,
-    pub rtt_guest_to_lan: Option<Rtt>,
-    /// Mbit/s, indexed like `FLOWS`.
-    pub throughput_mbps: [Option<f64>; 4],
-    /// CPU time (user + system, all threads, vCPUs included) of the measured guest's netvmm
-    /// during the iperf3 runs, per 10^9 bytes they moved.
-    pub vmm_cpu_ms_per_gb: Option<f64>,
-    /// Indexed like `REACH`.
-    pub reachability: [Option<bool>; 5],
-    pub skipped: Option<String>,
-    /// Why figures are missing, and facts worth a line (a refused second guest).
-    pub notes: Vec<String>,
-}
-
-impl Outcome {
-    pub fn new(backend: Backend) -> Self {
-        Self {
-            backend,
-            boot_ms: None,
-            rtt_guest_to_host: None,
-            rtt_guest_to_lan: None,
-            throughput_mbps: [None; 4],
-            vmm_cpu_ms_per_gb: None,
-            reachability: [None; 5],
-            skipped: None,
-            notes: Vec::new(),
-        }
-    }
-
-    pub fn reach(&self, name: &str) -> Option<bool> {
-        REACH
-            .iter()
-            .position(|r| *r == name)
-            .and_then(|i| self.reachability[i])
-    }
-
-    pub fn throughput(&self, name: &str) -> Option<f64> {
-        FLOWS
-            .iter()
-            .position(|f| *f == name)
-            .and_then(|i| self.throughput_mbps[i])
-    }
-}
 
 /// The round-trip time of one ping reply line (busybox or iputils), in ms.
 pub fn ping_reply_ms(line: &str) -> Option<f64> {
@@ -106,7 +38,6 @@ pub fn rtt_of(samples: &[f64]) -> Option<Rtt> {
     Some(Rtt {
         avg: v.iter().sum::<f64>() / v.len() as f64,
         p99: v[rank - 1],
-        samples: v.len(),
     })
 }
 
@@ -272,15 +203,16 @@ fn parse_one(text: &str, backend: Backend, unfinished: &str) -> Outcome {
 
     // Reachability: observed when a ping ran; reachable when any reply came back.
     let lines_for = |d: &str| pings.iter().find(|(p, _)| p == d).map(|(_, v)| v);
+    let mut reach = [None; 5];
     for (i, dir) in REACH.iter().enumerate() {
         match lines_for(dir) {
             Some(v) => {
-                o.reachability[i] = Some(v.iter().any(|l| ping_reply_ms(l).is_some()));
+                reach[i] = Some(v.iter().any(|l| ping_reply_ms(l).is_some()));
             }
             None if *dir == "guest_to_guest" && !backend.has_sibling() => {
                 match &second_guest {
                     Some((status, msg)) if status != "0" => {
-                        o.reachability[i] = Some(false);
+                        reach[i] = Some(false);
                         o.notes.push(format!(
                             "guest_to_guest: there is no second guest: netvmm refused one on the same NIC ({})",
                             msg.trim_start_matches("netvmm: ")
@@ -299,10 +231,11 @@ fn parse_one(text: &str, backend: Backend, unfinished: &str) -> Outcome {
                 .push(format!("{dir}: not observed (no ping ran in that direction)")),
         }
     }
+    o.reachability = reach.into();
 
     for (name, slot) in [
-        ("guest_to_host", &mut o.rtt_guest_to_host),
-        ("guest_to_lan", &mut o.rtt_guest_to_lan),
+        ("guest_to_host", &mut o.rtt_ms.guest_to_host),
+        ("guest_to_lan", &mut o.rtt_ms.guest_to_lan),
     ] {
         let samples: Vec<f64> = lines_for(name)
             .map(|v| v.iter().filter_map(|l| ping_reply_ms(l)).collect())
@@ -334,11 +267,12 @@ fn parse_one(text: &str, backend: Backend, unfinished: &str) -> Outcome {
 
     let (mut cpu_ticks, mut bytes) = (0u64, 0f64);
     let mut cpu_ok = false;
+    let mut mbps_of = [None; 4];
     for (i, f) in flows.iter().enumerate() {
         let name = FLOWS[i];
         match f.summary {
             Some((mbps, b)) if mbps > 0.0 => {
-                o.throughput_mbps[i] = Some(mbps);
+                mbps_of[i] = Some(mbps);
                 if let (Some(x), Some(y)) = (f.before, f.after) {
                     cpu_ticks += y.saturating_sub(x);
                     bytes += b;
@@ -359,11 +293,16 @@ fn parse_one(text: &str, backend: Backend, unfinished: &str) -> Outcome {
             }
         }
     }
+    o.throughput_mbps = mbps_of.into();
     // iperf3 -R runs over a connection the host (or LAN peer) opened, after its own ARP
     // request taught the guest its MAC: data can flow where the guest's own ping could not
     // start (macvtap private, whose broadcasts never reach the host).
-    for flow in ["guest_to_host", "guest_to_lan"] {
-        if o.reach(flow) == Some(false) && o.throughput(flow).is_some() {
+    let (r, t) = (o.reachability, o.throughput_mbps);
+    for (flow, reached, measured) in [
+        ("guest_to_host", r.guest_to_host, t.guest_to_host),
+        ("guest_to_lan", r.guest_to_lan, t.guest_to_lan),
+    ] {
+        if reached == Some(false) && measured.is_some() {
             o.notes.push(format!(
                 "throughput {flow}: measured although the {flow} ping failed: iperf3 -R sends over a connection the other side opened, after its ARP request taught the guest its MAC"
             ));
@@ -446,7 +385,7 @@ mod tests {
     fn rtt_average_and_nearest_rank_p99() {
         let v: Vec<f64> = (1..=20).map(f64::from).collect();
         let r = rtt_of(&v).unwrap();
-        assert_eq!((r.avg, r.p99, r.samples), (10.5, 20.0, 20));
+        assert_eq!((r.avg, r.p99), (10.5, 20.0));
         let v: Vec<f64> = (1..=200).map(f64::from).collect();
         assert_eq!(rtt_of(&v).unwrap().p99, 198.0);
         assert_eq!(rtt_of(&[3.0]).unwrap().p99, 3.0);
@@ -482,47 +421,79 @@ mod tests {
         assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
     }
 
+    fn tap() -> Outcome {
+        parse(&tap_lines(), &[Backend::Tap], "x").remove(0)
+    }
+
+    fn notes_of(o: &Outcome) -> String {
+        o.notes.join("\n")
+    }
+
     #[test]
-    fn a_backend_from_its_lines() {
-        let text = tap_lines();
-        let o = parse(&text, &[Backend::Tap], "x").remove(0);
-        assert_eq!(o.skipped, None);
+    fn boot_is_netvmm_to_ready_plus_the_guest_clock_to_its_first_reply() {
         // 2000 ms to the ready line + (1.75 - 1.50) s of the guest's clock.
-        assert_eq!(o.boot_ms, Some(2250.0));
-        let r = o.rtt_guest_to_host.clone().unwrap();
-        assert_eq!(r.samples, 20);
+        assert_eq!(tap().boot_ms, Some(2250.0));
+    }
+
+    #[test]
+    fn rtts_come_from_the_timed_replies() {
+        let o = tap();
+        assert_eq!(o.skipped, None);
+        let r = o.rtt_ms.guest_to_host.unwrap();
         assert!((r.avg - 1.45).abs() < 1e-9, "{r:?}");
         assert!((r.p99 - 2.4).abs() < 1e-9, "{r:?}");
-        assert!((o.rtt_guest_to_lan.clone().unwrap().p99 - 2.9).abs() < 1e-9);
+        assert!((o.rtt_ms.guest_to_lan.unwrap().p99 - 2.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_direction_is_reachable_when_any_reply_came_back() {
         assert_eq!(
-            o.reachability,
+            tap().reachability.values(),
             [Some(true), Some(true), Some(true), Some(false), Some(true)]
         );
-        assert_eq!(o.throughput("guest_to_lan"), Some(267.0));
-        assert_eq!(o.throughput("lan_to_guest"), None);
-        assert_eq!(o.throughput("host_to_guest"), None);
-        // The guest_to_host run has no CPU readings: only guest_to_lan counts.
-        assert_eq!(o.throughput("guest_to_host"), Some(3150.0));
-        let expect = 300.0 * 10.0 / (95.4 * 1048576.0 / 1e9);
-        assert!((o.vmm_cpu_ms_per_gb.unwrap() - expect).abs() < 1e-6);
-        let notes = o.notes.join("\n");
+    }
+
+    #[test]
+    fn throughput_is_the_receiver_summary() {
+        let t = tap().throughput_mbps;
+        assert_eq!(t.guest_to_lan, Some(267.0));
+        assert_eq!(t.guest_to_host, Some(3150.0));
+        assert_eq!(t.lan_to_guest, None);
+        assert_eq!(t.host_to_guest, None);
+    }
+
+    #[test]
+    fn a_missing_throughput_says_why() {
+        let notes = notes_of(&tap());
         assert!(
             notes.contains("throughput lan_to_guest: no path"),
             "{notes}"
         );
-        assert!(!notes.contains("measured although"), "{notes}");
-        let private = text.replace("cmp tap", "cmp macvtap-private").replace(
-            "guest_to_host 64 bytes from 192.0.2.1: seq=0",
-            "guest_to_host 1 packets transmitted, 0 received; seq=0",
+        assert!(
+            notes.contains("throughput host_to_guest: iperf3: error - unable to connect"),
+            "{notes}"
         );
+        assert!(!notes.contains("measured although"), "{notes}");
+    }
+
+    #[test]
+    fn vmm_cpu_counts_only_runs_with_readings_around_them() {
+        // The guest_to_host run has no CPU readings: only guest_to_lan counts.
+        let expect = 300.0 * 10.0 / (95.4 * 1048576.0 / 1e9);
+        assert!((tap().vmm_cpu_ms_per_gb.unwrap() - expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn throughput_over_a_failed_ping_direction_is_explained() {
+        let private = tap_lines().replace("cmp tap", "cmp macvtap-private");
         let private: String = private
             .lines()
             .filter(|l| !l.contains("ping guest_to_host 64 bytes"))
             .map(|l| format!("{l}\n"))
             .collect();
         let p = parse(&private, &[Backend::MacvtapPrivate], "x").remove(0);
-        assert_eq!(p.reach("guest_to_host"), Some(false));
-        assert_eq!(p.throughput("guest_to_host"), Some(3150.0));
+        assert_eq!(p.reachability.guest_to_host, Some(false));
+        assert_eq!(p.throughput_mbps.guest_to_host, Some(3150.0));
         assert!(
             p.notes
                 .iter()
@@ -530,62 +501,85 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    const MIXED: &str = "cmp macvtap-bridge skip netvmm: cannot create macvtap on lanA: Operation not supported\n\
+                cmp macvtap-bridge done\n\
+                cmp macvtap-vepa netup 1:2.0\n\
+                cmp macvtap-passthru netup 0:31.0\n\
+                cmp macvtap-passthru done\n\
+                cmp macvtap-passthru second-guest 1 netvmm: lanA is taken by a passthru macvtap\n\
+                cmp macvtap-passthru ping guest_to_host 20 packets transmitted, 0 packets received, 100% packet loss\n\
+                cmp other-backend skip x\n";
+
+    fn mixed(b: Backend) -> Outcome {
+        parse(MIXED, &[b], "the lab host crashed").remove(0)
+    }
+
+    #[test]
+    fn a_skipped_backend_has_its_reason_and_no_facts() {
+        let o = mixed(Backend::MacvtapBridge);
+        assert_eq!(
+            o.skipped.as_deref(),
+            Some("netvmm: cannot create macvtap on lanA: Operation not supported")
+        );
+        assert_eq!(o.reachability, Reachability::default());
+    }
+
+    #[test]
+    fn an_unfinished_backend_is_skipped_without_its_half_observed_figures() {
+        let o = mixed(Backend::MacvtapVepa);
+        assert_eq!(o.skipped.as_deref(), Some("the lab host crashed"));
+        assert_eq!(o.notes, Vec::<String>::new());
+        assert_eq!(o.reachability, Reachability::default());
+    }
+
+    #[test]
+    fn finished_backends_and_dropping_one_s_lines() {
+        assert_eq!(
+            finished(MIXED, &Backend::ALL),
+            [Backend::MacvtapBridge, Backend::MacvtapPassthru]
+        );
+        let both = parse(
+            MIXED,
+            &[Backend::MacvtapPassthru, Backend::MacvtapBridge],
+            "x",
+        );
+        let names: Vec<Backend> = both.iter().map(|o| o.backend).collect();
+        assert_eq!(names, [Backend::MacvtapPassthru, Backend::MacvtapBridge]);
+        let rest = without(MIXED, Backend::MacvtapPassthru);
+        assert!(!rest.contains("passthru") && rest.contains("cmp macvtap-vepa netup 1:2.0\n"));
+    }
+
+    #[test]
+    fn a_refused_second_passthru_guest_means_no_guest_to_guest() {
+        let p = mixed(Backend::MacvtapPassthru);
+        assert_eq!(p.skipped, None);
+        assert_eq!(p.reachability.guest_to_guest, Some(false));
+        let notes = notes_of(&p);
         assert!(
-            notes.contains("throughput host_to_guest: iperf3: error - unable to connect"),
+            notes.contains("refused one on the same NIC (lanA is taken"),
             "{notes}"
         );
     }
 
     #[test]
-    fn skipped_unreached_and_passthru() {
-        let text = "cmp macvtap-bridge skip netvmm: cannot create macvtap on lanA: Operation not supported\n\
-                    cmp macvtap-bridge done\n\
-                    cmp macvtap-vepa netup 1:2.0\n\
-                    cmp macvtap-passthru netup 0:31.0\n\
-                    cmp macvtap-passthru done\n\
-                    cmp macvtap-passthru second-guest 1 netvmm: lanA is taken by a passthru macvtap\n\
-                    cmp macvtap-passthru ping guest_to_host 20 packets transmitted, 0 packets received, 100% packet loss\n\
-                    cmp other-backend skip x\n";
-        let v = parse(
-            text,
-            &[
-                Backend::MacvtapBridge,
-                Backend::MacvtapVepa,
-                Backend::MacvtapPassthru,
-            ],
-            "the lab host crashed",
-        );
-        assert_eq!(
-            v[0].skipped.as_deref(),
-            Some("netvmm: cannot create macvtap on lanA: Operation not supported")
-        );
-        assert_eq!(v[0].reachability, [None; 5]);
-        // Started, never finished: skipped, without the half-observed figures.
-        assert_eq!(v[1].skipped.as_deref(), Some("the lab host crashed"));
-        assert_eq!(v[1].notes, Vec::<String>::new());
-        assert_eq!(
-            finished(text, &Backend::ALL),
-            [Backend::MacvtapBridge, Backend::MacvtapPassthru]
-        );
-        let rest = without(text, Backend::MacvtapPassthru);
-        assert!(!rest.contains("passthru") && rest.contains("cmp macvtap-vepa netup 1:2.0\n"));
-        let p = &v[2];
-        assert_eq!(p.skipped, None);
+    fn what_was_not_seen_is_null_with_a_note() {
+        let p = mixed(Backend::MacvtapPassthru);
+        assert_eq!(p.reachability.guest_to_host, Some(false));
+        assert_eq!(p.reachability.lan_to_guest, None);
+        assert_eq!(p.rtt_ms.guest_to_host, None);
         assert_eq!(p.boot_ms, None);
-        assert_eq!(p.reach("guest_to_host"), Some(false));
-        assert_eq!(p.reach("guest_to_guest"), Some(false));
-        assert_eq!(p.reach("lan_to_guest"), None);
-        assert_eq!(p.rtt_guest_to_host, None);
         assert_eq!(p.vmm_cpu_ms_per_gb, None);
-        let notes = p.notes.join("\n");
-        assert!(
-            notes.contains("refused one on the same NIC (lanA is taken"),
-            "{notes}"
-        );
+        let notes = notes_of(&p);
         assert!(
             notes.contains("boot_ms: the guest never got a ping reply"),
             "{notes}"
         );
         assert!(notes.contains("lan_to_guest: not observed"), "{notes}");
+        assert!(
+            notes.contains("rtt guest_to_host: no ping replies"),
+            "{notes}"
+        );
     }
 }

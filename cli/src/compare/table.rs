@@ -1,6 +1,6 @@
 //! The terminal table: backends as rows, figures as columns, reachability as check marks.
 
-use super::results::{Outcome, Rtt};
+use super::report::{Outcome, Rtt};
 
 /// Column widths and headers (second header row); the first row names groups of columns.
 const COLUMNS: [(&str, usize); 16] = [
@@ -96,8 +96,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
             lines.push(format!("{:<20} skipped: {why}", o.backend.name()));
             continue;
         }
-        let [ha, hp] = rtt_cells(&o.rtt_guest_to_host);
-        let [la, lp] = rtt_cells(&o.rtt_guest_to_lan);
+        let [ha, hp] = rtt_cells(&o.rtt_ms.guest_to_host);
+        let [la, lp] = rtt_cells(&o.rtt_ms.guest_to_lan);
         let mut cells = vec![
             o.backend.name().to_string(),
             num(o.boot_ms, 0),
@@ -106,9 +106,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
             la,
             lp,
         ];
-        cells.extend(o.throughput_mbps.iter().map(|t| num(*t, 0)));
+        cells.extend(o.throughput_mbps.values().map(|t| num(t, 0)));
         cells.push(num(o.vmm_cpu_ms_per_gb, 0));
-        cells.extend(o.reachability.iter().map(|r| mark(*r).to_string()));
+        cells.extend(o.reachability.values().map(|r| mark(r).to_string()));
         lines.push(row(&cells));
     }
     lines.join("\n") + "\n"
@@ -149,14 +149,13 @@ mod tests {
     fn rows_line_up_with_marks_and_dashes() {
         let mut a = Outcome::new(Backend::Tap);
         a.boot_ms = Some(2250.4);
-        a.rtt_guest_to_host = Some(Rtt {
+        a.rtt_ms.guest_to_host = Some(Rtt {
             avg: 0.456,
             p99: 12.5,
-            samples: 20,
         });
-        a.throughput_mbps = [Some(300.4), None, Some(1234.0), Some(99.0)];
+        a.throughput_mbps = [Some(300.4), None, Some(1234.0), Some(99.0)].into();
         a.vmm_cpu_ms_per_gb = Some(8765.4);
-        a.reachability = [Some(true), Some(false), Some(true), None, Some(true)];
+        a.reachability = [Some(true), Some(false), Some(true), None, Some(true)].into();
         let mut b = Outcome::new(Backend::MacvtapPassthru);
         b.skipped = Some("lanA is busy".into());
         let t = table(&[a, b]);

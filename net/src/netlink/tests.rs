@@ -2,9 +2,13 @@
 //! thread moves there, and every netlink socket is opened on that thread), so the host's
 //! interfaces are never touched. Addresses come from the documentation ranges only.
 
+use super::conn::split_datagram;
 use super::*;
 use crate::iface::in_new_netns;
+use crate::mac::MacAddr;
 use crate::tap::Tap;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Runs `f` in a fresh network namespace; skips (returns None) only when no namespace can

@@ -58,6 +58,10 @@ fi
 # Through /dev/port where the kernel has it, else with netvmm-exit (ioperm
 # and outb: Debian's cloud kernel has no /dev/port).
 report_status() {
+	# The device ends the VM at once: first let the console send what is still in
+	# the tty and UART buffers (a no-op setting applied with TCSADRAIN waits for
+	# that), or the command's last lines would be lost.
+	stty -F /dev/console "$(stty -F /dev/console -g 2>/dev/null)" 2>/dev/null
 	if [ -c /dev/port ]; then
 		# shellcheck disable=SC2059 # the format is the octal escape of N
 		printf "\\$(printf %o "$1")" | dd of=/dev/port bs=1 seek=244 count=1 2>/dev/null

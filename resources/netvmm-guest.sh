@@ -87,6 +87,9 @@ say "ready uptime=$uptime cpus=$cpus mem_kb=$mem_kb state=$state"
 status=$?
 say "command exited with status $status"
 sync
+# The exit device ends the VM at once: first let the console send what is still in the
+# tty and UART buffers (a no-op setting applied with TCSADRAIN waits for it).
+stty -F /dev/console "$(stty -F /dev/console -g 2>/dev/null)" 2>/dev/null
 # Debian's cloud kernel has no /dev/port; netvmm-exit does ioperm + outb instead.
 if [ -c /dev/port ]; then
 	# shellcheck disable=SC2059 # the format is the octal escape of N

@@ -217,6 +217,15 @@ pub fn main_thread() -> Rules {
         .any(libc::SYS_read)
         .any(libc::SYS_statx)
         .any(libc::SYS_flock)
+        // The shim's lock lives in this user's private directory ($TMPDIR/netvmm-<uid>):
+        // its name needs the euid, and it is made (or found made) and checked first.
+        .any(libc::SYS_geteuid)
+        .any(libc::SYS_mkdir)
+        .any(libc::SYS_newfstatat)
+        .any(libc::SYS_fstat)
+        // The shim's user list names users by pid, start time and pid namespace
+        // (/proc/self/ns/pid, a link), so that a reused pid is never taken for a user.
+        .any(libc::SYS_readlink)
         .0
 }
 

@@ -232,7 +232,6 @@ impl Vmm {
             crate::disks::build(&config.disks, first_slot, &vm, &guest_memory, &mut mmio, em)?
         };
         virtio_mmio.extend(disks.slots.iter().cloned());
-        host_cleanup.watch_bridges().map_err(io_err_from_netlink)?;
         // The watcher re-enslaves taps for the VM's whole life: it keeps CAP_NET_ADMIN.
         let confine = sandbox.clone();
         net::bridge_watch::set_thread_start(Some(Arc::new(move || {

@@ -38,6 +38,22 @@ start=$(date +%s)
 netvmm run $G --timeout 25 --serial-log /tmp/timeout.log --cmdline 'netvmm.run="sleep 100000"'
 s=$?; end=$(date +%s)
 echo "case=timeout status=$s elapsed=$((end - start)) $(ready /tmp/timeout.log)"
+
+# Console input from a pipe, written once the guest's shell is up (no netvmm.run: init
+# starts a shell on the console).
+booted() {
+  n=0; until grep -aq 'netvmm-guest: ready' "$1" 2>/dev/null || [ $n -ge 200 ]; do sleep 1; n=$((n + 1)); done
+  sleep 2
+}
+( booted /tmp/stdin.log; printf 'echo stdin-says-$((6*7))\n'; sleep 2; printf 'poweroff -f\n' ) |
+  netvmm run $G --timeout 300 --serial-log /tmp/stdin.log
+s=$?; echo "case=stdin status=$s said=$(tr -d '\r' < /tmp/stdin.log | grep -c '^stdin-says-42$')"
+
+# SIGTERM to a running two-vCPU guest: both vCPUs are kicked out of the guest and joined.
+netvmm run $G --cpus 2 --timeout 300 --serial-log /tmp/term.log \
+  --cmdline 'netvmm.run="sleep 100000"' 2>/tmp/term.err &
+p=$!; booted /tmp/term.log; kill -TERM $p; wait $p
+s=$?; echo "case=term status=$s said=$(grep -c 'stopped by signal 15' /tmp/term.err) $(ready /tmp/term.log)"
 "#;
 
 /// The smallest x86-64 ELF kernel that crashes: `lidt` of an empty IDT, then `int3`. The
@@ -148,6 +164,19 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(999);
     assert!(elapsed < 60, "timeout took {elapsed} s\n{dump}");
+
+    // Piped stdin reaches the guest's console shell, whose poweroff ends the VM with 0.
+    assert_eq!(out.field("stdin", "said").as_deref(), Some("1"), "{dump}");
+    assert_eq!(out.field("stdin", "status").as_deref(), Some("0"), "{dump}");
+
+    // SIGTERM stops a running guest at once: 128 + 15, said in one line.
+    assert!(out.field("term", "cpus").is_some(), "{dump}");
+    assert_eq!(
+        out.field("term", "status").as_deref(),
+        Some("143"),
+        "{dump}"
+    );
+    assert_eq!(out.field("term", "said").as_deref(), Some("1"), "{dump}");
 }
 
 /// Debian's generic kernel (linux-image-amd64, the kernel of a standard install) boots too:

@@ -1,6 +1,7 @@
 //! The sandbox as the kernel sees it: every thread of a running netvmm shows `Seccomp: 2`
-//! (a filter), `NoNewPrivs: 1`, and no capability but CAP_NET_ADMIN, which only the bridge
-//! watcher and the main thread keep, and only when a NIC needs it at exit. Native: this
+//! (a filter), `NoNewPrivs: 1`, and no capability but CAP_NET_ADMIN, which only the main
+//! thread (its event loop watches the bridges; it releases the interfaces at the end)
+//! keeps, and only when a NIC needs it. Native: this
 //! host's /dev/kvm starts every thread even where it cannot boot the guest (PVM), and that
 //! is all this needs; the NIC cases run in a network namespace of their own.
 
@@ -98,7 +99,7 @@ fn start(kernel: &str, extra: &[&str]) -> Child {
         .args(extra)
         .env("NETVMM_ALLOW_PVM", "1")
         .env("NETVMM_BOOT_REPORT", "1")
-        // A pipe, held open: the console thread stays (stdin at EOF would end it).
+        // A pipe, held open: the event loop watches it all along.
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -183,7 +184,7 @@ fn is_root() -> bool {
 #[test]
 fn without_nics_no_thread_keeps_a_capability() {
     let Some(k) = kernel() else { return };
-    let names = ["netvmm", "netvmm-stdin", "netvmm-vcpu0", "netvmm-vcpu1"];
+    let names = ["netvmm", "netvmm-vcpu0", "netvmm-vcpu1"];
     let run = observe(start(&k, &["--cpus", "2"]), &names, true);
     check("no NIC", run, &names, true, &[]);
 }
@@ -191,7 +192,7 @@ fn without_nics_no_thread_keeps_a_capability() {
 #[test]
 fn seccomp_off_says_so_and_still_drops_capabilities() {
     let Some(k) = kernel() else { return };
-    let names = ["netvmm", "netvmm-stdin", "netvmm-vcpu0"];
+    let names = ["netvmm", "netvmm-vcpu0"];
     let (seen, stderr, status) = observe(start(&k, &["--seccomp=off"]), &names, false);
     assert_eq!(
         stderr.lines().next(),
@@ -202,25 +203,19 @@ fn seccomp_off_says_so_and_still_drops_capabilities() {
 }
 
 #[test]
-fn only_the_watcher_and_main_keep_net_admin_and_only_for_a_bridge() {
+fn only_main_keeps_net_admin_and_only_for_a_bridge() {
     let Some(k) = kernel() else { return };
     let in_netns = net::test_support::in_new_netns(move || {
         let tap_only = observe(
             start(&k, &["--net", "tap"]),
-            &["netvmm", "netvmm-stdin", "netvmm-net", "netvmm-vcpu0"],
+            &["netvmm", "netvmm-net", "netvmm-vcpu0"],
             true,
         );
         net::netlink::create_bridge("nvsbbr0").expect("a bridge in the namespace");
         net::netlink::set_up("nvsbbr0").expect("bridge up");
         let bridged = observe(
             start(&k, &["--net", "tap", "--net", "bridge=nvsbbr0"]),
-            &[
-                "netvmm",
-                "netvmm-stdin",
-                "netvmm-net",
-                "netvmm-vcpu0",
-                "netvmm-bridges",
-            ],
+            &["netvmm", "netvmm-net", "netvmm-vcpu0"],
             true,
         );
         let left: Vec<String> = net::netlink::list_links()
@@ -235,21 +230,15 @@ fn only_the_watcher_and_main_keep_net_admin_and_only_for_a_bridge() {
         eprintln!("skipping: cannot make a network namespace here (not root?)");
         return;
     };
-    let names = ["netvmm", "netvmm-stdin", "netvmm-net", "netvmm-vcpu0"];
+    let names = ["netvmm", "netvmm-net", "netvmm-vcpu0"];
     check("--net tap", tap_only, &names, true, &[]);
-    let names = [
-        "netvmm",
-        "netvmm-stdin",
-        "netvmm-net",
-        "netvmm-vcpu0",
-        "netvmm-bridges",
-    ];
+    let names = ["netvmm", "netvmm-net", "netvmm-vcpu0"];
     check(
         "--net tap --net bridge=",
         bridged,
         &names,
         true,
-        &["netvmm", "netvmm-bridges"],
+        &["netvmm"],
     );
     assert!(left.is_empty(), "taps left behind: {left:?}");
 }
@@ -266,7 +255,7 @@ fn a_macvtap_with_its_shim_is_removed_under_the_filter() {
         net::netlink::set_up("nvsbva").expect("veth up");
         let run = observe(
             start(&k, &["--net", "macvtap=nvsbva,host-access=203.0.113.10/24"]),
-            &["netvmm", "netvmm-stdin", "netvmm-net", "netvmm-vcpu0"],
+            &["netvmm", "netvmm-net", "netvmm-vcpu0"],
             true,
         );
         let left: Vec<String> = net::netlink::list_links()
@@ -281,7 +270,7 @@ fn a_macvtap_with_its_shim_is_removed_under_the_filter() {
         eprintln!("skipping: cannot make a network namespace here (not root?)");
         return;
     };
-    let names = ["netvmm", "netvmm-stdin", "netvmm-net", "netvmm-vcpu0"];
+    let names = ["netvmm", "netvmm-net", "netvmm-vcpu0"];
     check("--net macvtap,host-access", run, &names, true, &["netvmm"]);
     assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -6,10 +6,14 @@ mod compare;
 mod doctor;
 mod guest_command;
 mod lab_cmd;
+use lab::signals;
 
 use clap::Parser;
 
 use args::{Cli, Command};
+
+/// Lets `netvmm run` try a PVM /dev/kvm anyway (for kernels built for PVM).
+const ALLOW_PVM_ENV: &str = "NETVMM_ALLOW_PVM";
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -46,22 +50,29 @@ fn main() {
 fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
     match command {
         Command::Run(a) => {
-            let config = a.into_config()?;
+            let mut config = a.into_config()?;
+            config.allow_pvm = std::env::var_os(ALLOW_PVM_ENV).is_some();
             if !config.seccomp {
                 eprintln!("netvmm: --seccomp=off: no seccomp filters, for debugging only");
             }
-            let vm = vmm::Vmm::new(config)?;
+            let notices: vmm::Notices = std::sync::Arc::new(|n| eprintln!("netvmm: {n}"));
+            let vm = vmm::Vmm::new(config, notices)?;
             for nic in vm.nics() {
                 eprintln!("netvmm: {nic}");
             }
             for disk in vm.disks() {
                 eprintln!("netvmm: {disk}");
             }
-            let outcome = vm.run()?;
-            if let Some(msg) = outcome.message() {
+            let finished = vm.run()?;
+            if std::env::var_os(vmm::report::REPORT_ENV).is_some() {
+                for line in &finished.report {
+                    eprintln!("{line}");
+                }
+            }
+            if let Some(msg) = finished.outcome.message() {
                 eprintln!("netvmm: {msg}");
             }
-            Ok(outcome.exit_code())
+            Ok(finished.outcome.exit_code())
         }
         Command::Doctor => Ok(doctor::run()),
         Command::Kconfig => {

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
+use vmm_sys_util::eventfd::EventFd;
+
 /// Why the virtual machine stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
@@ -22,23 +24,26 @@ pub enum VmExit {
     Fault(String),
 }
 
-/// A cloneable handle to report the machine's end; the first report wins.
+/// A cloneable handle to report the machine's end; the first report wins. The report
+/// also makes [`ExitSignal::wake_fd`] readable, so that the VMM's event loop wakes for it.
 #[derive(Clone)]
 pub struct ExitSignal {
     tx: Arc<Mutex<Option<Sender<VmExit>>>>,
     fired: Arc<AtomicBool>,
+    wake: Arc<EventFd>,
 }
 
 impl ExitSignal {
-    pub fn new() -> (Self, Receiver<VmExit>) {
+    pub fn new() -> std::io::Result<(Self, Receiver<VmExit>)> {
         let (tx, rx) = channel();
-        (
+        Ok((
             Self {
                 tx: Arc::new(Mutex::new(Some(tx))),
                 fired: Arc::new(AtomicBool::new(false)),
+                wake: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
             },
             rx,
-        )
+        ))
     }
 
     /// Reports `exit` unless another reason was reported before.
@@ -47,7 +52,21 @@ impl ExitSignal {
         if let Some(tx) = crate::bus::lock(&self.tx).take() {
             // The receiver is gone only when the VMM is already shutting down.
             let _ = tx.send(exit);
+            // A counter that cannot overflow from one write; nothing else to do on error.
+            let _ = self.wake.write(1);
         }
+    }
+
+    /// Stops the machine for a reason of the VMM's own (a timeout, a signal): every vCPU
+    /// stops at its next exit, and no device report counts any more.
+    pub fn halt(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        crate::bus::lock(&self.tx).take();
+    }
+
+    /// Readable once the machine's end was reported.
+    pub fn wake_fd(&self) -> &EventFd {
+        &self.wake
     }
 }
 
@@ -65,13 +84,29 @@ mod tests {
 
     #[test]
     fn first_reason_wins() {
-        let (sig, rx) = ExitSignal::new();
+        let (sig, rx) = ExitSignal::new().unwrap();
         let other = sig.clone();
         assert!(!other.fired());
+        assert!(sig.wake_fd().read().is_err(), "readable before any report");
         sig.signal(VmExit::GuestPanic);
         assert!(other.fired());
         other.signal(VmExit::PowerOff);
         assert_eq!(rx.recv().unwrap(), VmExit::GuestPanic);
         assert!(rx.try_recv().is_err());
+        assert_eq!(
+            sig.wake_fd().read().unwrap(),
+            1,
+            "one wake-up for the first report"
+        );
+    }
+
+    #[test]
+    fn a_halt_stops_vcpus_and_later_reports_are_ignored() {
+        let (sig, rx) = ExitSignal::new().unwrap();
+        sig.halt();
+        assert!(sig.fired());
+        sig.signal(VmExit::PowerOff);
+        assert!(rx.try_recv().is_err());
+        assert!(sig.wake_fd().read().is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod cpio;
 pub mod images;
 pub mod monitor;
 pub mod runner;
+pub mod signals;
 
 pub use images::{GuestFlavour, ImageError, Images};
 

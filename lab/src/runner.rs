@@ -499,7 +499,8 @@ fn wait_or_kill(
         LabError::HostFailed(why)
     };
     let silence_limit = host_silence_limit();
-    vmm::signals::install().map_err(file_err("install signal handlers for", Path::new("qemu")))?;
+    crate::signals::install()
+        .map_err(file_err("install signal handlers for", Path::new("qemu")))?;
     let start = Instant::now();
     let mut hang_seen: Option<Instant> = None;
     loop {
@@ -512,7 +513,7 @@ fn wait_or_kill(
             // A scenario that finished after its host hung is still not to be trusted.
             return broken.map_or(Ok(()), |line| Err(LabError::HostFailed(line)));
         }
-        if let Some(sig) = vmm::signals::pending() {
+        if let Some(sig) = crate::signals::pending() {
             stop(child);
             return Err(LabError::Signalled(sig));
         }

@@ -6,7 +6,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use crate::bridge_watch::{self, Notice, Port};
+use crate::bridge_watch::{Port, Watcher};
 use crate::given::{GivenLink, RestoreError};
 use crate::mac::MacAddr;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
@@ -74,11 +74,10 @@ pub struct Opened {
 
 /// What must be undone when the VM ends: given taps put back as found, created interfaces
 /// deleted, shim uses released. Dropping it does that (or [`HostCleanup::finish`], which
-/// also says what failed), in this order: the bridge watcher is stopped and joined first,
-/// because a tap released from its bridge while it runs is a tap it puts back.
+/// also says what failed). A bridge watcher from [`HostCleanup::bridge_watcher`] must be
+/// stopped first: a tap released from its bridge while one runs is a tap it puts back.
 #[derive(Debug, Default)]
 pub struct HostCleanup {
-    watcher: Option<bridge_watch::Running>,
     ports: Vec<Port>,
     given: Vec<GivenLink>,
     owned: Vec<OwnedLink>,
@@ -105,23 +104,19 @@ impl HostCleanup {
         (tap, mac, description)
     }
 
-    /// Starts keeping the adopted bridge ports on their bridges (see [`bridge_watch`]);
-    /// `notify` hears when one is put back. Until [`HostCleanup::finish`].
-    pub fn watch_bridges(
-        &mut self,
-        notify: impl FnMut(Notice) + Send + 'static,
-    ) -> Result<(), NetlinkError> {
-        if self.watcher.is_none() {
-            self.watcher = bridge_watch::spawn(self.ports.clone(), notify)?;
+    /// A watcher that keeps the adopted bridge ports on their bridges (see
+    /// [`crate::bridge_watch`]), for the owner's event loop; None when no port needs one.
+    /// The owner must stop running it before [`HostCleanup::finish`].
+    pub fn bridge_watcher(&self) -> Result<Option<Watcher>, NetlinkError> {
+        if self.ports.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        Watcher::new(self.ports.clone()).map(Some)
     }
 
     /// Undoes everything now; returns the given links that could not be put back as found.
     /// Idempotent.
     pub fn finish(&mut self) -> Vec<RestoreError> {
-        // First and joined: nothing may re-enslave a tap once the releases begin.
-        drop(self.watcher.take());
         let problems = self
             .given
             .drain(..)

@@ -2,8 +2,7 @@
 //! the VM runs (a network restart on the host): the kernel releases the port when the
 //! bridge goes, and nothing puts it back, so without this the guest stays cut off.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use crate::netlink::{self, LinkEvent, LinkMonitor, NetlinkError};
@@ -35,7 +34,9 @@ pub fn ensure_enslaved(port: &Port) -> Result<bool, NetlinkError> {
     Ok(true)
 }
 
-/// Watches link events for the bridges of `ports`.
+/// Watches link events for the bridges of `ports`. It runs in its owner's event loop (the
+/// VMM's, through [`AsRawFd`] and [`Watcher::on_readable`]), never on a thread of its own:
+/// once that loop has ended nothing re-enslaves a tap, so releasing taps after it is safe.
 pub struct Watcher {
     monitor: LinkMonitor,
     ports: Vec<Port>,
@@ -54,14 +55,14 @@ impl Watcher {
     pub fn step(&mut self, timeout: Duration) -> Vec<Port> {
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         match wait(&[self.monitor.as_raw_fd()], ms) {
-            Ok(_) => self.handle(),
+            Ok(_) => self.on_readable(),
             Err(_) => Vec::new(),
         }
     }
 
-    /// Reads what the monitor has and re-enslaves what needs it. Returns the ports it put
-    /// back.
-    fn handle(&mut self) -> Vec<Port> {
+    /// Reads what the monitor has (call it when [`AsRawFd::as_raw_fd`] is readable) and
+    /// re-enslaves what needs it. Returns the ports it put back.
+    pub fn on_readable(&mut self) -> Vec<Port> {
         let events = self
             .monitor
             .poll_events()
@@ -82,6 +83,12 @@ impl Watcher {
             .filter(|p| ensure_enslaved(p).unwrap_or(false))
             .cloned()
             .collect()
+    }
+}
+
+impl AsRawFd for Watcher {
+    fn as_raw_fd(&self) -> RawFd {
+        self.monitor.as_raw_fd()
     }
 }
 
@@ -108,136 +115,14 @@ fn wait(fds: &[RawFd], ms: i32) -> std::io::Result<Vec<bool>> {
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
 
-/// What the watcher thread has to tell.
-#[derive(Debug)]
-pub enum Notice {
-    /// A bridge came back and the tap was put back on it.
-    PutBack(Port),
-    /// The watcher could not wait any more and stopped (taps are no longer put back).
-    Failed(std::io::Error),
-}
-
-impl std::fmt::Display for Notice {
+impl std::fmt::Display for Port {
+    /// What the user hears when the port was put back.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Notice::PutBack(p) => {
-                write!(f, "bridge {} is back; {} put back on it", p.bridge, p.tap)
-            }
-            Notice::Failed(e) => write!(f, "stopped watching the bridges: {e}"),
-        }
-    }
-}
-
-/// A watcher running on a thread of its own, woken only by link notifications (the
-/// netlink monitor) or by [`Running::stop`]. Dropping it stops it and waits for the
-/// thread, so that once it is gone no tap is put back on a bridge any more: whatever
-/// releases taps must drop it first.
-#[derive(Debug)]
-pub struct Running {
-    /// An eventfd, shared with the thread so that it stays open for as long as the
-    /// thread may poll it.
-    stop: Arc<OwnedFd>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    /// Stops the watcher and waits until its thread has ended (a step under way finishes
-    /// first). Idempotent.
-    pub fn stop(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a live u64 to our eventfd.
-        let n = unsafe { libc::write(self.stop.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        // An eventfd write only fails when its counter would overflow, which one write
-        // cannot do; were it to fail anyway, join would hang, so the thread is left be.
-        if n == 8 {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// What the watcher thread runs first, before it touches any socket; an error keeps it
-/// from watching and is [`spawn`]'s error. The VMM confines the thread here (its seccomp
-/// filter and capabilities).
-pub type ThreadStart = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
-static THREAD_START: Mutex<Option<ThreadStart>> = Mutex::new(None);
-
-/// Sets (or with None clears) what watcher threads started from now on run first.
-pub fn set_thread_start(start: Option<ThreadStart>) {
-    *THREAD_START.lock().unwrap_or_else(|e| e.into_inner()) = start;
-}
-
-/// Starts a watcher for `ports` on its own thread; `notify` hears what it did. None when
-/// there is nothing to watch. Returns once the thread has run its [`ThreadStart`].
-pub fn spawn(
-    ports: Vec<Port>,
-    mut notify: impl FnMut(Notice) + Send + 'static,
-) -> Result<Option<Running>, NetlinkError> {
-    if ports.is_empty() {
-        return Ok(None);
-    }
-    let mut w = Watcher::new(ports)?;
-    // SAFETY: plain eventfd(2); the result is checked before use.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(NetlinkError::Socket(std::io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
-    let stop_here = stop.clone();
-    let start = THREAD_START
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
-    let thread = std::thread::Builder::new()
-        .name("netvmm-bridges".into())
-        .spawn(move || {
-            let first = start.map_or(Ok(()), |f| f());
-            let ok = first.is_ok();
-            let _ = started_tx.send(first);
-            if ok {
-                watch(&mut w, &stop_here, &mut notify);
-            }
-        })
-        .map_err(NetlinkError::Socket)?;
-    let started = started
-        .recv()
-        .unwrap_or_else(|_| Err("the thread ended at once".into()));
-    if let Err(reason) = started {
-        let _ = thread.join();
-        return Err(NetlinkError::BadArgument {
-            action: "start the bridge watcher thread".into(),
-            reason,
-        });
-    }
-    Ok(Some(Running {
-        stop,
-        thread: Some(thread),
-    }))
-}
-
-/// The watcher thread's loop, until `stop` is written or waiting fails.
-fn watch(w: &mut Watcher, stop: &OwnedFd, notify: &mut impl FnMut(Notice)) {
-    loop {
-        match wait(&[stop.as_raw_fd(), w.monitor.as_raw_fd()], -1) {
-            Ok(ready) if ready[0] => return,
-            Ok(ready) if ready[1] => w
-                .handle()
-                .into_iter()
-                .for_each(|p| notify(Notice::PutBack(p))),
-            Ok(_) => {}
-            Err(e) => return notify(Notice::Failed(e)),
-        }
+        write!(
+            f,
+            "bridge {} is back; {} put back on it",
+            self.bridge, self.tap
+        )
     }
 }
 
@@ -283,7 +168,7 @@ mod tests {
     }
 
     #[test]
-    fn a_running_watcher_wakes_on_the_notification_and_stops_when_dropped() {
+    fn the_monitor_fd_wakes_a_poller_and_the_port_says_what_happened() {
         let r = crate::iface::in_new_netns(|| {
             netlink::create_bridge("nvbr1").unwrap();
             let tap = crate::tap::Tap::open(Some("nvport1"), None).unwrap();
@@ -292,38 +177,30 @@ mod tests {
                 bridge: "nvbr1".into(),
             };
             ensure_enslaved(&port).unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            let running = spawn(vec![port], move |n| {
-                let _ = tx.send(n.to_string());
-            })
-            .unwrap()
-            .expect("a port to watch");
+            let mut w = Watcher::new(vec![port]).unwrap();
             netlink::delete_link("nvbr1").unwrap();
             let idx = netlink::create_bridge("nvbr1").unwrap();
-            // Bounded so that a watcher that never wakes fails instead of hanging.
-            let notice = rx.recv_timeout(Duration::from_secs(10));
+            // As an event loop does: wait on the fd (bounded), then handle.
+            let mut back = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while back.is_empty() && Instant::now() < deadline {
+                if wait(&[w.as_raw_fd()], 1000).unwrap()[0] {
+                    back = w.on_readable();
+                }
+            }
             let master = netlink::link_info("nvport1").unwrap().unwrap().master;
-            drop(running);
-            // Joined: the thread, and with it the notifier, is gone.
-            let after_stop = rx.try_recv();
             drop(tap);
-            let gone = after_stop == Err(std::sync::mpsc::TryRecvError::Disconnected);
-            (notice, master, idx, gone)
+            (back, master, idx)
         });
-        let Ok((notice, master, idx, gone)) = r else {
+        let Ok((back, master, idx)) = r else {
             eprintln!("skipping: no network namespace");
             return;
         };
+        assert_eq!(back.len(), 1);
         assert_eq!(
-            notice.unwrap(),
+            back[0].to_string(),
             "bridge nvbr1 is back; nvport1 put back on it"
         );
         assert_eq!(master, Some(idx));
-        assert!(gone, "the watcher thread outlived its drop");
-    }
-
-    #[test]
-    fn nothing_to_watch_starts_no_thread() {
-        assert!(spawn(Vec::new(), |_| {}).unwrap().is_none());
     }
 }

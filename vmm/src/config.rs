@@ -34,6 +34,8 @@ pub struct VmConfig {
     /// Per-thread seccomp filters (see [`crate::sandbox`]); off only for debugging.
     /// Capabilities are dropped either way.
     pub seccomp: bool,
+    /// Run on a PVM /dev/kvm anyway (only kernels built for PVM boot there).
+    pub allow_pvm: bool,
 }
 
 impl VmConfig {
@@ -49,6 +51,7 @@ impl VmConfig {
             nets: Vec::new(),
             disks: Vec::new(),
             seccomp: true,
+            allow_pvm: false,
         }
     }
 

@@ -2,6 +2,11 @@
 //! GSI, its notify register wired to an ioeventfd, its interrupt to an irqfd, and its queue
 //! work on the network event-loop thread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use event_manager::SubscriberOps;
+use std::sync::Arc;
+
 use devices::bus::Bus;
 use devices::virtio::mmio::RingState;
 use devices::virtio::net::{Net, NetStats};
@@ -9,8 +14,10 @@ use kvm_ioctls::VmFd;
 use net::backends::{self, BackendError};
 use net::{MacAddr, NetSpec};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::VirtioMmioSlot;
+use crate::notice::{Notice, Notices};
 use crate::virtio_slot;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,23 +55,41 @@ impl std::fmt::Display for NicInfo {
 }
 
 /// What must be undone when the VM ends (given taps put back as found, created interfaces
-/// deleted: see [`backends::HostCleanup`], which also keeps the bridge watcher, so that it
-/// stops before any tap is released). Dropping it does that and says on stderr what could
-/// not be put back.
-#[derive(Debug, Default)]
-pub struct HostCleanup(backends::HostCleanup);
+/// deleted: see [`backends::HostCleanup`]). Dropping it does that and tells its notices
+/// what could not be put back. Whoever runs its [`HostCleanup::bridge_watcher`] must have
+/// stopped before.
+pub struct HostCleanup {
+    inner: backends::HostCleanup,
+    notices: Notices,
+}
 
 impl HostCleanup {
-    /// Keeps the NICs' taps on their bridges if a bridge is re-created, until the drop.
-    pub fn watch_bridges(&mut self) -> Result<(), net::netlink::NetlinkError> {
-        self.0.watch_bridges(|notice| eprintln!("netvmm: {notice}"))
+    pub fn new(notices: Notices) -> Self {
+        Self {
+            inner: backends::HostCleanup::default(),
+            notices,
+        }
+    }
+
+    /// A watcher that keeps the NICs' taps on their bridges if a bridge is re-created, for
+    /// the VMM's event loop; None when no NIC is on a bridge.
+    pub fn bridge_watcher(
+        &self,
+    ) -> Result<Option<net::bridge_watch::Watcher>, net::netlink::NetlinkError> {
+        self.inner.bridge_watcher()
+    }
+}
+
+impl std::fmt::Debug for HostCleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
     }
 }
 
 impl Drop for HostCleanup {
     fn drop(&mut self) {
-        for problem in self.0.finish() {
-            eprintln!("netvmm: warning: {problem}");
+        for problem in self.inner.finish() {
+            (self.notices)(Notice::NotRestored(problem.to_string()));
         }
     }
 }
@@ -73,7 +98,6 @@ pub type NetEventManager = virtio_slot::DeviceEventManager;
 
 /// The built NICs: their ACPI descriptions, what to tell the user, the event loop that
 /// will run their queues, and what to undo at the end.
-#[derive(Default)]
 pub struct Nics {
     pub slots: Vec<VirtioMmioSlot>,
     pub infos: Vec<NicInfo>,
@@ -132,16 +156,14 @@ pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
 /// The most NICs: every virtio slot (disks take the ones NICs leave).
 pub const MAX_NICS: usize = virtio_slot::MAX_DEVICES;
 
-/// One line about interfaces that netvmm processes which are gone left behind, if any.
-pub fn stale_warning() -> Option<String> {
+/// The interfaces that netvmm processes which are gone left behind, if any.
+pub fn stale_warning() -> Option<Notice> {
     let stale = net::owned::stale_links().ok()?;
     if stale.is_empty() {
         return None;
     }
-    let names: Vec<String> = stale.into_iter().map(|l| l.name).collect();
-    Some(format!(
-        "warning: interfaces left by netvmm processes that are gone: {} (remove them with `netvmm cleanup`)",
-        names.join(", ")
+    Some(Notice::StaleInterfaces(
+        stale.into_iter().map(|l| l.name).collect(),
     ))
 }
 
@@ -152,20 +174,30 @@ pub fn build(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
+    notices: &Notices,
 ) -> Result<Nics, NicError> {
+    let mut nics = Nics {
+        slots: Vec::new(),
+        infos: Vec::new(),
+        counters: Vec::new(),
+        events: None,
+        cleanup: HostCleanup::new(notices.clone()),
+    };
     if specs.is_empty() {
-        return Ok(Nics::default());
+        return Ok(nics);
     }
     if specs.len() > MAX_NICS {
         return Err(NicError::TooMany { max: MAX_NICS });
     }
+    if let Some(stale) = stale_warning() {
+        notices(stale);
+    }
     // Every backend is opened before anything else: the guards of those already open undo
     // them if a later one fails.
-    let mut nics = Nics::default();
     let mut opened = Vec::new();
     for (index, s) in specs.iter().enumerate() {
         let o = backends::open(s, index).map_err(|source| NicError::Backend { index, source })?;
-        let (tap, mac, description) = nics.cleanup.0.adopt(o);
+        let (tap, mac, description) = nics.cleanup.inner.adopt(o);
         nics.infos.push(NicInfo {
             guest_name: format!("eth{index}"),
             mac,
@@ -198,23 +230,89 @@ pub fn build(
     Ok(nics)
 }
 
-/// Runs the network event loop on a thread of its own, confined to the device sandbox
-/// from its start, until the process ends.
-pub fn spawn_event_loop(
-    mut em: NetEventManager,
-    sandbox: &crate::sandbox::Sandbox,
-) -> Result<(), crate::sandbox::SandboxError> {
-    sandbox.spawn(
-        "netvmm-net".into(),
-        crate::sandbox::ThreadKind::Device,
-        move || loop {
-            // An epoll error here (EINTR aside) would repeat forever; back off instead of
-            // spinning a core.
-            if em.run().is_err() {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        },
-    )
+/// The device thread's event loop, running; [`DeviceLoop::stop`] ends and joins it.
+pub struct DeviceLoop {
+    stop: EventFd,
+    stopping: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl DeviceLoop {
+    /// Runs the devices' event loop on a thread of its own, confined to the device sandbox
+    /// from its start, until [`DeviceLoop::stop`].
+    pub fn spawn(
+        mut em: NetEventManager,
+        sandbox: &crate::sandbox::Sandbox,
+    ) -> Result<Self, NicError> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| NicError::EventLoop(format!("create its stop eventfd: {e}")))?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let evt = stop
+            .try_clone()
+            .map_err(|e| NicError::EventLoop(format!("share its stop eventfd: {e}")))?;
+        let registered = Arc::new(AtomicBool::new(false));
+        em.add_subscriber(Box::new(StopWake {
+            evt,
+            registered: registered.clone(),
+        }));
+        if !registered.load(Ordering::SeqCst) {
+            return Err(NicError::EventLoop(
+                "its epoll refused the stop eventfd".into(),
+            ));
+        }
+        let flag = stopping.clone();
+        let thread = sandbox
+            .spawn(
+                "netvmm-net".into(),
+                crate::sandbox::ThreadKind::Device,
+                move || {
+                    while !flag.load(Ordering::SeqCst) {
+                        // An epoll error here (EINTR aside) would repeat forever; back
+                        // off instead of spinning a core.
+                        if em.run().is_err() {
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                    }
+                },
+            )
+            .map_err(|e| NicError::EventLoop(e.to_string()))?;
+        Ok(Self {
+            stop,
+            stopping,
+            thread,
+        })
+    }
+
+    /// Stops the loop after the round under way and waits for its thread.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // An eventfd write fails only on counter overflow, which one write cannot cause;
+        // were it to fail, join would wait for the thread's next wake-up.
+        let _ = self.stop.write(1);
+        // A device thread that panicked has said so on stderr.
+        let _ = self.thread.join();
+    }
+}
+
+/// Wakes the device loop so that it sees the stop flag; says whether its registration
+/// took (without it [`DeviceLoop::stop`] would wait for the next device event).
+struct StopWake {
+    evt: EventFd,
+    registered: Arc<AtomicBool>,
+}
+
+impl event_manager::MutEventSubscriber for StopWake {
+    fn init(&mut self, ops: &mut event_manager::EventOps) {
+        let added = ops.add(event_manager::Events::new(
+            &self.evt,
+            event_manager::EventSet::IN,
+        ));
+        self.registered.store(added.is_ok(), Ordering::SeqCst);
+    }
+
+    fn process(&mut self, _: event_manager::Events, _: &mut event_manager::EventOps) {
+        let _ = self.evt.read();
+    }
 }
 
 #[cfg(test)]

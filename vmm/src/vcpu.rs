@@ -2,12 +2,14 @@
 //! exit turned into a decision by [`handle_exit`], a plain function tests can call.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use devices::bus::Bus;
 use devices::exit::{ExitSignal, VmExit};
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// The two address spaces a vCPU can reach outside RAM.
 pub struct Buses {
@@ -87,12 +89,68 @@ pub fn run_loop(
                     return;
                 }
             }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            // The kick (or a stray signal): stop if the machine is done, else run on.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                if exit.fired() {
+                    return;
+                }
+            }
             Err(e) => {
                 exit.signal(VmExit::Fault(format!("vCPU {cpu}: KVM_RUN failed: {e}")));
                 return;
             }
         }
+    }
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN, as Firecracker uses: a real-time
+/// signal nothing else sends.
+pub fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing: the signal's only job is to make KVM_RUN return EINTR.
+}
+
+/// Installs the kick's (empty) handler; without one the signal would end the process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    register_signal_handler(kick_signal(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// The running vCPU threads, by id.
+#[derive(Default)]
+pub struct Running(Vec<(u8, JoinHandle<()>)>);
+
+impl Running {
+    pub fn push(&mut self, id: u8, thread: JoinHandle<()>) {
+        self.0.push((id, thread));
+    }
+
+    /// Stops and joins every vCPU thread; `exit` must have fired, so that a vCPU
+    /// interrupted in KVM_RUN returns instead of running on. A kick that lands just before
+    /// a thread enters KVM_RUN is lost, so each thread is kicked again every few
+    /// milliseconds until it has ended, for `patience` at most. Returns the ids of the
+    /// vCPUs that did not end (left running: joining them would hang the VMM).
+    pub fn stop(self, exit: &ExitSignal, patience: Duration) -> Vec<u8> {
+        debug_assert!(exit.fired());
+        let deadline = Instant::now() + patience;
+        let mut stuck = Vec::new();
+        for (id, thread) in self.0 {
+            while !thread.is_finished() && Instant::now() < deadline {
+                // ESRCH only: the thread ended meanwhile.
+                let _ = thread.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                // A vCPU thread that panicked has said so on stderr already.
+                let _ = thread.join();
+            } else {
+                stuck.push(id);
+            }
+        }
+        stuck
     }
 }
 
@@ -131,13 +189,13 @@ mod tests {
         }
     }
 
-    /// Runs `code` at `load` on one vCPU, set up by `setup`, until handle_exit says stop.
-    fn run_program(
+    /// A VM with `code` at `load` and one vCPU set up by `setup`.
+    fn program_vm(
         kvm: &Kvm,
         load: u64,
         code: &[u8],
         setup: impl Fn(&kvm_ioctls::VcpuFd, &GuestMemoryMmap),
-    ) -> (Option<VmExit>, Vec<u8>) {
+    ) -> (kvm_ioctls::VmFd, kvm_ioctls::VcpuFd, GuestMemoryMmap) {
         let vm = kvm.create_vm().unwrap();
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         mem.write_slice(code, GuestAddress(load)).unwrap();
@@ -151,10 +209,20 @@ mod tests {
         };
         // SAFETY: `mem` outlives the VM within this function and the mapping is not changed.
         unsafe { vm.set_user_memory_region(region) }.unwrap();
-        let mut vcpu = vm.create_vcpu(0).unwrap();
+        let vcpu = vm.create_vcpu(0).unwrap();
         setup(&vcpu, &mem);
+        (vm, vcpu, mem)
+    }
 
-        let (exit, rx) = ExitSignal::new();
+    /// Runs `code` at `load` on one vCPU, set up by `setup`, until handle_exit says stop.
+    fn run_program(
+        kvm: &Kvm,
+        load: u64,
+        code: &[u8],
+        setup: impl Fn(&kvm_ioctls::VcpuFd, &GuestMemoryMmap),
+    ) -> (Option<VmExit>, Vec<u8>) {
+        let (_vm, mut vcpu, _mem) = program_vm(kvm, load, code, setup);
+        let (exit, rx) = ExitSignal::new().unwrap();
         let capture = Arc::new(Mutex::new(Capture::default()));
         let mut pio = Bus::new();
         pio.insert("capture", 0x3f8, 8, capture.clone()).unwrap();
@@ -206,6 +274,33 @@ mod tests {
             ..Default::default()
         };
         vcpu.set_regs(&regs).unwrap();
+    }
+
+    #[test]
+    fn a_kick_takes_a_spinning_vcpu_out_of_the_guest_and_its_thread_is_joined() {
+        let Some(kvm) = kvm() else { return };
+        install_kick_handler().unwrap();
+        // jmp $: the guest never exits on its own.
+        let (_vm, vcpu, _mem) = program_vm(&kvm, 0x1000, &[0xeb, 0xfe], real_mode_at_0x1000);
+        let (exit, _rx) = ExitSignal::new().unwrap();
+        let buses = Arc::new(Buses {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+        });
+        let first = Arc::new(OnceLock::new());
+        let mut running = Running::default();
+        let (e, f) = (exit.clone(), first.clone());
+        running.push(
+            0,
+            std::thread::spawn(move || run_loop(0, vcpu, buses, e, f)),
+        );
+        while first.get().is_none() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        exit.halt();
+        let stuck = running.stop(&exit, Duration::from_secs(5));
+        assert!(stuck.is_empty(), "vCPUs {stuck:?} still in the guest");
     }
 
     #[test]

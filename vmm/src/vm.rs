@@ -20,6 +20,7 @@ use crate::cpu::{self, CpuError};
 use crate::kvm_kind::{self, KvmKind};
 use crate::layout;
 use crate::memory::{self, MemoryError};
+use crate::notice::{Notice, Notices};
 use crate::sandbox::{Sandbox, SandboxError, ThreadKind};
 use crate::vcpu::{self, Buses};
 
@@ -28,8 +29,8 @@ use crate::vcpu::{self, Buses};
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// Entries we ask KVM for when reading the supported CPUID.
 const CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-/// Environment switch that lets `netvmm run` try a PVM /dev/kvm anyway (for PVM-built kernels).
-pub const ALLOW_PVM_ENV: &str = "NETVMM_ALLOW_PVM";
+/// How long the end waits for vCPUs to leave the guest once kicked.
+const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -63,6 +64,8 @@ pub enum VmmError {
     },
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("cannot {what}: {source}")]
     Io {
         what: &'static str,
@@ -130,6 +133,16 @@ impl Outcome {
     }
 }
 
+/// How a run ended, and the figures the boot report shows (`NETVMM_BOOT_REPORT`, which the
+/// CLI reads: the library neither reads the environment nor prints).
+#[derive(Debug)]
+pub struct Finished {
+    pub outcome: Outcome,
+    /// One `netvmm-nic-report:` / `netvmm-disk-report:` line per device, then the
+    /// `netvmm-report:` line of set-up and boot times and the VMM's memory.
+    pub report: Vec<String>,
+}
+
 /// A built VM, ready to run.
 pub struct Vmm {
     config: VmConfig,
@@ -139,8 +152,11 @@ pub struct Vmm {
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     buses: Arc<Buses>,
     serial: Arc<Mutex<SerialConsole<ConsoleSink>>>,
+    /// Readable when the guest has emptied its console receive FIFO.
+    serial_drained: EventFd,
     exit_rx: std::sync::mpsc::Receiver<VmExit>,
     exit: ExitSignal,
+    notices: Notices,
     started: Instant,
     ready_at: Arc<OnceLock<Instant>>,
     nics: Vec<crate::nics::NicInfo>,
@@ -152,23 +168,24 @@ pub struct Vmm {
     _host_cleanup: crate::nics::HostCleanup,
 }
 
-/// Refuses a KVM that will hang on a stock kernel, unless the user insists.
-pub fn check_kvm(kind: &KvmKind) -> Result<(), VmmError> {
-    let insist = std::env::var_os(ALLOW_PVM_ENV).is_some();
+/// Refuses a KVM that will hang on a stock kernel, unless the user insists
+/// (`allow_pvm`: a kernel built for PVM).
+pub fn check_kvm(kind: &KvmKind, allow_pvm: bool) -> Result<(), VmmError> {
     match kind {
         KvmKind::Missing(_) => Err(VmmError::KvmUnusable(kind.describe())),
-        KvmKind::Pvm if !insist => Err(VmmError::KvmUnusable(kind.describe())),
+        KvmKind::Pvm if !allow_pvm => Err(VmmError::KvmUnusable(kind.describe())),
         _ => Ok(()),
     }
 }
 
 impl Vmm {
-    /// Builds the VM: memory, kernel, ACPI, devices, vCPUs. Nothing runs yet.
-    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+    /// Builds the VM: memory, kernel, ACPI, devices, vCPUs. Nothing runs yet. What the
+    /// user should hear about, now and while it runs, goes to `notices`.
+    pub fn new(config: VmConfig, notices: Notices) -> Result<Self, VmmError> {
         let started = Instant::now();
         config.validate()?;
         config.check_host()?;
-        check_kvm(&kvm_kind::detect())?;
+        check_kvm(&kvm_kind::detect(), config.allow_pvm)?;
 
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
         let vm = kvm.create_vm().map_err(kvm_err("create a KVM VM"))?;
@@ -186,7 +203,7 @@ impl Vmm {
         let guest_memory = memory::create_guest_memory(config.memory_mib)?;
         register_memory(&vm, &guest_memory)?;
 
-        let (exit, exit_rx) = ExitSignal::new();
+        let (exit, exit_rx) = ExitSignal::new().map_err(io_err("create the exit eventfd"))?;
         let ready_at = Arc::new(OnceLock::new());
         let log = match &config.serial_log {
             Some(path) => Some(File::create(path).map_err(|source| VmmError::SerialLog {
@@ -198,24 +215,24 @@ impl Vmm {
         let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
         vm.register_irqfd(&com1_irq, layout::COM1_GSI)
             .map_err(kvm_err("register the COM1 irqfd"))?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
+        let serial_drained =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("create an eventfd"))?;
+        let serial = Arc::new(Mutex::new(SerialConsole::with_input_drained(
             IrqTrigger(com1_irq),
+            serial_drained
+                .try_clone()
+                .map_err(io_err("share the console's eventfd"))?,
             ConsoleSink::new(log, exit.clone(), ready_at.clone()),
         )));
         let pio = legacy_bus(serial.clone(), &exit)?;
         let mut mmio = Bus::new();
-        if !config.nets.is_empty() {
-            if let Some(w) = crate::nics::stale_warning() {
-                eprintln!("netvmm: {w}");
-            }
-        }
         let crate::nics::Nics {
             slots: mut virtio_mmio,
             infos: nics,
             counters: nic_counters,
             events: mut net_events,
-            cleanup: mut host_cleanup,
-        } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio)?;
+            cleanup: host_cleanup,
+        } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio, &notices)?;
         let disks = if config.disks.is_empty() {
             crate::disks::Disks::default()
         } else {
@@ -232,16 +249,6 @@ impl Vmm {
             crate::disks::build(&config.disks, first_slot, &vm, &guest_memory, &mut mmio, em)?
         };
         virtio_mmio.extend(disks.slots.iter().cloned());
-        // The watcher re-enslaves taps for the VM's whole life: it keeps CAP_NET_ADMIN.
-        let confine = sandbox.clone();
-        net::bridge_watch::set_thread_start(Some(Arc::new(move || {
-            confine
-                .enter(ThreadKind::Bridges, true)
-                .map_err(|e| e.to_string())
-        })));
-        let watching = host_cleanup.watch_bridges();
-        net::bridge_watch::set_thread_start(None);
-        watching.map_err(io_err_from_netlink)?;
         let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;
@@ -288,8 +295,10 @@ impl Vmm {
             vcpus,
             buses,
             serial,
+            serial_drained,
             exit_rx,
             exit,
+            notices,
             started,
             ready_at,
             nics,
@@ -311,15 +320,31 @@ impl Vmm {
         &self.nics
     }
 
-    /// Runs the VM until it powers off, resets, panics, faults, times out or is signalled.
-    pub fn run(mut self) -> Result<Outcome, VmmError> {
-        crate::signals::install().map_err(io_err("install signal handlers"))?;
+    /// Runs the VM until it powers off, resets, panics, faults, times out or is signalled,
+    /// then stops every thread it started and, last, puts the host's interfaces back.
+    pub fn run(mut self) -> Result<Finished, VmmError> {
+        let signals =
+            crate::control::StopSignals::install().map_err(io_err("install signal handlers"))?;
+        crate::vcpu::install_kick_handler().map_err(io_err("install the vCPU kick handler"))?;
+        // Signals go to this thread only: every thread the sandbox starts blocks them.
+        let bridges = self
+            ._host_cleanup
+            .bridge_watcher()
+            .map_err(io_err_from_netlink)?;
+        let drained = self
+            .serial_drained
+            .try_clone()
+            .map_err(io_err("share the console's eventfd"))?;
         let mut terminal = RawTerminal::enter();
-        console::spawn_stdin_forwarder(self.serial.clone(), terminal.is_raw(), &self.sandbox)?;
-        if let Some(em) = self.net_events.take() {
-            crate::nics::spawn_event_loop(em, &self.sandbox)?;
-        }
+        let stdin = console::stdin_file().map(|input| {
+            console::StdinFeed::new(input, self.serial.clone(), drained, terminal.is_raw())
+        });
+        let devices = match self.net_events.take() {
+            Some(em) => Some(crate::nics::DeviceLoop::spawn(em, &self.sandbox)?),
+            None => None,
+        };
         let first_run = Arc::new(OnceLock::new());
+        let mut vcpus = crate::vcpu::Running::default();
         let mut go = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let (buses, exit, first) = (self.buses.clone(), self.exit.clone(), first_run.clone());
@@ -328,57 +353,71 @@ impl Vmm {
             go.push(start);
             // Confined as it starts; it enters the guest only once every thread is (the
             // main thread last), and never if `run` fails before that.
-            self.sandbox
-                .spawn(format!("netvmm-vcpu{id}"), ThreadKind::Vcpu, move || {
-                    if started.recv().is_ok() {
-                        vcpu::run_loop(id, vcpu, buses, exit, first);
-                    }
-                })?;
+            let thread =
+                self.sandbox
+                    .spawn(format!("netvmm-vcpu{id}"), ThreadKind::Vcpu, move || {
+                        if started.recv().is_ok() {
+                            vcpu::run_loop(id, vcpu, buses, exit, first);
+                        }
+                    })?;
+            vcpus.push(id, thread);
         }
-        // From here the main thread only waits, then puts the host's interfaces back
-        // (netlink: CAP_NET_ADMIN if any NIC left something to undo).
+        let control = crate::control::ControlLoop::new(crate::control::Sources {
+            exit: self.exit.clone(),
+            exit_rx: std::mem::replace(&mut self.exit_rx, std::sync::mpsc::channel().1),
+            signals,
+            deadline: self.config.timeout.map(|t| self.started + t),
+            stdin,
+            bridges,
+            notices: self.notices.clone(),
+        });
+        // From here the main thread runs the VMM's event loop, then puts the host's
+        // interfaces back (netlink: CAP_NET_ADMIN if any NIC left something to undo).
         let keep = crate::sandbox::needs_net_admin(&self.config.nets);
-        self.sandbox.enter(ThreadKind::Main, keep)?;
-        for start in go {
-            let _ = start.send(());
-        }
-
-        let deadline = self.config.timeout.map(|t| self.started + t);
-        let outcome = loop {
-            if let Some(sig) = crate::signals::pending() {
-                break Outcome::Signalled(sig);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                break Outcome::TimedOut;
-            }
-            match self.exit_rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(end) => break Outcome::Exited(end),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    break Outcome::Exited(VmExit::Fault("all vCPUs stopped".into()))
+        let looped = match control {
+            Ok(control) => self.sandbox.enter(ThreadKind::Main, keep).map(|()| {
+                for start in go {
+                    let _ = start.send(());
                 }
-            }
+                control.run()
+            }),
+            Err(e) => Ok(Err(e)),
         };
+        // Every path from here stops the vCPUs and the device thread before the
+        // interfaces are released (when `self` drops, after the loop and its bridge
+        // watcher are gone).
+        self.exit.halt();
+        let stuck = vcpus.stop(&self.exit, VCPU_STOP_PATIENCE);
+        if !stuck.is_empty() {
+            (self.notices)(Notice::VcpusStuck(stuck));
+        }
+        if let Some(devices) = devices {
+            devices.stop();
+        }
         terminal.restore();
-        if devices::bus::lock(&self.serial).writer().mid_line() {
-            println!();
-        }
-        if std::env::var_os(crate::report::REPORT_ENV).is_some() {
-            for (info, counters) in self.nics.iter().zip(&self.nic_counters) {
-                eprintln!(
-                    "{}",
-                    crate::nics::counters_line(&info.guest_name, &counters.read())
-                );
+        // The VMM's closing line, if any, must not start mid-way through the guest's.
+        {
+            let mut serial = devices::bus::lock(&self.serial);
+            if serial.writer().mid_line() {
+                serial.writer_mut().end_line();
             }
-            for (info, counters) in self.disks.infos.iter().zip(&self.disks.counters) {
-                eprintln!(
-                    "{}",
-                    crate::disks::counters_line(&info.guest_name, &counters.read())
-                );
-            }
-            eprintln!("{}", self.boot_report(first_run.get().copied()));
         }
-        Ok(outcome)
+        let outcome = looped??;
+        let mut report = Vec::new();
+        for (info, counters) in self.nics.iter().zip(&self.nic_counters) {
+            report.push(crate::nics::counters_line(
+                &info.guest_name,
+                &counters.read(),
+            ));
+        }
+        for (info, counters) in self.disks.infos.iter().zip(&self.disks.counters) {
+            report.push(crate::disks::counters_line(
+                &info.guest_name,
+                &counters.read(),
+            ));
+        }
+        report.push(self.boot_report(first_run.get().copied()));
+        Ok(Finished { outcome, report })
     }
 
     /// One line of figures for the boot benchmark.
@@ -510,18 +549,25 @@ mod tests {
 
     #[test]
     fn pvm_is_refused_with_a_pointer_to_the_lab() {
-        let err = check_kvm(&KvmKind::Pvm).unwrap_err().to_string();
+        let err = check_kvm(&KvmKind::Pvm, false).unwrap_err().to_string();
         assert!(err.contains("PVM") && err.contains("lab"), "{err}");
-        assert!(check_kvm(&KvmKind::Hardware("kvm_amd")).is_ok());
-        assert!(check_kvm(&KvmKind::Missing("gone".into())).is_err());
+        assert!(
+            check_kvm(&KvmKind::Pvm, true).is_ok(),
+            "a PVM kernel, insisted on"
+        );
+        assert!(check_kvm(&KvmKind::Hardware("kvm_amd"), false).is_ok());
+        assert!(check_kvm(&KvmKind::Missing("gone".into()), true).is_err());
     }
 
     #[test]
     fn missing_kernel_is_named_before_touching_kvm() {
-        let err = Vmm::new(VmConfig::new("/nonexistent/bzImage".into()))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = Vmm::new(
+            VmConfig::new("/nonexistent/bzImage".into()),
+            crate::notice::ignore(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert_eq!(err, "kernel /nonexistent/bzImage does not exist");
     }
 }

@@ -91,7 +91,7 @@ impl Watchdog {
             while !d.load(Ordering::SeqCst) {
                 if console.silent_for() > limit {
                     s.store(true, Ordering::SeqCst);
-                    vmm::signals::request_stop(libc::SIGALRM);
+                    crate::signals::request_stop(libc::SIGALRM);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -113,7 +113,7 @@ impl Watchdog {
         }
         let stalled = self.stalled.load(Ordering::SeqCst);
         if stalled {
-            vmm::signals::request_stop(0);
+            crate::signals::request_stop(0);
         }
         stalled
     }
@@ -129,13 +129,13 @@ mod tests {
         let console = Console::new();
         let dog = Watchdog::start(console.clone(), Duration::from_millis(300));
         let end = Instant::now() + Duration::from_secs(5);
-        while vmm::signals::pending().is_none() && Instant::now() < end {
+        while crate::signals::pending().is_none() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(vmm::signals::pending(), Some(libc::SIGALRM));
+        assert_eq!(crate::signals::pending(), Some(libc::SIGALRM));
         assert!(dog.finish());
         assert_eq!(
-            vmm::signals::pending(),
+            crate::signals::pending(),
             None,
             "the watchdog's stop is withdrawn"
         );

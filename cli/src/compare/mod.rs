@@ -439,7 +439,7 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
     // Its own process group: on Ctrl-C netvmm stops the whole scenario (every guest's
     // netvmm removes its interfaces; the namespaces go with the last process).
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    vmm::signals::install().map_err(CompareError::os("install signal handlers"))?;
+    crate::signals::install().map_err(CompareError::os("install signal handlers"))?;
     let mut child = cmd.spawn().map_err(CompareError::os("run unshare"))?;
     let console = Console::new();
     let reader = console.read_from(child.stdout.take().expect("piped stdout"));
@@ -467,7 +467,7 @@ fn run_native(backends: &[Backend], duration: u32) -> Result<Got> {
         {
             break st.code().unwrap_or(128);
         }
-        if let Some(sig) = vmm::signals::pending() {
+        if let Some(sig) = crate::signals::pending() {
             stop(&mut child);
             return Err(CompareError::Interrupted(sig));
         }

@@ -52,7 +52,7 @@ mod tests {
 
     #[test]
     fn powers_off_only_on_s5_with_slp_en() {
-        let (sig, rx) = ExitSignal::new();
+        let (sig, rx) = ExitSignal::new().unwrap();
         let mut dev = AcpiPmControl::new(5, sig);
         dev.write(0, &[5 << SLP_TYP_SHIFT]);
         dev.write(0, &[(3 << SLP_TYP_SHIFT) | SLP_EN]);

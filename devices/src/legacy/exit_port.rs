@@ -39,7 +39,7 @@ mod tests {
     #[test]
     fn a_byte_write_ends_the_vm_with_that_value() {
         for v in [0u8, 7, 124, 255] {
-            let (sig, rx) = ExitSignal::new();
+            let (sig, rx) = ExitSignal::new().unwrap();
             ExitPort::new(sig).write(0, &[v]);
             assert_eq!(rx.try_recv().unwrap(), VmExit::GuestStatus(v));
         }
@@ -47,7 +47,7 @@ mod tests {
 
     #[test]
     fn reads_and_other_widths_are_harmless() {
-        let (sig, rx) = ExitSignal::new();
+        let (sig, rx) = ExitSignal::new().unwrap();
         let mut dev = ExitPort::new(sig.clone());
         let mut b = [0u8; 4];
         dev.read(0, &mut b);
@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn the_first_status_wins_over_a_later_power_off() {
-        let (sig, rx) = ExitSignal::new();
+        let (sig, rx) = ExitSignal::new().unwrap();
         ExitPort::new(sig.clone()).write(0, &[9]);
         sig.signal(VmExit::PowerOff);
         sig.signal(VmExit::Reset);

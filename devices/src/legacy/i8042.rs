@@ -38,7 +38,7 @@ mod tests {
 
     #[test]
     fn only_reset_command_on_command_port_resets() {
-        let (sig, rx) = ExitSignal::new();
+        let (sig, rx) = ExitSignal::new().unwrap();
         let mut dev = I8042Reset::new(sig);
         dev.write(0, &[CMD_RESET_CPU]);
         dev.write(COMMAND_OFFSET, &[0xaa]);

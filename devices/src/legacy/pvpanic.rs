@@ -40,7 +40,7 @@ mod tests {
 
     #[test]
     fn advertises_events_and_reports_panic() {
-        let (sig, rx) = ExitSignal::new();
+        let (sig, rx) = ExitSignal::new().unwrap();
         let mut dev = PvPanic::new(sig);
         let mut b = [0u8];
         dev.read(0, &mut b);

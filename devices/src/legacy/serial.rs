@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use vm_superio::{serial::NoEvents, Serial, Trigger};
+use vm_superio::{serial::SerialEvents, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
@@ -18,15 +18,40 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// Makes an eventfd readable when the guest has read the last byte of its receive FIFO,
+/// so that whoever feeds it input knows when there is room again without polling.
+pub struct InputDrained(Option<EventFd>);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(evt) = &self.0 {
+            // An eventfd counter does not overflow from these writes; a failure only
+            // delays input until the next one.
+            let _ = evt.write(1);
+        }
+    }
+}
+
 /// The serial port as a bus device; output goes to `W`, input comes from [`SerialConsole::enqueue`].
 pub struct SerialConsole<W: Write + Send> {
-    serial: Serial<IrqTrigger, NoEvents, W>,
+    serial: Serial<IrqTrigger, InputDrained, W>,
 }
 
 impl<W: Write + Send> SerialConsole<W> {
     pub fn new(irq: IrqTrigger, out: W) -> Self {
         Self {
-            serial: Serial::new(irq, out),
+            serial: Serial::with_events(irq, InputDrained(None), out),
+        }
+    }
+
+    /// As [`SerialConsole::new`], and `drained` becomes readable each time the guest has
+    /// emptied its receive FIFO.
+    pub fn with_input_drained(irq: IrqTrigger, drained: EventFd, out: W) -> Self {
+        Self {
+            serial: Serial::with_events(irq, InputDrained(Some(drained)), out),
         }
     }
 
@@ -38,6 +63,10 @@ impl<W: Write + Send> SerialConsole<W> {
 
     pub fn writer(&self) -> &W {
         self.serial.writer()
+    }
+
+    pub fn writer_mut(&mut self) -> &mut W {
+        self.serial.writer_mut()
     }
 }
 
@@ -78,5 +107,20 @@ mod tests {
         let mut b = [0u8; 1];
         com.read(0, &mut b);
         assert_eq!(b, *b"x");
+    }
+
+    #[test]
+    fn the_drained_event_fires_when_the_guest_reads_the_last_input_byte() {
+        let irq = IrqTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let drained = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut com =
+            SerialConsole::with_input_drained(irq, drained.try_clone().unwrap(), Vec::new());
+        assert_eq!(com.enqueue(b"ab"), 2);
+        let mut b = [0u8; 1];
+        com.read(0, &mut b);
+        assert!(drained.read().is_err(), "one byte is still waiting");
+        com.read(0, &mut b);
+        assert_eq!(b, *b"b");
+        assert_eq!(drained.read().unwrap(), 1);
     }
 }

@@ -102,9 +102,11 @@ fn lifecycle(spec: &str, prepare: fn()) -> Option<Lifecycle> {
         let before = seen(TAP);
         let mut cleanup = HostCleanup::default();
         let (mut tap, _, _) = cleanup.adopt(backends::open(&spec, 0).unwrap());
-        cleanup.watch_bridges(|_| {}).unwrap();
+        let watcher = cleanup.bridge_watcher().unwrap();
         guest_driver(&mut tap);
         let during = seen_link(TAP, None);
+        // As the VMM does: its event loop, and the watcher with it, ends first.
+        drop(watcher);
         drop(cleanup);
         netlink::delete_link("br-b").unwrap();
         netlink::create_bridge("br-b").unwrap();

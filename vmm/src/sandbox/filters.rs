@@ -174,36 +174,31 @@ pub fn device() -> Rules {
         .any(libc::SYS_pread64)
         .any(libc::SYS_pwrite64)
         .any(libc::SYS_fdatasync)
+        // Stopped at the VM's end, the loop closes its epoll and stop eventfd (and, when
+        // it holds the last reference, a device's eventfds and backend).
+        .any(libc::SYS_close)
         .0
 }
 
-/// The console thread: stdin to the guest's serial port.
-pub fn console() -> Rules {
-    List::new()
-        .runtime()
-        // Waits for the guest to drain its receive FIFO.
-        .sleep()
-        .any(libc::SYS_read)
-        .0
-}
-
-/// The bridge watcher: link notifications in, re-enslaving netlink requests out.
-pub fn bridges() -> Rules {
-    List::new()
-        .runtime()
-        .netlink()
-        // Waits on the monitor socket and the stop eventfd.
-        .any(libc::SYS_poll)
-        .0
-}
-
-/// The main thread once everything runs: waits for the end, then restores the terminal,
-/// writes the report, stops the watcher, releases or deletes the host interfaces (netlink)
-/// and closes everything.
+/// The main thread once everything runs: its event loop (the VM's end, stop signals, the
+/// timeout, stdin to the console, link notifications for re-created bridges), then the
+/// end: vCPUs kicked and joined, the device thread stopped, the terminal restored, the
+/// report, the host interfaces released or deleted (netlink).
 pub fn main_thread() -> Rules {
     List::new()
         .runtime()
         .netlink()
+        // The event loop: it waits, and takes stdin out while input waits for the guest
+        // (and back in), or for good at its end.
+        .any(libc::SYS_epoll_wait)
+        .any(libc::SYS_epoll_ctl)
+        // The exit and drained eventfds, the signal pipe, the timerfd, stdin.
+        .any(libc::SYS_read)
+        // The kick that takes a vCPU out of KVM_RUN at the end (pthread_kill), and
+        // nothing else: the signal is the real-time one only vCPUs handle.
+        .when(libc::SYS_tgkill, 2, crate::vcpu::kick_signal() as u64)
+        // Waiting for the vCPU threads to leave the guest between kicks.
+        .sleep()
         // The terminal back to how it was: glibc's tcsetattr sets (TCSETS), then reads
         // the settings back (TCGETS) to check what the kernel took.
         .ioctl(libc::TCSETS)
@@ -214,7 +209,6 @@ pub fn main_thread() -> Rules {
         // The boot report reads /proc/self/smaps (std sizes the read with statx); the
         // shim's lock file is opened and locked when a macvtap's shim use is released.
         .any(libc::SYS_openat)
-        .any(libc::SYS_read)
         .any(libc::SYS_statx)
         .any(libc::SYS_flock)
         // The shim's lock lives in this user's private directory ($TMPDIR/netvmm-<uid>):
@@ -238,8 +232,6 @@ mod tests {
         for (name, rules) in [
             ("vcpu", vcpu()),
             ("device", device()),
-            ("console", console()),
-            ("bridges", bridges()),
             ("main", main_thread()),
         ] {
             assert!(rules.contains_key(&libc::SYS_exit_group), "{name}");

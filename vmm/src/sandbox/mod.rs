@@ -1,7 +1,8 @@
 //! The sandbox netvmm's threads run in once the VM is built: each thread, as it starts,
-//! drops every capability it will not use (all of them, except CAP_NET_ADMIN for the two
-//! threads that change interfaces later: the bridge watcher and the main thread, and only
-//! when some NIC needs it), sets `no_new_privs`, and installs the seccomp filter of its kind
+//! drops every capability it will not use (all of them, except CAP_NET_ADMIN for the one
+//! thread that changes interfaces later: the main thread, whose event loop puts taps back
+//! on re-created bridges and which releases the interfaces at the end, and only when some
+//! NIC needs it), sets `no_new_privs`, and installs the seccomp filter of its kind
 //! ([`filters`]). Capabilities, `no_new_privs` and seccomp filters are all per thread on
 //! Linux, so no thread can do it for another; the vCPU threads do it before their first
 //! KVM_RUN, and the guest runs only once every thread has.
@@ -19,8 +20,6 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 pub enum ThreadKind {
     Vcpu,
     Device,
-    Console,
-    Bridges,
     Main,
 }
 
@@ -29,8 +28,6 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Device => "device",
-            ThreadKind::Console => "console",
-            ThreadKind::Bridges => "bridge watcher",
             ThreadKind::Main => "main",
         }
     }
@@ -39,19 +36,11 @@ impl ThreadKind {
         match self {
             ThreadKind::Vcpu => filters::vcpu(),
             ThreadKind::Device => filters::device(),
-            ThreadKind::Console => filters::console(),
-            ThreadKind::Bridges => filters::bridges(),
             ThreadKind::Main => filters::main_thread(),
         }
     }
 
-    const ALL: [ThreadKind; 5] = [
-        ThreadKind::Vcpu,
-        ThreadKind::Device,
-        ThreadKind::Console,
-        ThreadKind::Bridges,
-        ThreadKind::Main,
-    ];
+    const ALL: [ThreadKind; 3] = [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::Main];
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +64,11 @@ pub enum SandboxError {
     },
     #[error("cannot start the {thread} thread: {source}")]
     Spawn {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{thread} thread: cannot block the stop signals: {source}")]
+    Signals {
         thread: &'static str,
         source: std::io::Error,
     },
@@ -139,7 +133,8 @@ impl Sandbox {
         seccompiler::apply_filter(bpf).map_err(|source| SandboxError::Install { thread, source })
     }
 
-    /// Starts thread `name` of `kind`, which enters its sandbox (no capabilities kept)
+    /// Starts thread `name` of `kind`, which blocks the stop signals (they are the main
+    /// thread's: see [`crate::control`]) and enters its sandbox (no capabilities kept)
     /// before it runs `body`. Returns once it has, so that the caller knows the thread is
     /// confined (or why it could not be, and then `body` never runs).
     pub fn spawn(
@@ -147,14 +142,16 @@ impl Sandbox {
         name: String,
         kind: ThreadKind,
         body: impl FnOnce() + Send + 'static,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<std::thread::JoinHandle<()>, SandboxError> {
         let thread = kind.name();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let sandbox = self.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let entered = sandbox.enter(kind, false);
+                let entered = crate::control::StopSignals::block_in_this_thread()
+                    .map_err(|source| SandboxError::Signals { thread, source })
+                    .and_then(|()| sandbox.enter(kind, false));
                 let ok = entered.is_ok();
                 let _ = tx.send(entered);
                 if ok {
@@ -162,7 +159,8 @@ impl Sandbox {
                 }
             })
             .map_err(|source| SandboxError::Spawn { thread, source })?;
-        rx.recv().map_err(|_| SandboxError::Vanished(thread))?
+        rx.recv().map_err(|_| SandboxError::Vanished(thread))??;
+        Ok(handle)
     }
 }
 
@@ -204,8 +202,8 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         if std::env::var_os("NETVMM_SANDBOX_CHILD").is_some() {
             let sandbox = Sandbox::new(true).unwrap();
-            sandbox.enter(ThreadKind::Console, false).unwrap();
-            // SAFETY: getppid has no arguments; it is not on the console list.
+            sandbox.enter(ThreadKind::Device, false).unwrap();
+            // SAFETY: getppid has no arguments; it is not on the device list.
             unsafe { libc::getppid() };
             unreachable!("getppid was allowed");
         }

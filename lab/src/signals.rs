@@ -1,5 +1,6 @@
-//! SIGINT/SIGTERM become a flag the main loop polls, so that every exit path runs the same
-//! cleanup (terminal restored, interfaces deleted) instead of dying mid-way.
+//! SIGINT/SIGTERM become a flag that the loops waiting on child processes (the lab host's
+//! QEMU, compare's guests) poll, so that every exit path runs the same cleanup (children
+//! stopped, the topology removed) instead of dying mid-way.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 

@@ -230,16 +230,16 @@ pub fn build(
     Ok(nics)
 }
 
-/// The device thread's event loop, running; [`DeviceLoop::stop`] ends and joins it.
+/// The device thread's event loop, running; dropping it ends and joins it.
 pub struct DeviceLoop {
     stop: EventFd,
     stopping: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DeviceLoop {
     /// Runs the devices' event loop on a thread of its own, confined to the device sandbox
-    /// from its start, until [`DeviceLoop::stop`].
+    /// from its start, until dropped.
     pub fn spawn(
         mut em: NetEventManager,
         sandbox: &crate::sandbox::Sandbox,
@@ -279,23 +279,28 @@ impl DeviceLoop {
         Ok(Self {
             stop,
             stopping,
-            thread,
+            thread: Some(thread),
         })
     }
+}
 
-    /// Stops the loop after the round under way and waits for its thread.
-    pub fn stop(self) {
+impl Drop for DeviceLoop {
+    /// Stops the loop after the round under way and waits for its thread: on every path
+    /// out of `Vmm::run`, before the interfaces are released.
+    fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
         // An eventfd write fails only on counter overflow, which one write cannot cause;
         // were it to fail, join would wait for the thread's next wake-up.
         let _ = self.stop.write(1);
-        // A device thread that panicked has said so on stderr.
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            // A device thread that panicked has said so on stderr.
+            let _ = thread.join();
+        }
     }
 }
 
 /// Wakes the device loop so that it sees the stop flag; says whether its registration
-/// took (without it [`DeviceLoop::stop`] would wait for the next device event).
+/// took (without it stopping the loop would wait for the next device event).
 struct StopWake {
     evt: EventFd,
     registered: Arc<AtomicBool>,

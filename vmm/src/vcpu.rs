@@ -119,25 +119,39 @@ pub fn install_kick_handler() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
-/// The running vCPU threads, by id.
-#[derive(Default)]
-pub struct Running(Vec<(u8, JoinHandle<()>)>);
+/// How long the end waits for vCPUs to leave the guest once kicked.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// The running vCPU threads, by id. Dropped without [`Running::stop`] (an early error
+/// return), it stops them all the same.
+pub struct Running {
+    exit: ExitSignal,
+    threads: Vec<(u8, JoinHandle<()>)>,
+}
 
 impl Running {
-    pub fn push(&mut self, id: u8, thread: JoinHandle<()>) {
-        self.0.push((id, thread));
+    /// No threads yet; `exit` is the VM's, which stopping fires.
+    pub fn new(exit: ExitSignal) -> Self {
+        Self {
+            exit,
+            threads: Vec::new(),
+        }
     }
 
-    /// Stops and joins every vCPU thread; `exit` must have fired, so that a vCPU
+    pub fn push(&mut self, id: u8, thread: JoinHandle<()>) {
+        self.threads.push((id, thread));
+    }
+
+    /// Stops and joins every vCPU thread: the VM's exit is fired (halted), so that a vCPU
     /// interrupted in KVM_RUN returns instead of running on. A kick that lands just before
     /// a thread enters KVM_RUN is lost, so each thread is kicked again every few
     /// milliseconds until it has ended, for `patience` at most. Returns the ids of the
     /// vCPUs that did not end (left running: joining them would hang the VMM).
-    pub fn stop(self, exit: &ExitSignal, patience: Duration) -> Vec<u8> {
-        debug_assert!(exit.fired());
+    pub fn stop(&mut self, patience: Duration) -> Vec<u8> {
+        self.exit.halt();
         let deadline = Instant::now() + patience;
         let mut stuck = Vec::new();
-        for (id, thread) in self.0 {
+        for (id, thread) in self.threads.drain(..) {
             while !thread.is_finished() && Instant::now() < deadline {
                 // ESRCH only: the thread ended meanwhile.
                 let _ = thread.kill(kick_signal());
@@ -151,6 +165,12 @@ impl Running {
             }
         }
         stuck
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop(STOP_PATIENCE);
     }
 }
 
@@ -288,7 +308,7 @@ mod tests {
             mmio: Bus::new(),
         });
         let first = Arc::new(OnceLock::new());
-        let mut running = Running::default();
+        let mut running = Running::new(exit.clone());
         let (e, f) = (exit.clone(), first.clone());
         running.push(
             0,
@@ -298,8 +318,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(50));
-        exit.halt();
-        let stuck = running.stop(&exit, Duration::from_secs(5));
+        let stuck = running.stop(Duration::from_secs(5));
         assert!(stuck.is_empty(), "vCPUs {stuck:?} still in the guest");
     }
 

@@ -29,8 +29,6 @@ use crate::vcpu::{self, Buses};
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// Entries we ask KVM for when reading the supported CPUID.
 const CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-/// How long the end waits for vCPUs to leave the guest once kicked.
-const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -344,7 +342,7 @@ impl Vmm {
             None => None,
         };
         let first_run = Arc::new(OnceLock::new());
-        let mut vcpus = crate::vcpu::Running::default();
+        let mut vcpus = crate::vcpu::Running::new(self.exit.clone());
         let mut go = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let (buses, exit, first) = (self.buses.clone(), self.exit.clone(), first_run.clone());
@@ -386,14 +384,11 @@ impl Vmm {
         // Every path from here stops the vCPUs and the device thread before the
         // interfaces are released (when `self` drops, after the loop and its bridge
         // watcher are gone).
-        self.exit.halt();
-        let stuck = vcpus.stop(&self.exit, VCPU_STOP_PATIENCE);
+        let stuck = vcpus.stop(vcpu::STOP_PATIENCE);
         if !stuck.is_empty() {
             (self.notices)(Notice::VcpusStuck(stuck));
         }
-        if let Some(devices) = devices {
-            devices.stop();
-        }
+        drop(devices);
         terminal.restore();
         // The VMM's closing line, if any, must not start mid-way through the guest's.
         {

@@ -208,7 +208,14 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         }
     }
     let (lab, why) = decide_lab(args.lab, &HostFacts::detect())?;
-    say(&format!("lab: {} ({why})", lab.name()));
+    // Inside the emulated lab host (--results-to), these lines reach the user among the
+    // outer compare's: say where they come from.
+    let inside = if args.results_to.is_some() {
+        " inside the emulated lab host"
+    } else {
+        ""
+    };
+    say(&format!("lab: {}{inside} ({why})", lab.name()));
     say(&format!(
         "backends: {}; iperf3 {} s per direction",
         backends

@@ -96,6 +96,8 @@ fn a_missing_subcommand_shows_the_subcommands() {
                 "{args:?}: {stderr} lacks the subcommand {s}"
             );
         }
+        // compare's internal scenario subcommand is not offered.
+        assert!(!stderr.contains("__compare"), "{args:?}: {stderr}");
     }
 }
 

@@ -175,8 +175,8 @@ echo "case=native status=$s netns=$(ls /run/netns 2>/dev/null | wc -l) links=$(l
 echo "--- json"; cat /tmp/c.json; echo "--- end"
 "#;
 
-/// The native lab for real: the same scenario through unshare(1) in a private network and
-/// mount namespace of the host it runs on (here the lab host), measured, and gone after; a
+/// The native lab for real: the same Rust scenario in a private network and mount namespace
+/// netvmm makes on the host it runs on (here the lab host), measured, and gone after; a
 /// guest cut off mid-run is replaced, on the record, and its rings are in its exit report.
 #[test]
 fn compare_runs_natively_where_kvm_boots_the_guest() {

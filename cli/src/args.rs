@@ -37,6 +37,9 @@ pub enum Command {
     /// Measure tap, bridge and macvtap side by side (same guest, same device) and explain
     /// the differences; in the emulated lab or natively in a private network namespace.
     Compare(crate::compare::CompareArgs),
+    /// compare's scenario, run by compare itself inside a private network namespace.
+    #[command(name = "__compare-scenario", hide = true)]
+    CompareScenario(crate::compare::ScenarioArgs),
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]

@@ -93,5 +93,6 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
         Command::Image(a) => Ok(lab_cmd::image(a)?),
         Command::Lab(a) => Ok(lab_cmd::lab(a)?),
         Command::Compare(a) => Ok(compare::run(a)?),
+        Command::CompareScenario(a) => Ok(compare::run_scenario(a)),
     }
 }

@@ -9,6 +9,7 @@ pub mod iface;
 pub mod mac;
 pub mod names;
 pub mod netlink;
+pub mod netns;
 pub mod owned;
 pub mod private_fs;
 pub mod shim;

@@ -8,16 +8,5 @@ use std::io;
 /// thread moves), for tests that must not touch the host's interfaces. `Err` only when the
 /// namespace cannot be made; a panic inside `f` is re-raised here, so tests fail loudly.
 pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
-    let joined = std::thread::spawn(move || {
-        // SAFETY: unshare only changes the calling thread's namespaces.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(f())
-    })
-    .join();
-    match joined {
-        Ok(r) => r,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    crate::netns::NetNs::new()?.run(f)
 }

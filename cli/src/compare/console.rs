@@ -1,7 +1,8 @@
-//! What the scenario prints, as it comes: `cmp ...` result lines are kept (should the lab
-//! die, the figures of the backends that finished are not lost), the heartbeat is only
-//! noted, everything else (progress, and whatever goes wrong) goes to stderr. A watchdog
-//! stops the run, the way Ctrl-C does, when the scenario falls silent.
+//! What the scenario prints, as it comes: `cmp-result` lines are kept (should the lab die,
+//! the figures of the backends that finished are not lost), the heartbeat is only noted,
+//! everything else (progress, and whatever goes wrong) goes to stderr. A console that
+//! forwards (a compare inside the lab host, whose caller reads its console) passes every
+//! line on. A watchdog stops the run, the way Ctrl-C does, when the scenario falls silent.
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,22 +10,28 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The scenario's heartbeat line (every 15 s).
-const HEARTBEAT: &str = "cmp-alive";
+use super::scenario::{HEARTBEAT, RESULT};
 
 pub struct Console {
     since: Instant,
     /// When the last line came, in milliseconds since `since`.
     last_ms: AtomicU64,
     kept: Mutex<String>,
+    forward: bool,
 }
 
 impl Console {
     pub fn new() -> Arc<Self> {
+        Self::with_forwarding(false)
+    }
+
+    /// A console that also passes result lines and the heartbeat on to stderr.
+    pub fn with_forwarding(forward: bool) -> Arc<Self> {
         Arc::new(Self {
             since: Instant::now(),
             last_ms: AtomicU64::new(0),
             kept: Mutex::new(String::new()),
+            forward,
         })
     }
 
@@ -33,14 +40,13 @@ impl Console {
         self.last_ms
             .store(self.since.elapsed().as_millis() as u64, Ordering::SeqCst);
         let line = line.trim_end_matches(['\n', '\r']);
-        if line == HEARTBEAT {
-            return;
-        }
-        if line.starts_with("cmp ") {
+        let result = line.starts_with(RESULT);
+        if result {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             kept.push_str(line);
             kept.push('\n');
-        } else {
+        }
+        if self.forward || (!result && line != HEARTBEAT) {
             let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
@@ -147,7 +153,7 @@ mod tests {
         let mut child = Command::new("sh")
             .args([
                 "-c",
-                "echo 'cmp tap done\r'; echo cmp-alive; echo progress; printf 'cmp tap ping x'",
+                "echo 'cmp-result {}\r'; echo cmp-alive; echo progress; printf 'cmp-result x'",
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -155,6 +161,6 @@ mod tests {
         let reader = console.read_from(child.stdout.take().unwrap());
         assert!(child.wait().unwrap().success());
         reader.join().unwrap();
-        assert_eq!(console.kept(), "cmp tap done\ncmp tap ping x\n");
+        assert_eq!(console.kept(), "cmp-result {}\ncmp-result x\n");
     }
 }

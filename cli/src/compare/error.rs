@@ -22,8 +22,6 @@ pub enum CompareError {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("{0} is not on PATH")]
-    MissingTool(&'static str),
     #[error("interrupted by signal {0}; the scenario was stopped and its namespaces are gone")]
     Interrupted(i32),
     #[error("the native scenario did not finish within {} s; it was stopped", .0.as_secs())]

@@ -1,334 +1,42 @@
-//! The one shell scenario behind `netvmm compare`: it builds the topology, and for each
-//! backend boots the guests, sends the traffic and writes what it saw as `cmp ...` result
-//! lines (parsed by `results`). The same text runs in the emulated lab host and, natively,
-//! inside a fresh network and mount namespace.
-//!
-//! Topology (both labs):
-//!
-//! ```text
-//!   netns "lan" (another machine):  LAN peer 203.0.113.1 on switch sw0 -- port lanB
-//!                                                                            |  (veth: the wire)
-//!   the host:                        NIC lanA, host address 203.0.113.10 (on lanA, or on br0)
-//! ```
-//!
-//! Per backend: tap (guests 192.0.2.2/28 and .18/28 behind their own taps, host .1 and .17,
-//! ip_forward on, the LAN peer routes 192.0.2.0/24 via the host), bridge (br0 holds lanA and
-//! the host address; guests 203.0.113.2 and .3 on it), macvtap-<mode> on lanA (guests .2 and
-//! .3; the LAN switch hairpins lanB for vepa and private).
+//! The scenario behind `netvmm compare`, in Rust: it builds the topology (`topology`), and
+//! for each backend boots the guests (`guest`), sends the traffic (`traffic`) and prints
+//! what it saw as one `cmp-result <JSON>` line (`observed::Observed`). It runs as the hidden
+//! `netvmm __compare-scenario`, which `compare` starts inside a fresh network and mount
+//! namespace (natively, or natively inside the emulated lab host).
 
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use net::netns::NetNs;
+
 use super::backend::Backend;
+use super::guest::{self, Guest, Image, Spec};
+use super::observed::{Dir, Flow, Observed, SecondGuest};
+use super::topology::{self, Addressing, Topology, LAN_PEER};
+use super::traffic;
 
-/// The scenario. Environment: `NETVMM` (the netvmm to run), `IP` and `BRIDGE` (iproute2's
-/// `ip` and `bridge`), `W` (a work directory of its own), `T` (seconds per iperf3 run),
-/// `BACKENDS` (names, in run order), `GT` (a guest's `--timeout`), and the guest image in
-/// `NETVMM_GUEST_KERNEL` and `NETVMM_GUEST_INITRD`. For the tests, `NETVMM_COMPARE_CUT`
-/// (`<backend>:<direction>`) sets the measured guest's host-side interfaces down before
-/// that iperf3 run, as the nested lab has been seen to cut a guest off.
-///
-/// Result lines (`$W/results`), one fact each, `cmp <backend> <kind> ...`:
-/// `netup <ok>:<uptime>`, `ready <the guest's ready line>`, `report <netvmm-report line>`,
-/// `ping <direction> <a line of ping output>`, `iperf <direction> <iperf3 receiver or error
-/// line>`, `iperf-status <direction> <status>`, `no-iperf <direction> <reason>`,
-/// `cpu <direction> before|after <contents of /proc/<vmm pid>/stat>`,
-/// `second-guest <status> <message>`, `note <text>`, `skip <reason>`, and `done` when the
-/// backend is finished (measured or skipped). Each line also goes to stdout.
-///
-/// Quoting: the guest's init evaluates its command line once, so every `$` meant for the
-/// guest's own shell is written `\$` (single-quoted here, so the scenario leaves it alone).
-pub const SCENARIO: &str = r#"
-R=$W/results
-mkdir -p "$W"; : > "$R"
-say() { echo "netvmm compare: $*"; }
-# A result goes to the results file and to the console, which the caller reads as it comes
-# (should the lab die, the figures of the backends that finished are not lost).
-res() { printf 'cmp %s\n' "$*" >> "$R"; printf 'cmp %s\n' "$*"; }
-tag() { while IFS= read -r l; do res "$1 $l"; done; }
-LAN="$IP netns exec lan"
-G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout $GT"
-LAN_PEER=203.0.113.1
-HOST_LAN=203.0.113.10
+/// The prefix of a result line; the rest is an `Observed` as JSON.
+pub const RESULT: &str = "cmp-result ";
+/// The scenario's heartbeat line (every 15 s): a caller that sees none for long has a hung
+/// scenario (or lab host).
+pub const HEARTBEAT: &str = "cmp-alive";
 
-# alive PID: the process runs (a zombie that no wait reaped yet does not).
-alive() { [ -e /proc/$1/stat ] && ! grep -q ') Z ' /proc/$1/stat 2>/dev/null; }
-# wait_for FILE PATTERN PID SECONDS: until PATTERN shows in FILE; fails when PID ends first.
-wait_for() {
-  n=0
-  while [ $n -lt $(($4 * 4)) ]; do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    if ! alive "$3"; then grep -q "$2" "$1" 2>/dev/null; return; fi
-    sleep 0.25; n=$((n + 1))
-  done
-  return 1
+/// The hidden subcommand's arguments.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct ScenarioArgs {
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    pub backends: Vec<Backend>,
+    #[arg(long)]
+    pub duration: u32,
+    #[arg(long)]
+    pub work: PathBuf,
+    #[arg(long)]
+    pub kernel: PathBuf,
+    #[arg(long)]
+    pub initrd: PathBuf,
 }
-stop() { kill -TERM "$1" 2>/dev/null; wait "$1" 2>/dev/null; }
-# The last line netvmm wrote on stderr, its exit figures aside.
-last_err() { grep -v '^netvmm-\(nic-\)\{0,1\}report:' "$1" 2>/dev/null | tail -n 1 | tr -d '\r'; }
-# The last lines of a guest's console, on one line.
-console_tail() { tr -d '\r' < "$1" 2>/dev/null | grep -v '^$' | tail -n 3 | tr '\n' '|'; }
-
-# gcmd HOST LAN [PEER]: the measured guest's command. It pings the LAN peer until the first
-# reply (boot to a working network), starts an iperf3 server, then pings the host and the
-# LAN peer 20 times each (after a warm-up ping, so that ARP is not among the samples) and
-# the other guest 3 times, every reply line tagged for the results; then it waits.
-gcmd() {
-  c='n=0; ok=0; while [ \$n -lt 30 ]; do if ping -c 1 -W 1 '$2' >/dev/null 2>&1; then ok=1; break; fi; n=\$((n+1)); done;'
-  c="$c"' read u r < /proc/uptime; echo cmp-netup=\$ok:\$u; iperf3 -s -D >/dev/null 2>&1;'
-  c="$c"' ping -c 1 -W 1 '$1' >/dev/null 2>&1; ping -c 20 -i 0.2 -W 2 '$1' 2>&1 | sed s/^/cmp-ping-guest_to_host:/;'
-  c="$c"' ping -c 1 -W 1 '$2' >/dev/null 2>&1; ping -c 20 -i 0.2 -W 2 '$2' 2>&1 | sed s/^/cmp-ping-guest_to_lan:/;'
-  if [ -n "$3" ]; then
-    c="$c"' ping -c 3 -i 0.2 -W 2 '$3' 2>&1 | sed s/^/cmp-ping-guest_to_guest:/;'
-  fi
-  printf '%s' "$c echo cmp-guest-done; sleep 100000"
-}
-
-setup() {
-  HOST_T=$HOST_LAN; ADDR_A=203.0.113.2; ADDR_B=203.0.113.3
-  IPA=$ADDR_A/24; IPB=$ADDR_B/24; GWA=; GWB=
-  case $1 in
-  tap)
-    # L3: the host routes between the taps and the LAN.
-    echo 1 > /proc/sys/net/ipv4/ip_forward
-    $IP addr add $HOST_LAN/24 dev lanA
-    $LAN $IP route add 192.0.2.0/24 via $HOST_LAN
-    NA=tap,host-ip=192.0.2.1/28; NB=tap,host-ip=192.0.2.17/28
-    HOST_T=192.0.2.1; ADDR_A=192.0.2.2; ADDR_B=192.0.2.18
-    IPA=192.0.2.2/28; IPB=192.0.2.18/28; GWA=netvmm.gw=192.0.2.1; GWB=netvmm.gw=192.0.2.17 ;;
-  bridge)
-    $IP link add br0 type bridge; $IP link set lanA master br0; $IP link set br0 up
-    $IP addr add $HOST_LAN/24 dev br0
-    NA=bridge=br0; NB=bridge=br0 ;;
-  macvtap-bridge+host)
-    # The host's address on netvmm's host-access shim (a bridge-mode macvlan on lanA, shared
-    # by both guests), not on lanA: host and guests are siblings on lanA.
-    NA=macvtap=lanA,mode=bridge,host-access=$HOST_LAN/24; NB=$NA ;;
-  macvtap-*)
-    $IP addr add $HOST_LAN/24 dev lanA
-    case $1 in macvtap-vepa|macvtap-private) $LAN $BRIDGE link set dev lanB hairpin on ;; esac
-    NA=macvtap=lanA,mode=${1#macvtap-}; NB=$NA ;;
-  esac
-}
-
-teardown() {
-  case $1 in
-  tap)
-    $LAN $IP route del 192.0.2.0/24 2>/dev/null
-    echo 0 > /proc/sys/net/ipv4/ip_forward
-    $IP addr flush dev lanA ;;
-  bridge) $IP link set lanA nomaster; $IP link del br0 ;;
-  macvtap-*) $IP addr flush dev lanA; $LAN $BRIDGE link set dev lanB hairpin off ;;
-  esac
-}
-
-# What the host knows of the measured guest, on one line: its neighbour entry, and the
-# counters of netvmm's interfaces (a tap whose TX drops grow is one netvmm stopped reading).
-host_view() {
-  $IP neigh show $ADDR_A | tr '\n' ' '
-  $IP -s -o link show 2>/dev/null | grep ' nv[a-z]*[0-9]*[@:]' | sed 's/  */ /g' | tr '\n' ' '
-}
-
-# The measured guest's host-side interfaces down: a guest cut off from the network while it
-# runs (for the tests; netvmm marks what it creates "netvmm pid=PID:START[:PIDNS]").
-cut_guest() {
-  for i in /sys/class/net/*; do
-    case "$(cat $i/ifalias 2>/dev/null)" in
-    "netvmm pid=$apid:"*) $IP link set ${i##*/} down ;;
-    esac
-  done
-}
-
-forget() { $IP neigh flush all >/dev/null 2>&1; $LAN $IP neigh flush all >/dev/null 2>&1; }
-
-# boot_measured: starts measured guest number $gen of backend $b (console $A.log, netvmm's
-# stderr $A.err, netvmm's pid $apid) and waits until it has done its pings. On failure $why
-# says what happened.
-boot_measured() {
-  say "$b: booting the measured guest; it pings the host, the LAN peer${peer:+ and the other guest}"
-  A=$W/$b-A$gen
-  rm -f "$A.log"
-  NETVMM_BOOT_REPORT=1 $NETVMM run $G --memory 384 --net $NA --serial-log "$A.log" \
-    --cmdline "quiet netvmm.ip=$IPA $GWA netvmm.run=\"$(gcmd $HOST_T $LAN_PEER $peer)\"" </dev/null >/dev/null 2>"$A.err" &
-  apid=$!
-  # Anchored: the guest's command line, should a kernel print it, holds these words too.
-  wait_for "$A.log" '^cmp-guest-done' $apid 180 && return 0
-  if alive $apid; then
-    why="the guest did not finish its pings within 180 s"
-    stop $apid
-    why="$why; the guest's console ended: $(console_tail "$A.log")"
-  else
-    ended
-  fi
-  return 1
-}
-# ended: $why becomes why the measured guest's netvmm ended (it has).
-ended() {
-  wait $apid
-  why="its netvmm ended with status $?: $(last_err "$A.err"); the guest's console ended: $(console_tail "$A.log")"
-}
-# ensure_guest: the measured guest runs; once per backend a new one replaces a lost one (on
-# the record: the nested lab has been seen to lose a guest mid-run). Fails, $lost saying why,
-# when neither.
-ensure_guest() {
-  alive $apid && return 0
-  [ -n "$lost" ] && return 1
-  ended
-  lost="the measured guest is gone: $why"
-  [ $revived = 1 ] && return 1
-  revived=1
-  say "$b: the measured guest was lost ($why); a new one takes its place"
-  res "$b note the measured guest was lost mid-run: $why; a new one took its place for the iperf3 runs left"
-  gen=$((gen + 1))
-  if boot_measured; then lost=; return 0; fi
-  lost="the measured guest is gone, and its replacement did not come up: $why"
-  return 1
-}
-
-measure() {
-  b=$1
-  say "$b: setting up"
-  setup $b
-  forget
-  rm -f "$W/$b"-A*.log "$W/$b"-A*.err "$W/$b-B.log"
-  bpid=
-  try=0
-  while [ $b != macvtap-passthru ] && [ $try -lt 2 ]; do
-    try=$((try + 1))
-    say "$b: booting the second guest (it answers the guest_to_guest ping)"
-    rm -f "$W/$b-B.log"
-    $NETVMM run $G --memory 256 --net $NB --serial-log "$W/$b-B.log" \
-      --cmdline "quiet netvmm.ip=$IPB $GWB netvmm.run=\"sleep 100000\"" </dev/null >/dev/null 2>"$W/$b-B.err" &
-    bpid=$!
-    wait_for "$W/$b-B.log" 'netvmm-guest: ready' $bpid 120 && break
-    if alive $bpid; then
-      why="its guest printed no ready line within 120 s"
-    else
-      why="its netvmm ended: $(last_err "$W/$b-B.err")"
-    fi
-    say "$b: the second guest did not come up ($why)"
-    res "$b note the second guest did not come up (attempt $try): $why"
-    stop $bpid; bpid=
-  done
-  peer=; [ -n "$bpid" ] && peer=$ADDR_B
-  # Two tries: the nested lab has been seen to lose a guest now and then; a lost first try
-  # is on the record.
-  gen=1
-  until boot_measured; do
-    if [ $gen -ge 2 ]; then
-      res "$b skip $why"
-      say "$b: skipped: $why"
-      [ -n "$bpid" ] && stop $bpid
-      teardown $b
-      res "$b done"
-      return
-    fi
-    say "$b: the measured guest did not come up ($why); once more"
-    res "$b note the measured guest did not come up (attempt $gen): $why"
-    gen=$((gen + 1))
-  done
-  # The guest whose boot and pings are the figures; a replacement only carries iperf3.
-  first=$A
-  revived=0; lost=
-  [ -n "$bpid" ] && stop $bpid
-  if [ $b = macvtap-passthru ]; then
-    say "$b: trying a second guest on the same NIC"
-    $NETVMM run $G --net $NA --cmdline 'quiet netvmm.run=true' </dev/null >/dev/null 2>"$W/$b-B.err"
-    res "$b second-guest $? $(last_err "$W/$b-B.err")"
-  fi
-
-  say "$b: the host and the LAN peer ping the guest"
-  forget
-  ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | tag "$b ping host_to_guest"
-  $LAN ping -c 3 -i 0.2 -W 1 $ADDR_A 2>&1 | tag "$b ping lan_to_guest"
-
-  for d in lan_to_guest guest_to_lan host_to_guest guest_to_host; do
-    case $d in
-    lan_to_guest) via=lan_to_guest; cl="$LAN iperf3"; rev= ;;
-    guest_to_lan) via=lan_to_guest; cl="$LAN iperf3"; rev=-R ;;
-    host_to_guest) via=host_to_guest; cl=iperf3; rev= ;;
-    guest_to_host) via=host_to_guest; cl=iperf3; rev=-R ;;
-    esac
-    if ! grep -q "^cmp $b ping $via .*time=" "$R"; then
-      res "$b no-iperf $d no path: the $via ping got no reply"
-      continue
-    fi
-    say "$b: iperf3 $d, $T s"
-    ran=0
-    for attempt in 1 2; do
-      ensure_guest || break
-      ran=1
-      [ "$NETVMM_COMPARE_CUT" = "$b:$d" ] && [ $attempt = 1 ] && cut_guest
-      before=$(cat /proc/$apid/stat 2>/dev/null)
-      timeout $((T + 30)) $cl -c $ADDR_A -t $T -f m $rev --connect-timeout 5000 > "$W/iperf.out" 2>&1
-      st=$?
-      after=$(cat /proc/$apid/stat 2>/dev/null)
-      # A summary from a guest that died under it is no measurement.
-      if alive $apid; then
-        grep receiver "$W/iperf.out" | grep -qv ' 0\.00 Mbits/sec' && break
-        failed=$(grep -m 1 error "$W/iperf.out")
-        [ -n "$failed" ] || failed="no data reached the receiver: $(grep -m 1 receiver "$W/iperf.out")"
-      else
-        failed="the measured guest ended during the run"
-      fi
-      # Once more, on the record: the nested lab has been seen to lose a run now and then.
-      res "$b note iperf3 $d attempt $attempt failed (status $st): $failed"
-      if [ $attempt = 1 ]; then
-        res "$b note the guest's last console lines: $(console_tail "$A.log")"
-        res "$b note the host's view of the guest: $(host_view)"
-        # A guest cut off from the network (the nested lab has been seen to do that mid-run)
-        # gets a replacement for the runs left; its netvmm's exit report, among the device
-        # counters below, says where its rings stood.
-        if alive $apid && ! ${cl%iperf3}ping -c 2 -W 1 $ADDR_A >/dev/null 2>&1; then
-          res "$b note the measured guest no longer answers a ping from the $d client; it is replaced"
-          stop $apid
-        fi
-      fi
-      : > "$W/iperf.out"
-      sleep 1
-    done
-    if [ $ran = 0 ]; then
-      res "$b no-iperf $d $lost"
-      continue
-    fi
-    res "$b cpu $d before $before"
-    res "$b cpu $d after $after"
-    grep -E 'receiver|error' "$W/iperf.out" | tag "$b iperf $d"
-    res "$b iperf-status $d $st"
-  done
-
-  stop $apid
-  shims=$(ls /sys/class/net | grep -c '^nvshim')
-  [ "$shims" = 0 ] || res "$b note $shims host-access shim(s) left behind after the last guest"
-  res "$b report $(grep 'netvmm-report:' "$first.err" | tail -n 1)"
-  if grep -q "^cmp $b note \(iperf3\|the measured guest was lost\)" "$R"; then
-    res "$b note the measured guests' device counters: $(grep -h 'netvmm-nic-report:' "$W/$b"-A*.err | tr '\n' ' ')"
-  fi
-  res "$b ready $(tr -d '\r' < "$first.log" | grep -m 1 'netvmm-guest: ready')"
-  tr -d '\r' < "$first.log" | sed -n -e "s/^cmp-netup=/netup /p" \
-    -e "s/^cmp-ping-\([a-z_]*\):/ping \1 /p" | tag "$b"
-  teardown $b
-  res "$b done"
-  say "$b: done"
-}
-
-# A heartbeat for the caller's watchdog: a lab host that stops printing has hung.
-(while sleep 15; do echo cmp-alive; done) &
-hb=$!
-say "building the topology: NIC lanA, its wire to the LAN host (netns lan: switch sw0, peer $LAN_PEER)"
-$IP link set lo up
-$IP netns add lan
-$IP link add lanA type veth peer name lanB netns lan
-$LAN $IP link set lo up
-$LAN $IP link add sw0 type bridge
-$LAN $IP link set sw0 up
-$LAN $IP addr add $LAN_PEER/24 dev sw0
-$LAN $IP link set lanB master sw0
-$LAN $IP link set lanB up
-$IP link set lanA up
-for b in $BACKENDS; do measure $b; done
-$IP netns del lan
-kill $hb
-"#;
 
 /// What the measured guest may take at most: its boot and pings (the scenario waits 180 s
 /// for them), then four iperf3 runs, each tried at most twice, of at most `iperf_seconds` +
@@ -339,31 +47,544 @@ pub fn guest_timeout(iperf_seconds: u32) -> Duration {
 
 /// How long the whole scenario may take for `n` backends: every wait in it at its limit (two
 /// tries of the second guest, 120 s each, a lost first try of the measured guest and a
-/// replacement for one lost mid-run, 180 s each, and the measured guest), plus the topology. A last resort: a lab host that hangs is
-/// noticed sooner, by its missing heartbeat.
+/// replacement for one lost mid-run, 180 s each, and the measured guest), plus the
+/// topology. A last resort: a hang is noticed sooner, by the missing heartbeat.
 pub fn scenario_timeout(n: usize, iperf_seconds: u32) -> Duration {
     Duration::from_secs(120)
         + (Duration::from_secs(240 + 2 * 180) + guest_timeout(iperf_seconds)) * n.max(1) as u32
 }
 
-/// The scenario's environment, less the guest image and the tools' paths.
-pub fn env(backends: &[Backend], iperf_seconds: u32, work: &str) -> Vec<(String, String)> {
-    vec![
-        ("W".into(), work.into()),
-        ("T".into(), iperf_seconds.to_string()),
-        (
-            "BACKENDS".into(),
-            backends
-                .iter()
-                .map(|b| b.name())
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        (
-            "GT".into(),
-            guest_timeout(iperf_seconds).as_secs().to_string(),
-        ),
-    ]
+fn say(msg: &str) {
+    println!("netvmm compare: {msg}");
+}
+
+/// Prints a backend's result line.
+fn emit(o: &Observed) {
+    // Typed facts of strings, numbers and maps with string keys: cannot fail.
+    let line = serde_json::to_string(o).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{RESULT}{line}");
+    let _ = out.flush();
+}
+
+/// Runs the scenario: the topology, then every backend. Returns the exit status.
+pub fn run(args: ScenarioArgs) -> i32 {
+    std::thread::spawn(|| loop {
+        std::thread::sleep(Duration::from_secs(15));
+        println!("{HEARTBEAT}");
+    });
+    if let Err(e) = std::fs::create_dir_all(&args.work) {
+        eprintln!("netvmm compare: cannot create {}: {e}", args.work.display());
+        return 1;
+    }
+    let netvmm = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("netvmm compare: cannot locate the netvmm binary: {e}");
+            return 1;
+        }
+    };
+    let image = Image {
+        netvmm,
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        timeout_s: guest_timeout(args.duration).as_secs(),
+    };
+    say(&format!(
+        "building the topology: NIC lanA, its wire to the LAN host (switch sw0, peer {LAN_PEER})"
+    ));
+    let topo = match Topology::build() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("netvmm compare: cannot build the topology: {e}");
+            return 1;
+        }
+    };
+    // For the tests: `<backend>:<direction>` sets the measured guest's host-side interfaces
+    // down before that iperf3 run, as the nested lab has been seen to cut a guest off.
+    let cut = std::env::var("NETVMM_COMPARE_CUT").unwrap_or_default();
+    for b in &args.backends {
+        let mut m = Measure {
+            b: *b,
+            topo: &topo,
+            image: &image,
+            work: &args.work,
+            duration: args.duration,
+            cut: cut.clone(),
+            addr: topology::addressing(*b),
+            obs: Observed::new(*b),
+        };
+        m.run();
+        emit(&m.obs);
+    }
+    0
+}
+
+/// Once per backend a new measured guest replaces one lost mid-run (on the record: the
+/// nested lab has been seen to lose a guest); after that, or when the replacement does not
+/// come up, the runs left have no guest.
+#[derive(Debug, Default, PartialEq)]
+pub struct Replacement {
+    revived: bool,
+    /// Why there is no measured guest, once that is final.
+    lost: Option<String>,
+}
+
+/// What to do about a measured guest that is gone.
+#[derive(Debug, PartialEq)]
+pub enum Gone {
+    /// Boot a replacement.
+    Replace,
+    /// No more guests: why.
+    GiveUp(String),
+}
+
+impl Replacement {
+    /// The measured guest is gone, for `why`.
+    pub fn gone(&mut self, why: &str) -> Gone {
+        if let Some(l) = &self.lost {
+            return Gone::GiveUp(l.clone());
+        }
+        let lost = format!("the measured guest is gone: {why}");
+        self.lost = Some(lost.clone());
+        if self.revived {
+            return Gone::GiveUp(lost);
+        }
+        self.revived = true;
+        Gone::Replace
+    }
+
+    /// How the replacement went (`Err`: why it did not come up).
+    pub fn replaced(&mut self, r: Result<(), String>) {
+        self.lost = match r {
+            Ok(()) => None,
+            Err(why) => Some(format!(
+                "the measured guest is gone, and its replacement did not come up: {why}"
+            )),
+        };
+    }
+
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.as_deref()
+    }
+}
+
+/// Where each throughput direction's client runs, and which ping says there is a path.
+fn client_of(d: Dir) -> (Dir, bool) {
+    match d {
+        Dir::LanToGuest => (Dir::LanToGuest, false),
+        Dir::GuestToLan => (Dir::LanToGuest, true),
+        Dir::HostToGuest => (Dir::HostToGuest, false),
+        _ => (Dir::HostToGuest, true),
+    }
+}
+
+struct Measure<'a> {
+    b: Backend,
+    topo: &'a Topology,
+    image: &'a Image,
+    work: &'a Path,
+    duration: u32,
+    cut: String,
+    addr: Addressing,
+    obs: Observed,
+}
+
+impl Measure<'_> {
+    fn say(&self, msg: &str) {
+        say(&format!("{}: {msg}", self.b));
+    }
+
+    fn note(&mut self, msg: String) {
+        self.obs.notes.push(msg);
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.work.join(format!("{}-{name}", self.b))
+    }
+
+    fn cmdline(ip: &str, gw: Option<Ipv4Addr>, run: &str) -> String {
+        let gw = gw.map(|g| format!(" netvmm.gw={g}")).unwrap_or_default();
+        format!("quiet netvmm.ip={ip}{gw} netvmm.run=\"{run}\"")
+    }
+
+    fn run(&mut self) {
+        self.say("setting up");
+        for step in topology::setup(self.b) {
+            if let Err(e) = self.topo.apply(step) {
+                self.obs.skipped = Some(format!("cannot set up the topology: {e}"));
+                self.say(&format!("skipped: cannot set up the topology: {e}"));
+                self.teardown();
+                return;
+            }
+        }
+        self.topo.forget_neighbours();
+        self.measure();
+        self.teardown();
+        self.say("done");
+    }
+
+    fn teardown(&mut self) {
+        for step in topology::teardown(self.b) {
+            if let Err(e) = self.topo.apply(step) {
+                self.note(format!("teardown: {e}"));
+            }
+        }
+    }
+
+    fn second_guest(&mut self) -> Option<Guest> {
+        for attempt in 1..=2 {
+            self.say("booting the second guest (it answers the guest_to_guest ping)");
+            let spec = Spec {
+                memory_mib: 256,
+                net: &self.addr.net_b,
+                cmdline: Self::cmdline(&self.addr.ip_b, self.addr.gw_b, "sleep 100000"),
+                log: self.file("B.log"),
+                err: self.file("B.err"),
+                boot_report: false,
+            };
+            let why = match Guest::start(self.image, spec) {
+                Ok(mut g) => {
+                    if g.wait_for(guest::ready, Duration::from_secs(120)) {
+                        return Some(g);
+                    }
+                    if g.alive() {
+                        "its guest printed no ready line within 120 s".to_string()
+                    } else {
+                        format!("its netvmm ended: {}", guest::last_err(&g.err))
+                    }
+                }
+                Err(e) => format!("cannot run netvmm: {e}"),
+            };
+            self.say(&format!("the second guest did not come up ({why})"));
+            self.note(format!(
+                "the second guest did not come up (attempt {attempt}): {why}"
+            ));
+        }
+        None
+    }
+
+    /// Boots measured guest number `gen` and waits until it has done its pings.
+    fn boot_measured(&self, gen: u32, peer: Option<Ipv4Addr>) -> Result<Guest, String> {
+        self.say(&format!(
+            "booting the measured guest; it pings the host, the LAN peer{}",
+            if peer.is_some() {
+                " and the other guest"
+            } else {
+                ""
+            }
+        ));
+        let run = guest::measured_command(self.addr.host_target, LAN_PEER, peer);
+        let spec = Spec {
+            memory_mib: 384,
+            net: &self.addr.net_a,
+            cmdline: Self::cmdline(&self.addr.ip_a, self.addr.gw_a, &run),
+            log: self.file(&format!("A{gen}.log")),
+            err: self.file(&format!("A{gen}.err")),
+            boot_report: true,
+        };
+        let mut g =
+            Guest::start(self.image, spec).map_err(|e| format!("cannot run netvmm: {e}"))?;
+        if g.wait_for(guest::pings_done, Duration::from_secs(180)) {
+            return Ok(g);
+        }
+        if g.alive() {
+            g.stop();
+            return Err(format!(
+                "the guest did not finish its pings within 180 s; the guest's console ended: {}",
+                guest::console_tail(&g.log)
+            ));
+        }
+        Err(g.ended_why())
+    }
+
+    fn measure(&mut self) {
+        let second = if self.b.has_sibling() {
+            self.second_guest()
+        } else {
+            None
+        };
+        let peer = second.as_ref().map(|_| self.addr.addr_b);
+        // Two tries: the nested lab has been seen to lose a guest now and then; a lost
+        // first try is on the record.
+        let mut gen = 1;
+        let mut guest = loop {
+            match self.boot_measured(gen, peer) {
+                Ok(g) => break g,
+                Err(why) if gen >= 2 => {
+                    self.say(&format!("skipped: {why}"));
+                    self.obs.skipped = Some(why);
+                    return;
+                }
+                Err(why) => {
+                    self.say(&format!(
+                        "the measured guest did not come up ({why}); once more"
+                    ));
+                    self.note(format!(
+                        "the measured guest did not come up (attempt {gen}): {why}"
+                    ));
+                    gen += 1;
+                }
+            }
+        };
+        // The guest whose boot and pings are the figures; a replacement only carries iperf3.
+        let (first_log, first_err) = (guest.log.clone(), guest.err.clone());
+        drop(second);
+        if self.b == Backend::MacvtapPassthru {
+            self.try_second_passthru_guest();
+        }
+
+        self.say("the host and the LAN peer ping the guest");
+        self.topo.forget_neighbours();
+        let a = self.addr.addr_a;
+        self.obs
+            .pings
+            .insert(Dir::HostToGuest, traffic::ping(None, a, 3));
+        let lan_replies = traffic::ping(Some(self.topo.lan()), a, 3);
+        self.obs.pings.insert(Dir::LanToGuest, lan_replies);
+
+        let mut replacement = Replacement::default();
+        for d in [
+            Dir::LanToGuest,
+            Dir::GuestToLan,
+            Dir::HostToGuest,
+            Dir::GuestToHost,
+        ] {
+            let flow = self.flow(d, &mut guest, &mut gen, peer, &mut replacement);
+            self.obs.flows.insert(d, flow);
+        }
+        guest.stop();
+        drop(guest);
+        self.finish(&first_log, &first_err);
+    }
+
+    fn try_second_passthru_guest(&mut self) {
+        self.say("trying a second guest on the same NIC");
+        let err = self.file("B.err");
+        let mut cmd = std::process::Command::new(&self.image.netvmm);
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(&self.image.kernel)
+            .arg("--initrd")
+            .arg(&self.image.initrd)
+            .args(["--timeout", "120", "--net", &self.addr.net_a])
+            .args(["--cmdline", "quiet netvmm.run=true"]);
+        let second = match traffic::run_limited(cmd, Duration::from_secs(180)) {
+            Ok(r) => {
+                let _ = std::fs::write(&err, &r.out);
+                SecondGuest {
+                    status: r.status.unwrap_or(128),
+                    message: guest::last_err(&err),
+                }
+            }
+            Err(e) => SecondGuest {
+                status: 127,
+                message: format!("cannot run netvmm: {e}"),
+            },
+        };
+        self.obs.second_guest = Some(second);
+    }
+
+    /// The measured guest runs: a lost one is replaced once (see `Replacement`).
+    fn ensure_guest(
+        &mut self,
+        guest: &mut Guest,
+        gen: &mut u32,
+        peer: Option<Ipv4Addr>,
+        r: &mut Replacement,
+    ) -> bool {
+        if guest.alive() {
+            return true;
+        }
+        if r.lost().is_some() {
+            return false;
+        }
+        let why = guest.ended_why();
+        if let Gone::GiveUp(_) = r.gone(&why) {
+            return false;
+        }
+        self.say(&format!(
+            "the measured guest was lost ({why}); a new one takes its place"
+        ));
+        self.note(format!("the measured guest was lost mid-run: {why}; a new one took its place for the iperf3 runs left"));
+        *gen += 1;
+        match self.boot_measured(*gen, peer) {
+            Ok(g) => {
+                *guest = g;
+                r.replaced(Ok(()));
+                true
+            }
+            Err(why) => {
+                r.replaced(Err(why));
+                false
+            }
+        }
+    }
+
+    fn flow(
+        &mut self,
+        d: Dir,
+        guest: &mut Guest,
+        gen: &mut u32,
+        peer: Option<Ipv4Addr>,
+        r: &mut Replacement,
+    ) -> Flow {
+        let (via, reverse) = client_of(d);
+        if !self.obs.replied(via) {
+            return Flow::NotRun {
+                why: format!("no path: the {} ping got no reply", via.name()),
+            };
+        }
+        let ns: Option<&NetNs> = (via == Dir::LanToGuest).then(|| self.topo.lan());
+        self.say(&format!("iperf3 {}, {} s", d.name(), self.duration));
+        let mut last = None;
+        for attempt in 1..=2 {
+            if !self.ensure_guest(guest, gen, peer, r) {
+                break;
+            }
+            if attempt == 1 && self.cut == format!("{}:{}", self.b, d.name()) {
+                cut_off(guest.pid());
+            }
+            let before = guest.cpu_ticks();
+            let (status, got) = traffic::iperf(ns, self.addr.addr_a, self.duration, reverse);
+            let after = guest.cpu_ticks();
+            // A summary from a guest that died under it is no measurement.
+            let got = if guest.alive() {
+                got
+            } else {
+                Err("the measured guest ended during the run".to_string())
+            };
+            match got {
+                Ok(m) => {
+                    let cpu_ticks = before.zip(after).map(|(x, y)| y.saturating_sub(x));
+                    return Flow::Moved {
+                        mbps: m.mbps,
+                        bytes: m.bytes,
+                        cpu_ticks,
+                    };
+                }
+                Err(why) => {
+                    let st = status.map_or("killed".to_string(), |s| s.to_string());
+                    // Once more, on the record: the nested lab has been seen to lose a run.
+                    self.note(format!(
+                        "iperf3 {} attempt {attempt} failed (status {st}): {why}",
+                        d.name()
+                    ));
+                    if attempt == 1 {
+                        self.diagnose(d, guest, ns);
+                    }
+                    last = Some(why);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        match last {
+            Some(why) => Flow::Failed { why },
+            None => Flow::NotRun {
+                why: r.lost().unwrap_or("no measured guest").to_string(),
+            },
+        }
+    }
+
+    /// After a failed run: what the guest's console and the host saw; a guest cut off from
+    /// the network (the nested lab has been seen to do that mid-run) is stopped, so that a
+    /// replacement takes the runs left.
+    fn diagnose(&mut self, d: Dir, guest: &mut Guest, ns: Option<&NetNs>) {
+        self.note(format!(
+            "the guest's last console lines: {}",
+            guest::console_tail(&guest.log)
+        ));
+        self.note(format!(
+            "the host's view of the guest: {}",
+            self.host_view()
+        ));
+        if guest.alive() && traffic::ping(ns, self.addr.addr_a, 2).is_empty() {
+            self.note(format!(
+                "the measured guest no longer answers a ping from the {} client; it is replaced",
+                d.name()
+            ));
+            guest.stop();
+        }
+    }
+
+    /// The host's neighbour entry for the measured guest, and the state of netvmm's links.
+    fn host_view(&self) -> String {
+        let mut s = String::new();
+        for n in net::netlink::neighbours().unwrap_or_default() {
+            if n.addr == self.addr.addr_a {
+                s.push_str(&format!("{} ifindex {} {}; ", n.addr, n.ifindex, n.state));
+            }
+        }
+        for l in net::netlink::list_links().unwrap_or_default() {
+            if l.name.starts_with("nv") {
+                let state = if l.oper_up {
+                    "running"
+                } else if l.admin_up {
+                    "up"
+                } else {
+                    "down"
+                };
+                s.push_str(&format!("{} {state}; ", l.name));
+            }
+        }
+        s
+    }
+
+    /// The figures of the first measured guest, and what is left behind.
+    fn finish(&mut self, first_log: &Path, first_err: &Path) {
+        let shims = std::fs::read_dir("/sys/class/net")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("nvshim"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if shims > 0 {
+            self.note(format!(
+                "{shims} host-access shim(s) left behind after the last guest"
+            ));
+        }
+        self.obs.total_to_ready_ms = guest::console_lines(first_err)
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("netvmm-report:"))
+            .and_then(|l| guest::word_value(l, "total_to_ready_ms"));
+        let troubled = self
+            .obs
+            .notes
+            .iter()
+            .any(|n| n.starts_with("iperf3 ") || n.starts_with("the measured guest was lost"));
+        if troubled {
+            let mut counters = String::new();
+            for gen in 1..=3 {
+                for l in guest::console_lines(&self.file(&format!("A{gen}.err"))) {
+                    if l.starts_with("netvmm-nic-report:") {
+                        counters.push_str(&l);
+                        counters.push(' ');
+                    }
+                }
+            }
+            self.note(format!("the measured guests' device counters: {counters}"));
+        }
+        let facts = guest::console_facts(&guest::console_lines(first_log));
+        self.obs.ready_uptime_s = facts.ready_uptime_s;
+        self.obs.netup = facts.netup;
+        self.obs.pings.extend(facts.pings);
+    }
+}
+
+/// Sets down every interface netvmm `pid` created (it marks them "netvmm pid=PID:...").
+fn cut_off(pid: u32) {
+    let mark = format!("netvmm pid={pid}:");
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let alias = std::fs::read_to_string(e.path().join("ifalias")).unwrap_or_default();
+        if alias.starts_with(&mark) {
+            let _ = net::netlink::set_down(e.file_name().to_string_lossy().as_ref());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -371,29 +592,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn environment_names_backends_in_order() {
-        let e = env(&[Backend::Tap, Backend::MacvtapPassthru], 3, "/tmp/cmp");
-        let get = |k: &str| e.iter().find(|(n, _)| n == k).unwrap().1.clone();
-        assert_eq!(get("BACKENDS"), "tap macvtap-passthru");
-        assert_eq!(get("T"), "3");
-        assert_eq!(get("W"), "/tmp/cmp");
-        assert_eq!(get("GT"), "512");
-        assert!(scenario_timeout(6, 3) > guest_timeout(3) * 6);
+    fn a_lost_guest_is_replaced_once() {
+        let mut r = Replacement::default();
+        assert_eq!(r.gone("status 1"), Gone::Replace);
+        r.replaced(Ok(()));
+        assert_eq!(r.lost(), None);
+        match r.gone("status 2") {
+            Gone::GiveUp(why) => assert_eq!(why, "the measured guest is gone: status 2"),
+            other => panic!("{other:?}"),
+        }
+        // Final: the runs left give the same reason.
+        assert_eq!(
+            r.gone("again"),
+            Gone::GiveUp("the measured guest is gone: status 2".into())
+        );
     }
 
     #[test]
-    fn guest_command_escapes_every_dollar() {
-        // Every `$` the guest's shell must see is written `\$` in the single-quoted parts.
-        let start = SCENARIO.find("gcmd() {").unwrap();
-        let end = start + SCENARIO[start..].find("\n}\n").unwrap();
-        for line in SCENARIO[start..end]
-            .lines()
-            .filter(|l| l.trim_start().starts_with("c="))
-        {
-            let single: String = line.split('\'').skip(1).step_by(2).collect();
-            for (i, _) in single.match_indices('$') {
-                assert!(single[..i].ends_with('\\'), "unescaped $ in {line}");
-            }
-        }
+    fn a_replacement_that_does_not_come_up_is_the_reason_for_the_runs_left() {
+        let mut r = Replacement::default();
+        assert_eq!(r.gone("x"), Gone::Replace);
+        r.replaced(Err("no ready line".into()));
+        let why = r.lost().unwrap().to_string();
+        assert_eq!(
+            why,
+            "the measured guest is gone, and its replacement did not come up: no ready line"
+        );
+        assert_eq!(r.gone("y"), Gone::GiveUp(why));
+    }
+
+    #[test]
+    fn each_direction_runs_its_client_where_its_path_was_pinged() {
+        assert_eq!(client_of(Dir::LanToGuest), (Dir::LanToGuest, false));
+        assert_eq!(client_of(Dir::GuestToLan), (Dir::LanToGuest, true));
+        assert_eq!(client_of(Dir::HostToGuest), (Dir::HostToGuest, false));
+        assert_eq!(client_of(Dir::GuestToHost), (Dir::HostToGuest, true));
+    }
+
+    #[test]
+    fn guest_command_lines_carry_address_gateway_and_command() {
+        assert_eq!(
+            Measure::cmdline("192.0.2.2/28", Some(Ipv4Addr::new(192, 0, 2, 1)), "true"),
+            "quiet netvmm.ip=192.0.2.2/28 netvmm.gw=192.0.2.1 netvmm.run=\"true\""
+        );
+        assert_eq!(
+            Measure::cmdline("203.0.113.3/24", None, "sleep 1"),
+            "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"sleep 1\""
+        );
+    }
+
+    #[test]
+    fn timeouts_cover_every_wait() {
+        assert_eq!(guest_timeout(3).as_secs(), 512);
+        assert!(scenario_timeout(6, 3) > guest_timeout(3) * 6);
     }
 }

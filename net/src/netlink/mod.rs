@@ -11,7 +11,8 @@
 //! interface named br0`, and adds the kernel's extended-ack text when it gave one.
 //!
 //! By concern: `conn` (the socket, one request and its ACK), `error`, `links`, `addresses`,
-//! `macvlan` (macvtaps and macvlans) and `monitor` (link notifications); everything public
+//! `macvlan` (macvtaps and macvlans), `monitor` (link notifications), `routes`,
+//! `neighbours` (the ARP table) and `ports` (hairpin, moving a link to a namespace); everything public
 //! is re-exported here, so callers name `netlink::set_up` as before.
 
 mod addresses;
@@ -20,6 +21,9 @@ mod error;
 mod links;
 mod macvlan;
 mod monitor;
+mod neighbours;
+mod ports;
+mod routes;
 
 use std::fmt;
 
@@ -32,6 +36,9 @@ pub use links::{
 };
 pub use macvlan::{create_macvlan, create_macvtap, MacvtapMode};
 pub use monitor::{LinkEvent, LinkMonitor};
+pub use neighbours::{flush_neighbours, neighbours, Neighbour};
+pub use ports::{move_to_netns, set_hairpin};
+pub use routes::{add_route_v4, delete_route_v4};
 
 /// A link named by its name or its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -387,9 +387,9 @@ fn features_without_version_1_are_refused() {
 
 #[test]
 fn features_not_offered_are_refused() {
-    // Bit 3 (CTRL_GUEST_OFFLOADS), 17 (CTRL_VQ), 28 (INDIRECT_DESC), 34 (ACCESS_PLATFORM),
+    // Bit 3 (CTRL_GUEST_OFFLOADS), 17 (CTRL_VQ), 27 (ANY_LAYOUT), 34 (ACCESS_PLATFORM),
     // 63: none offered.
-    for extra in [1u64 << 3, 1 << 17, 1 << 28, 1 << 34, 1 << 63] {
+    for extra in [1u64 << 3, 1 << 17, 1 << 27, 1 << 34, 1 << 63] {
         let mut rig = Rig::new();
         let s = rig.negotiate(BASIC | extra);
         assert_eq!(s & status::FEATURES_OK, 0, "feature {extra:#x} accepted");

@@ -12,7 +12,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 
 pub use backend::{NetBackend, Offloads};
 
-use super::chain::{Budget, Chain};
+use super::chain::{Budget, Chain, VIRTIO_RING_F_INDIRECT_DESC};
 use super::serve::serve_chains;
 use super::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
@@ -32,6 +32,7 @@ pub const F_STATUS: u64 = 1 << 16;
 /// What this device offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_RING_F_INDIRECT_DESC
     | F_CSUM
     | F_GUEST_CSUM
     | F_MAC
@@ -135,6 +136,12 @@ impl<B: NetBackend> Net<B> {
         self.mac
     }
 
+    /// Whether the driver may put a chain in an indirect table: a 64 KiB TSO frame of
+    /// ~18 buffers then takes one ring slot, not 18.
+    fn indirect(&self) -> bool {
+        self.acked & VIRTIO_RING_F_INDIRECT_DESC != 0
+    }
+
     /// Sends the frames the guest queued, as many as `budget` allows. Returns whether the
     /// guest needs an interrupt, and whether chains were left for another turn.
     fn process_tx(
@@ -165,7 +172,8 @@ impl<B: NetBackend> Net<B> {
 
     /// Gathers the TX chain at `head` into `tx_iovs`. Returns the frame's length (vnet
     /// header included) if it is one to send: device-readable, in guest memory, a
-    /// well-formed chain (no indirect table, no loop), at most the largest frame.
+    /// well-formed chain (an indirect table only if negotiated and sane, no loop), at most
+    /// the largest frame.
     fn gather_tx(
         &mut self,
         q: &Queue,
@@ -174,7 +182,7 @@ impl<B: NetBackend> Net<B> {
         budget: &mut Budget,
     ) -> Option<usize> {
         self.tx_iovs.clear();
-        let mut chain = Chain::new(mem, q, head);
+        let mut chain = Chain::new(mem, q, head, self.indirect());
         let mut total = 0usize;
         let mut valid = true;
         for desc in chain.by_ref() {
@@ -231,7 +239,7 @@ impl<B: NetBackend> Net<B> {
                 return Ok(false);
             };
             let mut in_chain = 0u32;
-            let mut chain = Chain::new(mem, q, head);
+            let mut chain = Chain::new(mem, q, head, self.indirect());
             for desc in chain.by_ref() {
                 let Some(desc) = desc.ok().filter(|d| d.is_write_only()) else {
                     fits = false;
@@ -324,7 +332,7 @@ impl<B: NetBackend> Net<B> {
             let mut capacity = 0u32;
             let mut first = None;
             let mut usable = true;
-            let mut chain = Chain::new(mem, q, head);
+            let mut chain = Chain::new(mem, q, head, self.indirect());
             for desc in chain.by_ref() {
                 let Ok(desc) = desc else {
                     usable = false;

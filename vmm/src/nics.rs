@@ -35,6 +35,8 @@ pub struct NicInfo {
     pub mac: MacAddr,
     /// The host side, e.g. "tap nvtap0 on bridge br0 (...)".
     pub host: String,
+    /// Lines the user should read about this NIC (an MTU the host side does not match).
+    pub notes: Vec<String>,
 }
 
 impl std::fmt::Display for NicInfo {
@@ -165,20 +167,21 @@ pub fn build(
     let mut opened = Vec::new();
     for (index, s) in specs.iter().enumerate() {
         let o = backends::open(s, index).map_err(|source| NicError::Backend { index, source })?;
-        let (tap, mac, description) = nics.cleanup.0.adopt(o);
+        let a = nics.cleanup.0.adopt(o);
         nics.infos.push(NicInfo {
             guest_name: format!("eth{index}"),
-            mac,
-            host: description,
+            mac: a.mac,
+            host: a.description,
+            notes: a.notes,
         });
-        opened.push((tap, mac));
+        opened.push((a.tap, a.mac, s.mtu));
     }
     let mut em = NetEventManager::new().map_err(|e| NicError::EventLoop(format!("{e:?}")))?;
-    for (index, (tap, mac)) in opened.into_iter().enumerate() {
+    for (index, (tap, mac, mtu)) in opened.into_iter().enumerate() {
         let (transport, slot) = virtio_slot::wire(
             index,
             &format!("eth{index}"),
-            Net::new(tap, mac.0),
+            Net::new(tap, mac.0).with_mtu(mtu),
             vm,
             mem,
             mmio,

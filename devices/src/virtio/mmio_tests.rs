@@ -387,7 +387,7 @@ fn features_without_version_1_are_refused() {
 
 #[test]
 fn features_not_offered_are_refused() {
-    // Bit 3 (CTRL_GUEST_OFFLOADS), 17 (CTRL_VQ), 27 (ANY_LAYOUT), 34 (ACCESS_PLATFORM),
+    // Bit 3 (MTU: offered only with one), 17 (CTRL_VQ), 27 (ANY_LAYOUT), 34 (ACCESS_PLATFORM),
     // 63: none offered.
     for extra in [1u64 << 3, 1 << 17, 1 << 27, 1 << 34, 1 << 63] {
         let mut rig = Rig::new();

@@ -21,6 +21,8 @@ pub const VIRTIO_ID_NET: u32 = 1;
 // Feature bits (virtio 1.2, 5.1.3).
 pub const F_CSUM: u64 = 1 << 0;
 pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// The config space's `mtu` is the MTU the guest should use (offered only with one).
+pub const F_MTU: u64 = 1 << 3;
 pub const F_MAC: u64 = 1 << 5;
 pub const F_GUEST_TSO4: u64 = 1 << 7;
 pub const F_GUEST_TSO6: u64 = 1 << 8;
@@ -80,6 +82,7 @@ pub struct NetStats {
 pub struct Net<B: NetBackend> {
     backend: B,
     mac: [u8; 6],
+    mtu: Option<u16>,
     acked: u64,
     rx_buf: Vec<u8>,
     rx_pending: usize,
@@ -106,6 +109,7 @@ impl<B: NetBackend> Net<B> {
         Self {
             backend,
             mac,
+            mtu: None,
             acked: 0,
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
@@ -118,6 +122,13 @@ impl<B: NetBackend> Net<B> {
             mem: None,
             stats: NetStats::default(),
         }
+    }
+
+    /// Tells the driver to use `mtu` (VIRTIO_NET_F_MTU); the backend must carry frames of
+    /// that size (the caller sets the host side to match).
+    pub fn with_mtu(mut self, mtu: Option<u16>) -> Self {
+        self.mtu = mtu;
+        self
     }
 
     pub fn stats(&self) -> NetStats {
@@ -555,13 +566,17 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn features(&self) -> u64 {
-        OFFERED_FEATURES
+        OFFERED_FEATURES | if self.mtu.is_some() { F_MTU } else { 0 }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut config = [0u8; 8];
+        // mac, status, max_virtqueue_pairs (0: MQ is not offered), mtu (virtio 1.2, 5.1.4).
+        let mut config = [0u8; 12];
         config[..6].copy_from_slice(&self.mac);
         config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        if let Some(mtu) = self.mtu {
+            config[10..12].copy_from_slice(&mtu.to_le_bytes());
+        }
         data.fill(0);
         let Ok(start) = usize::try_from(offset) else {
             return;

@@ -1493,6 +1493,27 @@ fn read_config_is_mac_then_link_up_then_zeros() {
 }
 
 #[test]
+fn mtu_is_offered_and_in_the_config_space_only_when_set() {
+    let (backend, _) = MockBackend::new();
+    let plain = super::Net::new(backend, MAC);
+    assert_eq!(plain.features() & super::F_MTU, 0);
+    let mut mtu = [0xffu8; 2];
+    plain.read_config(10, &mut mtu);
+    assert_eq!(mtu, [0, 0]);
+    let (backend, _) = MockBackend::new();
+    let jumbo = super::Net::new(backend, MAC).with_mtu(Some(9000));
+    assert_ne!(jumbo.features() & super::F_MTU, 0);
+    jumbo.read_config(10, &mut mtu);
+    assert_eq!(u16::from_le_bytes(mtu), 9000);
+    // A driver reading the whole space in one go sees the MAC and status unchanged.
+    let mut all = [0u8; 12];
+    jumbo.read_config(0, &mut all);
+    assert_eq!(&all[..6], &MAC);
+    assert_eq!(&all[6..8], &1u16.to_le_bytes());
+    assert_eq!(&all[10..], &9000u16.to_le_bytes());
+}
+
+#[test]
 fn activate_sets_vnet_header_length_and_offloads() {
     let cases = [
         (VIRTIO_F_VERSION_1, Offloads::default()),

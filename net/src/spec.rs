@@ -73,6 +73,33 @@ pub struct NetSpec {
     pub mac: Option<MacAddr>,
     /// The MTU the guest is told (VIRTIO_NET_F_MTU) and the host side is set to.
     pub mtu: Option<u16>,
+    /// Whether the kernel (vhost-net) serves the queues.
+    pub vhost: VhostMode,
+}
+
+/// `vhost=`: which data path carries the frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VhostMode {
+    /// netvmm's own device moves every frame (the default).
+    #[default]
+    Off,
+    /// vhost-net, or an error if it cannot be had.
+    On,
+    /// vhost-net if it can be had, else the userspace path (and a line saying so).
+    Auto,
+}
+
+impl FromStr for VhostMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "on" => Ok(Self::On),
+            "auto" => Ok(Self::Auto),
+            _ => Err("must be on, off or auto".into()),
+        }
+    }
 }
 
 /// The MTUs `mtu=` takes: IPv4's minimum (RFC 791) up to what a 16-bit length holds.
@@ -184,7 +211,7 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
     }
 }
 
-const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode, mtu";
+const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode, mtu, vhost";
 
 impl FromStr for NetSpec {
     type Err = SpecError;
@@ -265,6 +292,7 @@ impl FromStr for NetSpec {
         };
         let mut mac = None;
         let mut mtu = None;
+        let mut vhost = VhostMode::Off;
         for (key, value) in &pairs[1..] {
             let value_of = || {
                 value
@@ -275,6 +303,10 @@ impl FromStr for NetSpec {
                 "mac" => {
                     let v = value_of()?;
                     mac = Some(v.parse().map_err(|e| SpecError::Mac(e, shown.clone()))?);
+                }
+                "vhost" => {
+                    let v = value_of()?;
+                    vhost = v.parse().map_err(|r| bad(key, &v, r))?;
                 }
                 "mtu" => {
                     let v = value_of()?;
@@ -356,7 +388,12 @@ impl FromStr for NetSpec {
                 ));
             }
         }
-        Ok(NetSpec { backend, mac, mtu })
+        Ok(NetSpec {
+            backend,
+            mac,
+            mtu,
+            vhost,
+        })
     }
 }
 
@@ -518,6 +555,31 @@ mod tests {
         }
         let e = "tap,mtu".parse::<NetSpec>().unwrap_err().to_string();
         assert!(e.contains("mtu") && e.contains("needs a value"), "{e}");
+    }
+
+    #[test]
+    fn vhost_is_off_unless_asked_on_every_backend() {
+        assert_eq!("tap".parse::<NetSpec>().unwrap().vhost, VhostMode::Off);
+        for backend in ["tap", "fd=3", "bridge=br0", "macvtap=eth1,mode=private"] {
+            for (v, want) in [
+                ("on", VhostMode::On),
+                ("off", VhostMode::Off),
+                ("auto", VhostMode::Auto),
+            ] {
+                let s: NetSpec = format!("{backend},vhost={v}").parse().unwrap();
+                assert_eq!(s.vhost, want, "{backend}");
+            }
+        }
+        for bad in ["yes", "1", "", "ON"] {
+            let e = format!("tap,vhost={bad}")
+                .parse::<NetSpec>()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("vhost={bad}:")) && e.contains("on, off or auto"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! checksum and TSO offloads passed straight through to the backend.
 
 pub mod backend;
+pub mod vhost;
 
 use std::collections::VecDeque;
 use std::io;
@@ -11,6 +12,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub use backend::{NetBackend, Offloads};
+pub use vhost::{KernelPath, VhostError};
 
 use super::chain::{Budget, Chain, VIRTIO_RING_F_INDIRECT_DESC};
 use super::serve::serve_chains;
@@ -83,6 +85,8 @@ pub struct Net<B: NetBackend> {
     backend: B,
     mac: [u8; 6],
     mtu: Option<u16>,
+    /// vhost-net, when the kernel serves the queues instead of this device.
+    kernel: Option<KernelPath>,
     acked: u64,
     rx_buf: Vec<u8>,
     rx_pending: usize,
@@ -110,6 +114,7 @@ impl<B: NetBackend> Net<B> {
             backend,
             mac,
             mtu: None,
+            kernel: None,
             acked: 0,
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
@@ -129,6 +134,21 @@ impl<B: NetBackend> Net<B> {
     pub fn with_mtu(mut self, mtu: Option<u16>) -> Self {
         self.mtu = mtu;
         self
+    }
+
+    /// Lets the kernel serve the queues (vhost-net) from the next activation on.
+    pub fn with_kernel_path(mut self, kernel: Option<KernelPath>) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Which data path carries the frames: "vhost" (the kernel) or "user" (this device).
+    pub fn datapath(&self) -> &'static str {
+        if self.kernel.is_some() {
+            "vhost"
+        } else {
+            "user"
+        }
     }
 
     pub fn stats(&self) -> NetStats {
@@ -566,7 +586,11 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn features(&self) -> u64 {
-        OFFERED_FEATURES | if self.mtu.is_some() { F_MTU } else { 0 }
+        let offered = OFFERED_FEATURES | if self.mtu.is_some() { F_MTU } else { 0 };
+        match &self.kernel {
+            Some(k) => k.offerable(offered),
+            None => offered,
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -605,6 +629,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn reset(&mut self) {
+        if let Some(k) = &mut self.kernel {
+            k.stop();
+        }
         self.acked = 0;
         // The window's iovecs point into this memory: they go first, then the memory.
         self.win_iovs.clear();
@@ -618,6 +645,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed {
+        if self.kernel.is_some() {
+            return Processed::default();
+        }
         // Taken out for the call (not cloned: no allocation per wake-up) and put back.
         let Some(mem) = self.mem.take() else {
             return Processed::default();
@@ -628,7 +658,25 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.backend.as_raw_fd())
+        match self.kernel {
+            Some(_) => None,
+            None => Some(self.backend.as_raw_fd()),
+        }
+    }
+
+    fn start_queues(
+        &mut self,
+        queues: &[Queue],
+        kicks: &[vmm_sys_util::eventfd::EventFd],
+    ) -> Result<(), String> {
+        match &mut self.kernel {
+            Some(k) => k.start(self.acked, queues, kicks),
+            None => Ok(()),
+        }
+    }
+
+    fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        self.kernel.as_ref().map_or(&[], |k| k.calls())
     }
 }
 

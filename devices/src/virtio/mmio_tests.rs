@@ -714,6 +714,29 @@ fn config_space_holds_mac_and_link_status_and_ignores_writes() {
 // The event-loop side
 // ---------------------------------------------------------------------------------------
 
+/// A driver's initialisation through `regs` (offset, value) up to FEATURES_OK with BASIC
+/// and both queues ready at RXQ_AT and TXQ_AT; DRIVER_OK is the caller's.
+fn features_and_queues(regs: &impl Fn(u64, u32)) {
+    regs(STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    regs(DRIVER_FEATURES_SEL, 1);
+    regs(DRIVER_FEATURES, (BASIC >> 32) as u32);
+    regs(DRIVER_FEATURES_SEL, 0);
+    regs(DRIVER_FEATURES, BASIC as u32);
+    regs(
+        STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    for (q, at) in [(0u32, RXQ_AT), (1, TXQ_AT)] {
+        let (desc, avail, used) = layout(at);
+        regs(QUEUE_SEL, q);
+        regs(QUEUE_NUM, u32::from(QSIZE));
+        regs(QUEUE_DESC_LOW, desc as u32);
+        regs(QUEUE_DRIVER_LOW, avail as u32);
+        regs(QUEUE_DEVICE_LOW, used as u32);
+        regs(QUEUE_READY, 1);
+    }
+}
+
 #[test]
 fn event_loop_wakes_the_device_on_activation_notify_and_backend_readiness() {
     use event_manager::{EventManager, SubscriberOps};
@@ -736,27 +759,13 @@ fn event_loop_wakes_the_device_on_activation_notify_and_backend_readiness() {
     // A frame waits in the backend and the driver offers a buffer before DRIVER_OK: the
     // activation event makes the device catch up.
     shared.lock().unwrap().incoming.push_back(vec![7u8; 60]);
-    regs(STATUS, status::ACKNOWLEDGE | status::DRIVER);
-    regs(DRIVER_FEATURES_SEL, 1);
-    regs(DRIVER_FEATURES, (BASIC >> 32) as u32);
-    regs(DRIVER_FEATURES_SEL, 0);
-    regs(DRIVER_FEATURES, BASIC as u32);
-    regs(
-        STATUS,
-        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-    );
-    for (q, at) in [(0u32, RXQ_AT), (1, TXQ_AT)] {
-        let (desc, avail, used) = layout(at);
+    for at in [RXQ_AT, TXQ_AT] {
+        let (_, avail, used) = layout(at);
         for ring in [avail, used] {
             mem.write_slice(&[0; 4], GuestAddress(ring)).unwrap();
         }
-        regs(QUEUE_SEL, q);
-        regs(QUEUE_NUM, u32::from(QSIZE));
-        regs(QUEUE_DESC_LOW, desc as u32);
-        regs(QUEUE_DRIVER_LOW, avail as u32);
-        regs(QUEUE_DEVICE_LOW, used as u32);
-        regs(QUEUE_READY, 1);
     }
+    features_and_queues(&regs);
     queue_rx(&mem, 0);
     regs(STATUS, 0xf);
     assert!(transport.lock().unwrap().is_active());
@@ -1176,24 +1185,7 @@ fn a_kernel_served_device_gets_the_queues_and_its_used_eventfds_raise_the_interr
         u32::from_le_bytes(d)
     };
     let bring_up = || {
-        regs(STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        regs(DRIVER_FEATURES_SEL, 1);
-        regs(DRIVER_FEATURES, (BASIC >> 32) as u32);
-        regs(DRIVER_FEATURES_SEL, 0);
-        regs(DRIVER_FEATURES, BASIC as u32);
-        regs(
-            STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
-        for (q, at) in [(0u32, RXQ_AT), (1, TXQ_AT)] {
-            let (desc, avail, used) = layout(at);
-            regs(QUEUE_SEL, q);
-            regs(QUEUE_NUM, u32::from(QSIZE));
-            regs(QUEUE_DESC_LOW, desc as u32);
-            regs(QUEUE_DRIVER_LOW, avail as u32);
-            regs(QUEUE_DEVICE_LOW, used as u32);
-            regs(QUEUE_READY, 1);
-        }
+        features_and_queues(&regs);
         regs(STATUS, 0xf);
     };
     bring_up();

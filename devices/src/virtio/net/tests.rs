@@ -1335,21 +1335,28 @@ fn hostile_tx_ring_is_served_a_budget_at_a_time_and_indirect_is_refused() {
     }
     let most = most_hostile_chains_per_wake();
     rig.wake(Wake::Queue(1));
-    let mut used = rig.tx.used_idx(&rig.mem);
+    let used = rig.tx.used_idx(&rig.mem);
     assert!(rig.sent().is_empty(), "the indirect table was followed");
     assert!(
         (1..=most).contains(&used),
         "one wake-up took {used} hostile chains (at most {most})"
     );
-    // The rest comes on the next wake-ups (the transport notifies the queue itself), each
-    // making progress and none taking more than a budget.
-    let mut wakes = 1;
+    // The rest comes on the next wake-ups (the transport notifies the queue itself).
+    drain_hostile_tx(&mut rig, used);
+}
+
+/// Wakes the TX queue until all `BIG` hostile chains are used (`used` already are), each
+/// wake-up making progress and none taking more than a budget; none is sent, and a good
+/// frame goes out after them.
+fn drain_hostile_tx(rig: &mut Rig, mut used: u16) {
+    let most = most_hostile_chains_per_wake();
+    let mut wakes = 0;
     while used < BIG {
         let done = rig.wake_processed(Wake::Queue(1));
         let now = rig.tx.used_idx(&rig.mem);
         assert!(
             now > used && now - used <= most,
-            "wake-up {wakes} took {} chains",
+            "wake-up {wakes} took {} chains (at most {most})",
             now.wrapping_sub(used)
         );
         assert_eq!(done.unfinished != 0, now < BIG, "unfinished at {now}");
@@ -1422,12 +1429,19 @@ fn rx_chain_through_an_indirect_table_is_refused() {
     rig.mem.write_obj(d, GuestAddress(table)).unwrap();
     rig.rx.set_desc(&rig.mem, 0, table, 16, F_INDIRECT, 0);
     rig.rx.publish(&rig.mem, 0);
+    assert_first_rx_chain_refused(&mut rig, &[]);
+}
+
+/// A frame arrives for the one chain offered, which must be refused: the frame is
+/// dropped, the chain given back empty, nothing but `allowed` written, and the next good
+/// chain works.
+fn assert_first_rx_chain_refused(rig: &mut Rig, allowed: &[(u64, u64)]) {
     rig.push_frame(frame(100, 1));
     let before = rig.snapshot();
     rig.wake(Wake::Backend);
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
     assert_eq!(rig.stats().rx_dropped, 1);
-    rig.assert_changes_within(&before, &[]);
+    rig.assert_changes_within(&before, allowed);
     rig.assert_rx_works(1);
 }
 
@@ -2060,13 +2074,8 @@ fn rx_indirect_table_of_read_only_buffers_is_never_written() {
     rig.rx
         .set_desc(&rig.mem, 0, table, len, F_INDIRECT | F_WRITE, 0);
     rig.rx.publish(&rig.mem, 0);
-    rig.push_frame(frame(100, 1));
-    let before = rig.snapshot();
-    rig.wake(Wake::Backend);
-    assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
-    assert_eq!(rig.stats().rx_dropped, 1);
-    rig.assert_changes_within(&before, &[rig.rx.used_range()]);
-    rig.assert_rx_works(1);
+    let used = rig.rx.used_range();
+    assert_first_rx_chain_refused(&mut rig, &[used]);
 }
 
 #[test]
@@ -2085,22 +2094,5 @@ fn hostile_indirect_tx_ring_is_served_a_budget_at_a_time() {
     for _ in 0..BIG {
         rig.tx.publish(&rig.mem, 0);
     }
-    let most = most_hostile_chains_per_wake();
-    let mut used = 0;
-    let mut wakes = 0;
-    while used < BIG {
-        let done = rig.wake_processed(Wake::Queue(1));
-        let now = rig.tx.used_idx(&rig.mem);
-        assert!(
-            now > used && now - used <= most,
-            "wake-up {wakes} took {} chains (at most {most})",
-            now.wrapping_sub(used)
-        );
-        assert_eq!(done.unfinished != 0, now < BIG, "unfinished at {now}");
-        used = now;
-        wakes += 1;
-    }
-    assert_eq!(rig.stats().tx_invalid, u64::from(BIG));
-    assert!(rig.sent().is_empty());
-    rig.assert_tx_works(2);
+    drain_hostile_tx(&mut rig, 0);
 }

@@ -75,7 +75,10 @@ pub struct RunArgs {
     /// A guest NIC (repeat for eth1, eth2, ...): tap[=NAME][,host-ip=ADDR/PREFIX][,mac=MAC],
     /// fd=N[,mac=MAC], bridge=BR[,tap=NAME][,mac=MAC] or
     /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,host-access=ADDR/PREFIX][,mac=MAC]
-    /// (host-access: the host's address on PARENT's side, so host and guest can talk).
+    /// (host-access: the host's address on PARENT's side, so host and guest can talk);
+    /// any of them with [,mtu=68..65535] (the guest's MTU; the tap or macvtap is set to
+    /// match, a given one put back at exit) and [,vhost=on|off|auto] (default off: on, the
+    /// kernel's vhost-net moves the frames; auto falls back to netvmm's own device).
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
     /// A guest disk (repeat for vdb, vdc, ...): PATH[,readonly], a raw image (a regular

@@ -59,6 +59,9 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
             let vm = vmm::Vmm::new(config, notices)?;
             for nic in vm.nics() {
                 eprintln!("netvmm: {nic}");
+                for note in &nic.notes {
+                    eprintln!("netvmm: {}: {note}", nic.guest_name);
+                }
             }
             for disk in vm.disks() {
                 eprintln!("netvmm: {disk}");

@@ -69,8 +69,11 @@ fuzz_target!(|data: &[u8]| {
             _ => u32::from(input.u16()) & !511,
         };
         let d = Descriptor::new(addr, len, input.u16() & 7, input.u16() % QUEUE_SIZE);
-        mem.write_obj(RawDescriptor::from(d), GuestAddress(DESC + 16 * u64::from(i)))
-            .unwrap();
+        mem.write_obj(
+            RawDescriptor::from(d),
+            GuestAddress(DESC + 16 * u64::from(i)),
+        )
+        .unwrap();
     }
     // Request headers at the start of the buffer area, and the rest of it from the input.
     let mut at = BUFS;
@@ -84,8 +87,11 @@ fuzz_target!(|data: &[u8]| {
     // Publish: heads and an avail index from the input, then wake the device a few times.
     let avail = input.u16();
     for slot in 0..QUEUE_SIZE {
-        mem.write_obj(input.u16() % QUEUE_SIZE, GuestAddress(AVAIL + 4 + 2 * u64::from(slot)))
-            .unwrap();
+        mem.write_obj(
+            input.u16() % QUEUE_SIZE,
+            GuestAddress(AVAIL + 4 + 2 * u64::from(slot)),
+        )
+        .unwrap();
     }
     mem.write_obj(avail, GuestAddress(AVAIL + 2)).unwrap();
     for _ in 0..4 {
@@ -93,11 +99,21 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    assert!(used <= avail.max(QUEUE_SIZE), "used {used} ran past avail {avail}");
-    assert_eq!(probe.metadata().unwrap().len(), IMAGE, "the image changed size");
+    assert!(
+        used <= avail.max(QUEUE_SIZE),
+        "used {used} ran past avail {avail}"
+    );
+    assert_eq!(
+        probe.metadata().unwrap().len(),
+        IMAGE,
+        "the image changed size"
+    );
     if readonly {
         let mut back = vec![0u8; IMAGE as usize];
         probe.read_exact_at(&mut back, 0).unwrap();
-        assert!(back.iter().all(|&b| b == 0x5a), "a read-only image was written");
+        assert!(
+            back.iter().all(|&b| b == 0x5a),
+            "a read-only image was written"
+        );
     }
 });

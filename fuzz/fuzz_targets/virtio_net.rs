@@ -8,6 +8,7 @@
 
 #![no_main]
 
+use devices::virtio::chain::VIRTIO_RING_F_INDIRECT_DESC;
 use devices::virtio::net::{
     Net, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MRG_RXBUF, MAX_FRAME_LEN,
 };
@@ -27,6 +28,12 @@ const TXQ_AT: u64 = 0x1000;
 /// never write it.
 const MEM_B: u64 = 0x10_0000;
 const MEM_B_LEN: usize = 0x1000;
+/// Region C: indirect tables built from the input, each entry like a ring descriptor
+/// (never pointing into B or C). No descriptor address is ever placed in it either, so it
+/// must never change.
+const MEM_C: u64 = 0x20_0000;
+const MEM_C_ENTRIES: u64 = 256;
+const MEM_C_LEN: usize = 16 * MEM_C_ENTRIES as usize;
 const PAINT: u8 = 0xa5;
 
 const F_NEXT: u16 = 1;
@@ -133,6 +140,7 @@ fuzz_target!(|data: &[u8]| {
     let mem = GuestMemoryMmap::from_ranges(&[
         (GuestAddress(0), MEM_A as usize),
         (GuestAddress(MEM_B), MEM_B_LEN),
+        (GuestAddress(MEM_C), MEM_C_LEN),
     ])
     .unwrap();
     // The input also makes up the buffers' contents (and so any indirect tables). Built
@@ -165,6 +173,10 @@ fuzz_target!(|data: &[u8]| {
     if event_idx {
         features |= VIRTIO_RING_F_EVENT_IDX;
     }
+    let indirect = setup & 0x40 != 0;
+    if indirect {
+        features |= VIRTIO_RING_F_INDIRECT_DESC;
+    }
     let (rx, rxq) = Ring::create(&mem, RXQ_AT, size);
     let (tx, txq) = Ring::create(&mem, TXQ_AT, size);
     let mut queues = vec![rxq, txq];
@@ -174,19 +186,50 @@ fuzz_target!(|data: &[u8]| {
 
     // Whether any buffer may overlap the rings: then the used index is the guest's to lose.
     let mut rings_exposed = false;
-    for ring in [rx, tx] {
-        for i in 0..size {
+    // Whether an indirect table may hold any address at all (one in region A, whose bytes
+    // are the input's and a frame's): then B may be written through it.
+    let mut b_exposed = false;
+    if indirect {
+        for i in 0..MEM_C_ENTRIES {
             let addr = address(&mut input);
             let len = length(&mut input);
+            // Now and then a nested table, which must be refused.
             let flags = u16::from(input.u8()) & (F_NEXT | F_WRITE | F_INDIRECT);
             let next = u16::from(input.u8());
-            // Indirect tables come from the input bytes and may point anywhere.
-            rings_exposed |= flags & F_INDIRECT != 0 || (addr < BUFS && flags & F_WRITE != 0);
+            rings_exposed |= addr < BUFS && flags & F_WRITE != 0;
+            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+            mem.write_obj(d, GuestAddress(MEM_C + 16 * i)).unwrap();
+        }
+    }
+    for ring in [rx, tx] {
+        for i in 0..size {
+            let mut addr = address(&mut input);
+            let mut len = length(&mut input);
+            let flags = u16::from(input.u8()) & (F_NEXT | F_WRITE | F_INDIRECT);
+            let next = u16::from(input.u8());
+            if flags & F_INDIRECT != 0 && indirect && input.u8() % 4 != 0 {
+                // Mostly a table in region C: some entries of it, sometimes too many or
+                // a length that is not a multiple of 16.
+                let first = u64::from(input.u8());
+                addr = MEM_C + 16 * first;
+                len = match input.u8() % 8 {
+                    0 => u32::from(input.u16()),
+                    _ => 16 * (1 + u32::from(input.u8()) % (MEM_C_ENTRIES - first) as u32),
+                };
+            } else if flags & F_INDIRECT != 0 {
+                // A table anywhere: the input bytes (and frames) make up its entries. (Not
+                // negotiated, it is refused unread; the used index stays unchecked anyway.)
+                rings_exposed = true;
+                b_exposed |= indirect;
+            }
+            rings_exposed |= addr < BUFS && flags & F_WRITE != 0;
             let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
             mem.write_obj(d, GuestAddress(ring.desc + 16 * u64::from(i)))
                 .unwrap();
         }
     }
+    let mut c_before = vec![0u8; MEM_C_LEN];
+    mem.read_slice(&mut c_before, GuestAddress(MEM_C)).unwrap();
 
     let backend = Backend::new();
     let frames = backend.incoming.clone();
@@ -241,9 +284,12 @@ fuzz_target!(|data: &[u8]| {
     let mut b = [0u8; MEM_B_LEN];
     mem.read_slice(&mut b, GuestAddress(MEM_B)).unwrap();
     assert!(
-        b == [PAINT; MEM_B_LEN],
+        b_exposed || b == [PAINT; MEM_B_LEN],
         "device wrote guest memory that no descriptor reaches"
     );
+    let mut c = vec![0u8; MEM_C_LEN];
+    mem.read_slice(&mut c, GuestAddress(MEM_C)).unwrap();
+    assert!(c == c_before, "device wrote an indirect table");
     if !rings_exposed {
         for (ring, q) in [(rx, &queues[0]), (tx, &queues[1])] {
             assert_eq!(ring.used_idx(&mem), q.next_used(), "used index out of step");

@@ -39,6 +39,13 @@ pub enum BackendError {
     NoParent(String),
     #[error("macvtap {name}: passthru takes the parent's MAC address; mac= cannot be honoured")]
     PassthruMac { name: String },
+    #[error("mtu={mtu}: macvtap {name} cannot be larger than its parent {parent}, whose MTU is {parent_mtu}")]
+    MtuAboveParent {
+        name: String,
+        parent: String,
+        parent_mtu: u32,
+        mtu: u16,
+    },
     #[error("cannot open {path} for macvtap {name}: {source}")]
     OpenTapDev {
         path: String,
@@ -70,6 +77,18 @@ pub struct Opened {
     pub bridge_port: Option<Port>,
     /// This NIC's use of the host-access shim.
     pub shim: Option<ShimUse>,
+    /// What the user should know about this NIC besides its description (one line each),
+    /// e.g. bridge ports whose MTU is below the guest's.
+    pub notes: Vec<String>,
+}
+
+/// What the device and the user get of an [`Opened`] once [`HostCleanup`] holds the rest.
+#[derive(Debug)]
+pub struct Adopted {
+    pub tap: Tap,
+    pub mac: MacAddr,
+    pub description: String,
+    pub notes: Vec<String>,
 }
 
 /// What must be undone when the VM ends: given taps put back as found, created interfaces
@@ -86,8 +105,8 @@ pub struct HostCleanup {
 
 impl HostCleanup {
     /// Takes over what `opened` leaves to undo; returns the parts the device needs: its
-    /// tap, MAC and description.
-    pub fn adopt(&mut self, opened: Opened) -> (Tap, MacAddr, String) {
+    /// tap, MAC, description and notes.
+    pub fn adopt(&mut self, opened: Opened) -> Adopted {
         let Opened {
             tap,
             mac,
@@ -96,12 +115,18 @@ impl HostCleanup {
             given,
             bridge_port,
             shim,
+            notes,
         } = opened;
         self.owned.extend(owned);
         self.given.extend(given);
         self.ports.extend(bridge_port);
         self.shims.extend(shim);
-        (tap, mac, description)
+        Adopted {
+            tap,
+            mac,
+            description,
+            notes,
+        }
     }
 
     /// A watcher that keeps the adopted bridge ports on their bridges (see
@@ -150,6 +175,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             let given = record_given(name.as_deref())?;
             let tap = Tap::open(name.as_deref(), *host_ip)?;
             let given = keep_tun(given, &tap)?;
+            set_mtu(tap.name(), spec.mtu)?;
             let description = format!(
                 "tap {}{}",
                 tap.name(),
@@ -171,10 +197,12 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 given,
                 bridge_port: None,
                 shim: None,
+                notes: Vec::new(),
             })
         }
         BackendSpec::Fd(fd) => {
             let tap = Tap::from_fd(*fd)?;
+            let notes = inherited_mtu_note(tap.name(), spec.mtu)?;
             Ok(Opened {
                 mac: derived(tap.name()),
                 description: format!("fd {fd} ({}, inherited, left as found)", tap.name()),
@@ -183,6 +211,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 given: None,
                 bridge_port: None,
                 shim: None,
+                notes,
             })
         }
         BackendSpec::Bridge { bridge, tap } => {
@@ -225,6 +254,51 @@ fn keep_tun(given: Option<GivenLink>, tap: &Tap) -> Result<Option<GivenLink>, Ba
     Ok(Some(given))
 }
 
+/// Sets the MTU of the host side netvmm made or was given to the guest's (a given one is
+/// put back as found at exit: [`GivenLink`] recorded it).
+fn set_mtu(name: &str, mtu: Option<u16>) -> Result<(), BackendError> {
+    match mtu {
+        Some(m) => Ok(netlink::set_mtu(name, u32::from(m))?),
+        None => Ok(()),
+    }
+}
+
+/// An inherited fd is left as found, MTU included: a line if it differs from the guest's.
+fn inherited_mtu_note(name: &str, mtu: Option<u16>) -> Result<Vec<String>, BackendError> {
+    let Some(want) = mtu else {
+        return Ok(Vec::new());
+    };
+    let have = netlink::link_info(name)?.and_then(|l| l.mtu);
+    Ok(match have {
+        Some(h) if h != u32::from(want) => vec![format!(
+            "{name} has MTU {h}, not the guest's {want}: an inherited interface is left as found \
+             (ip link set dev {name} mtu {want} to match)"
+        )],
+        _ => Vec::new(),
+    })
+}
+
+/// One line if a jumbo MTU on bridge port `tap` would not get across `bridge`: every other
+/// port (and the bridge itself, for the host's own traffic) must be at that MTU too.
+fn bridge_mtu_note(bridge: &str, bridge_index: u32, tap: &str, mtu: Option<u16>) -> Option<String> {
+    let want = u32::from(mtu?);
+    let links = netlink::list_links().ok()?;
+    let short: Vec<String> = links
+        .iter()
+        .filter(|l| l.name != tap && (l.master == Some(bridge_index) || l.index == bridge_index))
+        .filter_map(|l| Some((l, l.mtu?)))
+        .filter(|(_, m)| *m < want)
+        .map(|(l, m)| format!("{} ({m})", l.name))
+        .collect();
+    (!short.is_empty()).then(|| {
+        format!(
+            "bridge {bridge}: {} below the guest's MTU {want}: larger frames will not cross the \
+             bridge (jumbo frames need the bridge and every port at {want})",
+            short.join(", ")
+        )
+    })
+}
+
 fn check_bridge(bridge: &str) -> Result<u32, BackendError> {
     let existing = || netlink::bridges().unwrap_or_default();
     match netlink::link_info(bridge)? {
@@ -242,7 +316,7 @@ fn check_bridge(bridge: &str) -> Result<u32, BackendError> {
 }
 
 fn open_bridge_port(
-    _spec: &NetSpec,
+    spec: &NetSpec,
     bridge: &str,
     tap_name: Option<&str>,
     derived: impl Fn(&str) -> MacAddr,
@@ -255,8 +329,12 @@ fn open_bridge_port(
     if tap.created() {
         let _ = netlink::set_alias(tap.name(), &owner_alias());
     }
+    set_mtu(tap.name(), spec.mtu)?;
     netlink::set_master(tap.name(), bridge_index).map_err(with_hint)?;
     netlink::set_up(tap.name()).map_err(with_hint)?;
+    let notes = bridge_mtu_note(bridge, bridge_index, tap.name(), spec.mtu)
+        .into_iter()
+        .collect();
     let description = format!(
         "tap {} on bridge {bridge}{}",
         tap.name(),
@@ -277,6 +355,7 @@ fn open_bridge_port(
         owned: None,
         given,
         shim: None,
+        notes,
     })
 }
 
@@ -311,6 +390,19 @@ fn open_macvtap(
         index: created.index,
     };
     netlink::set_alias(created.index, &owner_alias())?;
+    if let Some(m) = spec.mtu {
+        match parent_info.mtu {
+            Some(p) if p < u32::from(m) => {
+                return Err(BackendError::MtuAboveParent {
+                    name: created.name.clone(),
+                    parent: parent.into(),
+                    parent_mtu: p,
+                    mtu: m,
+                })
+            }
+            _ => netlink::set_mtu(created.index, u32::from(m))?,
+        }
+    }
     netlink::set_up(created.index)?;
     let mac = match mac {
         Some(m) => m,
@@ -333,6 +425,7 @@ fn open_macvtap(
         given: None,
         bridge_port: None,
         shim: None,
+        notes: Vec::new(),
     })
 }
 

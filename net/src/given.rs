@@ -15,6 +15,7 @@ pub struct GivenLink {
     index: u32,
     master: Option<u32>,
     up: bool,
+    mtu: Option<u32>,
     addresses: Vec<LinkAddress>,
     /// A tap's vnet header size and offloads, read when netvmm attached.
     tun: Option<TunState>,
@@ -38,7 +39,7 @@ pub enum Problem {
 }
 
 impl GivenLink {
-    /// Records `name`'s master, IFF_UP and addresses; None if there is no such link (then
+    /// Records `name`'s master, IFF_UP, MTU and addresses; None if there is no such link (then
     /// netvmm creates it, and it goes with netvmm).
     pub fn record(name: &str) -> Result<Option<Self>, NetlinkError> {
         let Some(info) = netlink::link_info(name)? else {
@@ -49,6 +50,7 @@ impl GivenLink {
             index: info.index,
             master: info.master,
             up: info.admin_up,
+            mtu: info.mtu,
             addresses: netlink::addresses(info.index)?,
             tun: None,
             restored: false,
@@ -64,7 +66,7 @@ impl GivenLink {
         self.tun = Some(tun);
     }
 
-    /// Puts the recorded state back: the former master (or none), then IFF_UP as it was
+    /// Puts the recorded state back: the former master (or none), the MTU, then IFF_UP as it was
     /// (taking a link down drops its IPv6 addresses, so addresses come last), then the
     /// address list: what was added goes, what went is added back; a tap's vnet header
     /// size and offloads last (the device may still be writing, and a link that was down
@@ -88,6 +90,9 @@ impl GivenLink {
                 None => netlink::set_nomaster(self.index),
             };
             problems.extend(r.err().map(Problem::from));
+        }
+        if let Some(mtu) = self.mtu.filter(|m| now.mtu != Some(*m)) {
+            problems.extend(netlink::set_mtu(self.index, mtu).err().map(Problem::from));
         }
         if now.admin_up != self.up {
             let r = if self.up {

@@ -20,7 +20,7 @@ pub mod tap;
 pub mod test_support;
 
 pub use mac::MacAddr;
-pub use spec::{BackendSpec, NetSpec, SpecError};
+pub use spec::{BackendSpec, NetSpec, SpecError, VhostMode};
 pub use tap::{Tap, TapError};
 
 #[cfg(test)]

@@ -71,6 +71,54 @@ pub enum BackendSpec {
 pub struct NetSpec {
     pub backend: BackendSpec,
     pub mac: Option<MacAddr>,
+    /// The MTU the guest is told (VIRTIO_NET_F_MTU) and the host side is set to.
+    pub mtu: Option<u16>,
+    /// Whether the kernel (vhost-net) serves the queues.
+    pub vhost: VhostMode,
+}
+
+/// `vhost=`: which data path carries the frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VhostMode {
+    /// netvmm's own device moves every frame (the default).
+    #[default]
+    Off,
+    /// vhost-net, or an error if it cannot be had.
+    On,
+    /// vhost-net if it can be had, else the userspace path (and a line saying so).
+    Auto,
+}
+
+impl FromStr for VhostMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "on" => Ok(Self::On),
+            "auto" => Ok(Self::Auto),
+            _ => Err("must be on, off or auto".into()),
+        }
+    }
+}
+
+/// The MTUs `mtu=` takes: IPv4's minimum (RFC 791) up to what a 16-bit length holds.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=65535;
+
+fn parse_mtu(v: &str) -> Result<u16, String> {
+    // Digits only: `parse` would take a leading '+'.
+    Some(v)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
+        .and_then(|m| u16::try_from(m).ok())
+        .filter(|m| MTU_RANGE.contains(m))
+        .ok_or_else(|| {
+            format!(
+                "not an MTU: a whole number of bytes from {} to {}",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            )
+        })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -163,7 +211,7 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
     }
 }
 
-const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode";
+const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode, mtu, vhost";
 
 impl FromStr for NetSpec {
     type Err = SpecError;
@@ -243,6 +291,8 @@ impl FromStr for NetSpec {
             }
         };
         let mut mac = None;
+        let mut mtu = None;
+        let mut vhost = VhostMode::Off;
         for (key, value) in &pairs[1..] {
             let value_of = || {
                 value
@@ -253,6 +303,14 @@ impl FromStr for NetSpec {
                 "mac" => {
                     let v = value_of()?;
                     mac = Some(v.parse().map_err(|e| SpecError::Mac(e, shown.clone()))?);
+                }
+                "vhost" => {
+                    let v = value_of()?;
+                    vhost = v.parse().map_err(|r| bad(key, &v, r))?;
+                }
+                "mtu" => {
+                    let v = value_of()?;
+                    mtu = Some(parse_mtu(&v).map_err(|r| bad(key, &v, r))?);
                 }
                 "host-ip" => {
                     let v = value_of()?;
@@ -330,7 +388,12 @@ impl FromStr for NetSpec {
                 ));
             }
         }
-        Ok(NetSpec { backend, mac })
+        Ok(NetSpec {
+            backend,
+            mac,
+            mtu,
+            vhost,
+        })
     }
 }
 
@@ -457,6 +520,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("must come first"), "{e}");
+    }
+
+    #[test]
+    fn mtu_is_taken_on_every_backend_within_its_range() {
+        for backend in ["tap", "fd=3", "bridge=br0", "macvtap=eth1,mode=vepa"] {
+            let s: NetSpec = format!("{backend},mtu=9000").parse().unwrap();
+            assert_eq!(s.mtu, Some(9000), "{backend}");
+        }
+        assert_eq!("tap".parse::<NetSpec>().unwrap().mtu, None);
+        for ok in [68, 1500, 65535] {
+            let s: NetSpec = format!("tap,mtu={ok}").parse().unwrap();
+            assert_eq!(s.mtu, Some(ok));
+        }
+        for bad in [
+            "67",
+            "0",
+            "65536",
+            "-1",
+            "+9000",
+            "9k",
+            "",
+            "1e4",
+            "4294967296",
+        ] {
+            let e = format!("tap,mtu={bad}")
+                .parse::<NetSpec>()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("mtu={bad}:")) && e.contains("from 68 to 65535"),
+                "{e}"
+            );
+        }
+        let e = "tap,mtu".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(e.contains("mtu") && e.contains("needs a value"), "{e}");
+    }
+
+    #[test]
+    fn vhost_is_off_unless_asked_on_every_backend() {
+        assert_eq!("tap".parse::<NetSpec>().unwrap().vhost, VhostMode::Off);
+        for backend in ["tap", "fd=3", "bridge=br0", "macvtap=eth1,mode=private"] {
+            for (v, want) in [
+                ("on", VhostMode::On),
+                ("off", VhostMode::Off),
+                ("auto", VhostMode::Auto),
+            ] {
+                let s: NetSpec = format!("{backend},vhost={v}").parse().unwrap();
+                assert_eq!(s.vhost, want, "{backend}");
+            }
+        }
+        for bad in ["yes", "1", "", "ON"] {
+            let e = format!("tap,vhost={bad}")
+                .parse::<NetSpec>()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("vhost={bad}:")) && e.contains("on, off or auto"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -390,6 +390,12 @@ fn active_offloads(name: &str) -> io::Result<libc::c_uint> {
     Ok(flags)
 }
 
+impl std::os::fd::AsFd for Tap {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl AsRawFd for Tap {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

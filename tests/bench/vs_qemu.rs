@@ -5,7 +5,9 @@
 //! - netvmm (virtio-net on virtio-mmio),
 //! - QEMU `-M pc` with virtio-net-pci (`vhost=off`, `romfile=`),
 //! - QEMU `-M microvm` with virtio-net-device (virtio-mmio, `vhost=off`): the same transport
-//!   as netvmm and the guest image exactly as it is.
+//!   as netvmm and the guest image exactly as it is,
+//! - and the kernel data path: netvmm `--net tap,vhost=on` against QEMU pc's
+//!   virtio-net-pci on a `vhost=on` netdev.
 //!
 //! All in one boot of the emulated lab host, which gets the host's own qemu-system-x86_64,
 //! its shared libraries and the few firmware files it loads. Each round boots each VMM once
@@ -52,7 +54,12 @@ const VMMS: &[(&str, &str)] = &[
     ("netvmm", "netvmm (virtio-mmio)"),
     ("qemu-pc", "QEMU pc, virtio-net-pci"),
     ("qemu-microvm", "QEMU microvm, virtio-mmio"),
+    ("netvmm-vhost", "netvmm vhost=on"),
+    ("qemu-pc-vhost", "QEMU pc, vhost=on"),
 ];
+
+/// The vhost rows: netvmm's against QEMU's, both with the kernel's vhost-net.
+const VHOST_PAIR: (&str, &str) = ("netvmm-vhost", "qemu-pc-vhost");
 
 /// What the lab host runs; `RUNS` and `T` (iperf3 seconds) come from the environment. A
 /// guest prints `feat:`, `rtt:`, `up:` and `down:` lines (its virtio features, busybox
@@ -90,10 +97,12 @@ collect() {
     tail -n 30 "$4"; tail -n 20 "$5"
   fi
 }
+# qemu on|off ARGS: QEMU with its netdev's vhost on or off.
 qemu() {
+  vh=$1; shift
   timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 1 \
     -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
-    -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=off -kernel $K "$@" \
+    -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=$vh -kernel $K "$@" \
     >/tmp/q.err 2>&1
 }
 
@@ -107,15 +116,28 @@ for r in $(seq $RUNS); do
 
   echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci)"
   rm -f /tmp/q.log
-  qemu -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
+  qemu off -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
     -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
   collect qemu-pc $r $? /tmp/q.log /tmp/q.err
 
   echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio)"
   rm -f /tmp/q.log
-  qemu -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
+  qemu off -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
     -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
   collect qemu-microvm $r $? /tmp/q.log /tmp/q.err
+
+  echo "vs_qemu: round $r of $RUNS: netvmm vhost=on"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+    --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect netvmm-vhost $r $? /tmp/n.log /tmp/n.err
+
+  echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on"
+  rm -f /tmp/q.log
+  qemu on -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
+    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
+  collect qemu-pc-vhost $r $? /tmp/q.log /tmp/q.err
 done
 "#;
 
@@ -489,7 +511,7 @@ fn bench() -> Result<(), String> {
     let results = tmp.0.join("results");
     run.outputs = vec![("/tmp/results".into(), results.clone())];
     run.memory_mib = LAB_MEMORY_MIB;
-    run.timeout = Duration::from_secs(300 + u64::from(runs) * 3 * 200);
+    run.timeout = Duration::from_secs(300 + u64::from(runs) * VMMS.len() as u64 * 200);
     eprintln!(
         "vs_qemu: carrying qemu-system-x86_64, {} of its libraries (the rest come with netvmm) and {} firmware files ({:.1} MiB) into the lab",
         qemu.len() - 1 - QEMU_FIRMWARE.len(),
@@ -517,7 +539,7 @@ fn bench() -> Result<(), String> {
 
     println!();
     println!(
-        "iperf3 over a tap, guest -smp 1 -m 512, same kernel and initrd, no vhost; {runs} round(s) of -t {IPERF_SECONDS} each way"
+        "iperf3 over a tap, guest -smp 1 -m 512, same kernel and initrd, vhost where the row says so; {runs} round(s) of -t {IPERF_SECONDS} each way"
     );
     println!("(emulated lab host: absolute figures are emulation-bound; compare the ratios)");
     println!();
@@ -551,7 +573,10 @@ fn bench() -> Result<(), String> {
         "backend", "QEMU machine", "netvmm up", "down", "QEMU up", "down", "ratio up", "down"
     );
     let nv = |kind| median(&values(&samples, "netvmm", kind));
-    for (key, label) in &VMMS[1..] {
+    for (key, label) in VMMS[1..]
+        .iter()
+        .filter(|(k, _)| k.starts_with("qemu") && !k.ends_with("vhost"))
+    {
         let q = |kind| median(&values(&samples, key, kind));
         let ratio = |kind| Some(nv(kind)? / q(kind)?);
         println!(
@@ -562,6 +587,22 @@ fn bench() -> Result<(), String> {
             fmt(nv("down"), 0),
             fmt(q("up"), 0),
             fmt(q("down"), 0),
+            fmt(ratio("up"), 2),
+            fmt(ratio("down"), 2)
+        );
+    }
+    {
+        let (ours, theirs) = VHOST_PAIR;
+        let m = |key, kind| median(&values(&samples, key, kind));
+        let ratio = |kind| Some(m(ours, kind)? / m(theirs, kind)?);
+        println!(
+            "{:<8} {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "tap",
+            "pc, both vhost=on",
+            fmt(m(ours, "up"), 0),
+            fmt(m(ours, "down"), 0),
+            fmt(m(theirs, "up"), 0),
+            fmt(m(theirs, "down"), 0),
             fmt(ratio("up"), 2),
             fmt(ratio("down"), 2)
         );

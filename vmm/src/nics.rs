@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use devices::bus::Bus;
 use devices::virtio::mmio::RingState;
-use devices::virtio::net::{Net, NetStats};
+use std::os::fd::AsFd;
+
+use devices::virtio::net::{KernelPath, Net, NetStats};
 use kvm_ioctls::VmFd;
 use net::backends::{self, BackendError};
-use net::{MacAddr, NetSpec};
+use net::{MacAddr, NetSpec, VhostMode};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +35,16 @@ pub enum NicError {
     },
     #[error("cannot set up the network event loop: {0}")]
     EventLoop(String),
+    #[error("eth{index}: vhost=on: {source}")]
+    Vhost {
+        index: usize,
+        source: devices::virtio::net::VhostError,
+    },
+    #[error("eth{index}: vhost: cannot duplicate the tap's fd: {source}")]
+    DupTap {
+        index: usize,
+        source: std::io::Error,
+    },
 }
 
 /// What the user should know about one NIC.
@@ -42,14 +54,26 @@ pub struct NicInfo {
     pub mac: MacAddr,
     /// The host side, e.g. "tap nvtap0 on bridge br0 (...)".
     pub host: String,
+    /// Lines the user should read about this NIC (an MTU the host side does not match,
+    /// vhost=auto falling back).
+    pub notes: Vec<String>,
+    /// "vhost" when the kernel carries the frames, "user" when netvmm's device does.
+    pub datapath: &'static str,
 }
 
 impl std::fmt::Display for NicInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} (mac {}) <-> {}",
-            self.guest_name, self.mac, self.host
+            "{} (mac {}) <-> {}{}",
+            self.guest_name,
+            self.mac,
+            self.host,
+            if self.datapath == "vhost" {
+                "; data path: vhost-net (in the kernel)"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -120,6 +144,9 @@ impl NicCounters {
 /// What a NIC's device moved and dropped, and where its rings stand.
 #[derive(Debug, Clone, Default)]
 pub struct NicReport {
+    /// "vhost" or "user": which path carried the frames (with vhost the device counters
+    /// stay 0, the kernel moved them).
+    pub datapath: &'static str,
     pub stats: NetStats,
     pub rings: RingState,
 }
@@ -131,8 +158,8 @@ pub struct NicReport {
 pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
     let s = &r.stats;
     let mut line = format!(
-        "netvmm-nic-report: {guest_name} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
-        s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
+        "netvmm-nic-report: {guest_name} datapath={} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
+        r.datapath, s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
     );
     for (name, q) in ["rx", "tx"].iter().zip(&r.rings.queues) {
         let Some(q) = q else { continue };
@@ -197,20 +224,23 @@ pub fn build(
     let mut opened = Vec::new();
     for (index, s) in specs.iter().enumerate() {
         let o = backends::open(s, index).map_err(|source| NicError::Backend { index, source })?;
-        let (tap, mac, description) = nics.cleanup.inner.adopt(o);
+        let a = nics.cleanup.inner.adopt(o);
         nics.infos.push(NicInfo {
             guest_name: format!("eth{index}"),
-            mac,
-            host: description,
+            mac: a.mac,
+            host: a.description,
+            notes: a.notes,
+            datapath: "user",
         });
-        opened.push((tap, mac));
+        let kernel = kernel_path(s.vhost, &a.tap, mem, index, &mut nics.infos[index])?;
+        opened.push((a.tap, a.mac, s.mtu, kernel));
     }
     let mut em = NetEventManager::new().map_err(|e| NicError::EventLoop(format!("{e:?}")))?;
-    for (index, (tap, mac)) in opened.into_iter().enumerate() {
+    for (index, (tap, mac, mtu, kernel)) in opened.into_iter().enumerate() {
         let (transport, slot) = virtio_slot::wire(
             index,
             &format!("eth{index}"),
-            Net::new(tap, mac.0),
+            Net::new(tap, mac.0).with_mtu(mtu).with_kernel_path(kernel),
             vm,
             mem,
             mmio,
@@ -220,6 +250,7 @@ pub fn build(
         nics.counters.push(NicCounters(Box::new(move || {
             let t = devices::bus::lock(&transport);
             NicReport {
+                datapath: t.device().datapath(),
                 stats: t.device().stats(),
                 rings: t.ring_state(),
             }
@@ -299,6 +330,37 @@ impl Drop for DeviceLoop {
     }
 }
 
+/// Opens vhost-net for a NIC if `mode` asks for it: now, at setup, while netvmm may still
+/// open devices. With vhost=auto a failure is a note in `info` and the userspace path.
+fn kernel_path(
+    mode: VhostMode,
+    tap: &net::Tap,
+    mem: &GuestMemoryMmap,
+    index: usize,
+    info: &mut NicInfo,
+) -> Result<Option<KernelPath>, NicError> {
+    if mode == VhostMode::Off {
+        return Ok(None);
+    }
+    let dup = tap
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| NicError::DupTap { index, source })?;
+    match KernelPath::open(mem, std::fs::File::from(dup), 2) {
+        Ok(k) => {
+            info.datapath = "vhost";
+            Ok(Some(k))
+        }
+        Err(source) if mode == VhostMode::On => Err(NicError::Vhost { index, source }),
+        Err(e) => {
+            info.notes.push(format!(
+                "vhost=auto: {e}; the userspace data path carries this NIC"
+            ));
+            Ok(None)
+        }
+    }
+}
+
 /// Wakes the device loop so that it sees the stop flag; says whether its registration
 /// took (without it stopping the loop would wait for the next device event).
 struct StopWake {
@@ -328,6 +390,7 @@ mod tests {
     fn counters_line_names_the_nic_every_counter_and_the_rings() {
         use devices::virtio::mmio::QueueState;
         let r = NicReport {
+            datapath: "user",
             stats: NetStats {
                 rx_frames: 1,
                 rx_bytes: 2,
@@ -354,7 +417,9 @@ mod tests {
             },
         };
         let line = counters_line("eth1", &r);
-        let rest = line.strip_prefix("netvmm-nic-report: eth1 ").unwrap();
+        let rest = line
+            .strip_prefix("netvmm-nic-report: eth1 datapath=user ")
+            .unwrap();
         let kv: Vec<(&str, u64)> = rest
             .split(' ')
             .map(|f| {

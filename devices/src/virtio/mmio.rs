@@ -208,6 +208,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// The kernel (vhost) used buffers of a queue: the driver is told as if the device had.
+    pub fn kernel_used(&mut self) {
+        if self.active {
+            self.raise(INT_VRING);
+        }
+    }
+
     fn raise(&mut self, bit: u32) {
         // Set before the eventfd fires: the guest's handler reads it after the interrupt.
         self.interrupt_status.fetch_or(bit, Ordering::SeqCst);
@@ -290,7 +297,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
             for q in &mut self.queues {
                 q.set_event_idx(event_idx);
             }
-            self.device.activate(self.driver_features, &self.mem)
+            self.device
+                .activate(self.driver_features, &self.mem)
+                .and_then(|()| self.device.start_queues(&self.queues, &self.queue_evts))
         } else {
             Err("queues are not valid in guest memory or features were not accepted".into())
         };
@@ -458,7 +467,10 @@ impl<D: VirtioDevice> BusDevice for MmioFront<D> {
 /// readiness and activation.
 pub struct MmioEvents<D: VirtioDevice> {
     transport: Arc<Mutex<MmioTransport<D>>>,
+    /// Empty when the kernel serves the queues: it watches the notifiers itself.
     queue_evts: Vec<EventFd>,
+    /// The kernel's used-buffer eventfds (vhost), if it serves the queues.
+    used_evts: Vec<EventFd>,
     activate_evt: EventFd,
     backend_fd: Option<std::os::fd::RawFd>,
     registration: Registration,
@@ -488,16 +500,24 @@ impl Registration {
 
 const TOKEN_BACKEND: u32 = u32::MAX;
 const TOKEN_ACTIVATE: u32 = u32::MAX - 1;
+/// Token of the kernel's used-buffer eventfd of queue N: this plus N.
+const TOKEN_USED: u32 = 1 << 16;
 
 impl<D: VirtioDevice> MmioEvents<D> {
     pub fn new(transport: Arc<Mutex<MmioTransport<D>>>) -> Result<Self, TransportError> {
         let t = lock(&transport);
-        let queue_evts = t
-            .queue_evts
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(TransportError::EventFd)?;
+        let clone_all = |evts: &[EventFd]| {
+            evts.iter()
+                .map(EventFd::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(TransportError::EventFd)
+        };
+        let used_evts = clone_all(t.device.used_notifiers())?;
+        let queue_evts = if used_evts.is_empty() {
+            clone_all(&t.queue_evts)?
+        } else {
+            Vec::new()
+        };
         let activate_evt = t
             .activate_evt
             .try_clone()
@@ -507,6 +527,7 @@ impl<D: VirtioDevice> MmioEvents<D> {
         Ok(Self {
             transport,
             queue_evts,
+            used_evts,
             activate_evt,
             backend_fd,
             registration: Registration::default(),
@@ -532,6 +553,10 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
             EventSet::IN,
         ));
         r.note(|| "activation eventfd".into(), added);
+        for (i, evt) in self.used_evts.iter().enumerate() {
+            let added = ops.add(Events::with_data(evt, TOKEN_USED + i as u32, EventSet::IN));
+            r.note(|| format!("queue {i} used-buffer eventfd (vhost)"), added);
+        }
         if let Some(fd) = self.backend_fd {
             // Edge-triggered: the device reads until the backend is empty or the guest has
             // no buffers, and a queue notification resumes it; level-triggered would spin
@@ -551,6 +576,13 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
             TOKEN_ACTIVATE => {
                 let _ = self.activate_evt.read();
                 Wake::Activated
+            }
+            t if t >= TOKEN_USED => {
+                if let Some(evt) = self.used_evts.get((t - TOKEN_USED) as usize) {
+                    let _ = evt.read();
+                }
+                lock(&self.transport).kernel_used();
+                return;
             }
             i => {
                 if let Some(evt) = self.queue_evts.get(i as usize) {

@@ -90,4 +90,20 @@ pub trait VirtioDevice: Send {
     fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed;
     /// The backend descriptor the event loop should watch, if any.
     fn backend_fd(&self) -> Option<std::os::fd::RawFd>;
+    /// Called right after a successful `activate`, with the queues as the driver set them
+    /// up and their notification eventfds (those KVM signals): a device whose queues the
+    /// kernel serves hands them over here. An error refuses activation.
+    fn start_queues(
+        &mut self,
+        _queues: &[Queue],
+        _kicks: &[vmm_sys_util::eventfd::EventFd],
+    ) -> Result<(), String> {
+        Ok(())
+    }
+    /// Not empty when the kernel serves the queues (vhost): the eventfds it signals when it
+    /// used buffers. The event loop then watches these, and neither the queue notifiers
+    /// nor the backend, and raises the used-buffer interrupt for them.
+    fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        &[]
+    }
 }

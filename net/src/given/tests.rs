@@ -20,6 +20,7 @@ const TAP: &str = "thetap";
 struct Seen {
     master: Option<String>,
     up: bool,
+    mtu: Option<u32>,
     addresses: Vec<String>,
     tun: Option<(libc::c_int, libc::c_uint)>,
 }
@@ -44,6 +45,7 @@ fn seen_link(name: &str, tun: Option<(libc::c_int, libc::c_uint)>) -> Seen {
             .master
             .map(|m| netlink::link_info(m).unwrap().unwrap().name),
         up: l.admin_up,
+        mtu: l.mtu,
         addresses: netlink::addresses(l.index)
             .unwrap()
             .iter()
@@ -101,7 +103,7 @@ fn lifecycle(spec: &str, prepare: fn()) -> Option<Lifecycle> {
         prepare();
         let before = seen(TAP);
         let mut cleanup = HostCleanup::default();
-        let (mut tap, _, _) = cleanup.adopt(backends::open(&spec, 0).unwrap());
+        let mut tap = cleanup.adopt(backends::open(&spec, 0).unwrap()).tap;
         let watcher = cleanup.bridge_watcher().unwrap();
         guest_driver(&mut tap);
         let during = seen_link(TAP, None);
@@ -162,6 +164,51 @@ fn a_given_tap_with_host_ip_gets_its_own_address_and_state_back() {
 }
 
 #[test]
+fn a_given_bridge_port_runs_at_the_guests_mtu_and_gets_its_own_back() {
+    let Some(l) = lifecycle("bridge=br-b,tap=thetap,mtu=9000", tap_on_br_a_down) else {
+        return;
+    };
+    assert_eq!(l.before.mtu, Some(1500));
+    assert_eq!(l.during.mtu, Some(9000));
+    assert_eq!(l.after, l.before);
+}
+
+#[test]
+fn bridge_ports_below_the_guests_mtu_are_named_in_one_line() {
+    let r = in_new_netns(|| {
+        netlink::create_bridge("br-a").unwrap();
+        netlink::create_veth("va0", "va1").unwrap();
+        netlink::create_veth("vb0", "vb1").unwrap();
+        netlink::set_mtu("vb0", 9000).unwrap();
+        for port in ["va0", "vb0"] {
+            netlink::set_master(port, "br-a").unwrap();
+        }
+        let mut notes = Vec::new();
+        for mtu in [1500, 9000] {
+            let spec: NetSpec = format!("bridge=br-a,mtu={mtu}").parse().unwrap();
+            let o = backends::open(&spec, 0).unwrap();
+            let tap_mtu = netlink::link_info(o.tap.name()).unwrap().unwrap().mtu;
+            notes.push((tap_mtu, o.notes.clone()));
+        }
+        notes
+    });
+    let Ok(notes) = r else {
+        return;
+    };
+    // At 1500 every port is fine; at 9000 va0 and the bridge (at its ports' minimum) are not.
+    assert_eq!(notes[0], (Some(1500), vec![]));
+    let (tap_mtu, lines) = &notes[1];
+    assert_eq!(*tap_mtu, Some(9000));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(
+        line.contains("va0 (1500)") && line.contains("br-a (1500)") && line.contains("9000"),
+        "{line}"
+    );
+    assert!(!line.contains("vb0"), "{line}");
+}
+
+#[test]
 fn a_given_tap_that_was_up_and_on_no_bridge_ends_so() {
     fn up_alone() {
         for br in ["br-a", "br-b"] {
@@ -192,7 +239,7 @@ fn a_failed_later_step_puts_the_given_tap_back_too() {
         let mut cleanup = HostCleanup::default();
         let first: NetSpec = "bridge=br-b,tap=thetap".parse().unwrap();
         let second: NetSpec = "macvtap=doesnotexist".parse().unwrap();
-        let (tap, _, _) = cleanup.adopt(backends::open(&first, 0).unwrap());
+        let tap = cleanup.adopt(backends::open(&first, 0).unwrap()).tap;
         assert!(backends::open(&second, 1).is_err());
         drop(cleanup);
         drop(tap);
@@ -231,4 +278,33 @@ fn a_missing_link_has_nothing_to_record() {
     if let Ok(none) = r {
         assert!(none);
     }
+}
+
+#[test]
+fn a_macvtap_takes_an_mtu_up_to_its_parents_and_refuses_more_in_one_line() {
+    let r = in_new_netns(|| {
+        netlink::create_veth("vp0", "vp1").unwrap();
+        netlink::set_up("vp0").unwrap();
+        let ok: NetSpec = "macvtap=vp0,mtu=1400".parse().unwrap();
+        let o = backends::open(&ok, 0).unwrap();
+        let mtu = netlink::link_info(o.tap.name()).unwrap().unwrap().mtu;
+        drop(o);
+        let big: NetSpec = "macvtap=vp0,mtu=9000".parse().unwrap();
+        let e = backends::open(&big, 0).unwrap_err().to_string();
+        let left = netlink::list_links()
+            .unwrap()
+            .into_iter()
+            .filter(|l| l.kind.as_deref() == Some("macvtap"))
+            .count();
+        (mtu, e, left)
+    });
+    let Ok((mtu, e, left)) = r else {
+        return;
+    };
+    assert_eq!(mtu, Some(1400));
+    assert!(
+        e.contains("mtu=9000") && e.contains("vp0") && e.contains("1500") && !e.contains('\n'),
+        "{e}"
+    );
+    assert_eq!(left, 0, "the refused macvtap was left behind");
 }

@@ -38,6 +38,7 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     /// The mode of a macvtap or macvlan.
     pub macvlan_mode: Option<MacvtapMode>,
+    pub mtu: Option<u32>,
 }
 
 impl LinkInfo {
@@ -64,6 +65,7 @@ impl LinkInfo {
                     info.mac = <[u8; 6]>::try_from(a.as_slice()).ok().map(MacAddr)
                 }
                 LinkAttribute::IfAlias(a) if !a.is_empty() => info.alias = Some(a.clone()),
+                LinkAttribute::Mtu(m) => info.mtu = Some(*m),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         match i {
@@ -282,6 +284,14 @@ pub fn set_up<'a>(dev: impl Into<LinkRef<'a>>) -> Result<()> {
     Conn::open()?
         .set_link(dev, Some((LinkFlags::Up, LinkFlags::Up)), vec![])
         .map_err(|e| e.into_error(&format!("bring {dev} up"), Some(dev)))
+}
+
+/// Sets the MTU of `dev`.
+pub fn set_mtu<'a>(dev: impl Into<LinkRef<'a>>, mtu: u32) -> Result<()> {
+    let dev = dev.into();
+    Conn::open()?
+        .set_link(dev, None, vec![LinkAttribute::Mtu(mtu)])
+        .map_err(|e| e.into_error(&format!("set the MTU of {dev} to {mtu}"), Some(dev)))
 }
 
 /// Takes `dev` down (clears IFF_UP).

@@ -32,7 +32,7 @@ pub use addresses::{add_address, add_ipv4, addresses, delete_address, ipv4_addrs
 pub use error::{NetlinkError, Result};
 pub use links::{
     bridges, create_bridge, create_veth, delete_link, link_index, link_info, list_links, set_alias,
-    set_down, set_master, set_nomaster, set_up, CreatedLink, LinkInfo,
+    set_down, set_master, set_mtu, set_nomaster, set_up, CreatedLink, LinkInfo,
 };
 pub use macvlan::{create_macvlan, create_macvtap, MacvtapMode};
 pub use monitor::{LinkEvent, LinkMonitor};

@@ -19,6 +19,24 @@ pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 /// <linux/if_tun.h>: _IOW('T', 216, int).
 pub const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
 
+/// <linux/vhost.h>, the per-ring ioctls a vCPU makes when the driver activates or resets
+/// a vhost=on NIC (STATUS writes run on the vCPU thread). Opening /dev/vhost-net,
+/// VHOST_SET_OWNER and VHOST_SET_MEM_TABLE happen at setup, before any filter.
+/// _IOW(VHOST_VIRTIO, 0x00, __u64).
+pub const VHOST_SET_FEATURES: u64 = 0x4008_af00;
+/// _IOW(VHOST_VIRTIO, 0x10, struct vhost_vring_state).
+pub const VHOST_SET_VRING_NUM: u64 = 0x4008_af10;
+/// _IOW(VHOST_VIRTIO, 0x11, struct vhost_vring_addr).
+pub const VHOST_SET_VRING_ADDR: u64 = 0x4028_af11;
+/// _IOW(VHOST_VIRTIO, 0x12, struct vhost_vring_state).
+pub const VHOST_SET_VRING_BASE: u64 = 0x4008_af12;
+/// _IOW(VHOST_VIRTIO, 0x20, struct vhost_vring_file).
+pub const VHOST_SET_VRING_KICK: u64 = 0x4008_af20;
+/// _IOW(VHOST_VIRTIO, 0x21, struct vhost_vring_file).
+pub const VHOST_SET_VRING_CALL: u64 = 0x4008_af21;
+/// _IOW(VHOST_VIRTIO, 0x30, struct vhost_vring_file).
+pub const VHOST_NET_SET_BACKEND: u64 = 0x4008_af30;
+
 const FUTEX_WAIT: u64 = 0;
 const FUTEX_WAKE: u64 = 1;
 const FUTEX_WAIT_BITSET: u64 = 9;
@@ -150,6 +168,16 @@ pub fn vcpu() -> Rules {
         // gets the vnet header size and offloads the guest negotiated.
         .ioctl(TUNSETOFFLOAD)
         .ioctl(TUNSETVNETHDRSZ)
+        // With vhost=on the same DRIVER_OK hands the rings to the kernel (features, each
+        // ring's size, addresses, base, call and kick eventfds, then the tap), and a
+        // reset (status 0) takes the tap away again (SET_BACKEND with fd -1).
+        .ioctl(VHOST_SET_FEATURES)
+        .ioctl(VHOST_SET_VRING_NUM)
+        .ioctl(VHOST_SET_VRING_ADDR)
+        .ioctl(VHOST_SET_VRING_BASE)
+        .ioctl(VHOST_SET_VRING_KICK)
+        .ioctl(VHOST_SET_VRING_CALL)
+        .ioctl(VHOST_NET_SET_BACKEND)
         // vCPU 0 marks the set-up CPU time for the boot report as it enters the guest.
         .any(libc::SYS_getrusage)
         // A vCPU thread that ends (the VM ended) closes its vCPU fd, and, holding the

@@ -111,7 +111,8 @@ impl Block {
     /// Serves the chain at `head`: returns the bytes written into its writable buffers.
     fn serve(&mut self, q: &Queue, mem: &GuestMemoryMmap, head: u16, budget: &mut Budget) -> u32 {
         self.descs.clear();
-        let mut chain = Chain::new(mem, q, head);
+        // Disks do not offer indirect tables.
+        let mut chain = Chain::new(mem, q, head, false);
         let mut whole = true;
         for d in chain.by_ref() {
             match d {

@@ -2,6 +2,7 @@
 //! checksum and TSO offloads passed straight through to the backend.
 
 pub mod backend;
+pub mod vhost;
 
 use std::collections::VecDeque;
 use std::io;
@@ -11,8 +12,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub use backend::{NetBackend, Offloads};
+pub use vhost::{KernelPath, VhostError};
 
-use super::chain::{Budget, Chain};
+use super::chain::{Budget, Chain, VIRTIO_RING_F_INDIRECT_DESC};
 use super::serve::serve_chains;
 use super::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
@@ -21,6 +23,8 @@ pub const VIRTIO_ID_NET: u32 = 1;
 // Feature bits (virtio 1.2, 5.1.3).
 pub const F_CSUM: u64 = 1 << 0;
 pub const F_GUEST_CSUM: u64 = 1 << 1;
+/// The config space's `mtu` is the MTU the guest should use (offered only with one).
+pub const F_MTU: u64 = 1 << 3;
 pub const F_MAC: u64 = 1 << 5;
 pub const F_GUEST_TSO4: u64 = 1 << 7;
 pub const F_GUEST_TSO6: u64 = 1 << 8;
@@ -32,6 +36,7 @@ pub const F_STATUS: u64 = 1 << 16;
 /// What this device offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
     | VIRTIO_RING_F_EVENT_IDX
+    | VIRTIO_RING_F_INDIRECT_DESC
     | F_CSUM
     | F_GUEST_CSUM
     | F_MAC
@@ -79,6 +84,9 @@ pub struct NetStats {
 pub struct Net<B: NetBackend> {
     backend: B,
     mac: [u8; 6],
+    mtu: Option<u16>,
+    /// vhost-net, when the kernel serves the queues instead of this device.
+    kernel: Option<KernelPath>,
     acked: u64,
     rx_buf: Vec<u8>,
     rx_pending: usize,
@@ -105,6 +113,8 @@ impl<B: NetBackend> Net<B> {
         Self {
             backend,
             mac,
+            mtu: None,
+            kernel: None,
             acked: 0,
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
@@ -116,6 +126,28 @@ impl<B: NetBackend> Net<B> {
             tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             mem: None,
             stats: NetStats::default(),
+        }
+    }
+
+    /// Tells the driver to use `mtu` (VIRTIO_NET_F_MTU); the backend must carry frames of
+    /// that size (the caller sets the host side to match).
+    pub fn with_mtu(mut self, mtu: Option<u16>) -> Self {
+        self.mtu = mtu;
+        self
+    }
+
+    /// Lets the kernel serve the queues (vhost-net) from the next activation on.
+    pub fn with_kernel_path(mut self, kernel: Option<KernelPath>) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// Which data path carries the frames: "vhost" (the kernel) or "user" (this device).
+    pub fn datapath(&self) -> &'static str {
+        if self.kernel.is_some() {
+            "vhost"
+        } else {
+            "user"
         }
     }
 
@@ -133,6 +165,12 @@ impl<B: NetBackend> Net<B> {
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
+    }
+
+    /// Whether the driver may put a chain in an indirect table: a 64 KiB TSO frame of
+    /// ~18 buffers then takes one ring slot, not 18.
+    fn indirect(&self) -> bool {
+        self.acked & VIRTIO_RING_F_INDIRECT_DESC != 0
     }
 
     /// Sends the frames the guest queued, as many as `budget` allows. Returns whether the
@@ -165,7 +203,8 @@ impl<B: NetBackend> Net<B> {
 
     /// Gathers the TX chain at `head` into `tx_iovs`. Returns the frame's length (vnet
     /// header included) if it is one to send: device-readable, in guest memory, a
-    /// well-formed chain (no indirect table, no loop), at most the largest frame.
+    /// well-formed chain (an indirect table only if negotiated and sane, no loop), at most
+    /// the largest frame.
     fn gather_tx(
         &mut self,
         q: &Queue,
@@ -174,7 +213,7 @@ impl<B: NetBackend> Net<B> {
         budget: &mut Budget,
     ) -> Option<usize> {
         self.tx_iovs.clear();
-        let mut chain = Chain::new(mem, q, head);
+        let mut chain = Chain::new(mem, q, head, self.indirect());
         let mut total = 0usize;
         let mut valid = true;
         for desc in chain.by_ref() {
@@ -231,7 +270,7 @@ impl<B: NetBackend> Net<B> {
                 return Ok(false);
             };
             let mut in_chain = 0u32;
-            let mut chain = Chain::new(mem, q, head);
+            let mut chain = Chain::new(mem, q, head, self.indirect());
             for desc in chain.by_ref() {
                 let Some(desc) = desc.ok().filter(|d| d.is_write_only()) else {
                     fits = false;
@@ -324,7 +363,7 @@ impl<B: NetBackend> Net<B> {
             let mut capacity = 0u32;
             let mut first = None;
             let mut usable = true;
-            let mut chain = Chain::new(mem, q, head);
+            let mut chain = Chain::new(mem, q, head, self.indirect());
             for desc in chain.by_ref() {
                 let Ok(desc) = desc else {
                     usable = false;
@@ -547,13 +586,21 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn features(&self) -> u64 {
-        OFFERED_FEATURES
+        let offered = OFFERED_FEATURES | if self.mtu.is_some() { F_MTU } else { 0 };
+        match &self.kernel {
+            Some(k) => k.offerable(offered),
+            None => offered,
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut config = [0u8; 8];
+        // mac, status, max_virtqueue_pairs (0: MQ is not offered), mtu (virtio 1.2, 5.1.4).
+        let mut config = [0u8; 12];
         config[..6].copy_from_slice(&self.mac);
         config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        if let Some(mtu) = self.mtu {
+            config[10..12].copy_from_slice(&mtu.to_le_bytes());
+        }
         data.fill(0);
         let Ok(start) = usize::try_from(offset) else {
             return;
@@ -582,6 +629,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn reset(&mut self) {
+        if let Some(k) = &mut self.kernel {
+            k.stop();
+        }
         self.acked = 0;
         // The window's iovecs point into this memory: they go first, then the memory.
         self.win_iovs.clear();
@@ -595,6 +645,9 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed {
+        if self.kernel.is_some() {
+            return Processed::default();
+        }
         // Taken out for the call (not cloned: no allocation per wake-up) and put back.
         let Some(mem) = self.mem.take() else {
             return Processed::default();
@@ -605,7 +658,25 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        Some(self.backend.as_raw_fd())
+        match self.kernel {
+            Some(_) => None,
+            None => Some(self.backend.as_raw_fd()),
+        }
+    }
+
+    fn start_queues(
+        &mut self,
+        queues: &[Queue],
+        kicks: &[vmm_sys_util::eventfd::EventFd],
+    ) -> Result<(), String> {
+        match &mut self.kernel {
+            Some(k) => k.start(self.acked, queues, kicks),
+            None => Ok(()),
+        }
+    }
+
+    fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
+        self.kernel.as_ref().map_or(&[], |k| k.calls())
     }
 }
 

@@ -1,0 +1,154 @@
+//! The data path end to end in the emulated lab host: `mtu=` gives the guest a jumbo MTU
+//! that frames really cross at (through a tap, unfragmented both ways), and a bridge with
+//! ports below it is named in one line; `vhost=on` carries traffic both ways on a tap, a
+//! bridge port and a macvtap with netvmm's device moving no frame, survives the guest
+//! unbinding and binding its virtio-net driver under traffic, and without /dev/vhost-net
+//! is a one-line error (`vhost=auto`: the userspace path, and a line saying so). One lab
+//! boot for all cases.
+
+mod common;
+
+// The guest's init evaluates its command line once: every `$` meant for the guest is `\$`.
+// Busybox's ping (guest and lab host) has no `-M do`; the IP counters say the same thing:
+// a ping that is neither fragmented by its sender (FragCreates) nor reassembled by its
+// receiver (ReasmReqds) crossed whole.
+const SCENARIO: &str = r#"
+IP=/sbin/ip
+G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout 300 --memory 384"
+v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
+# Field N of the "Ip:" counters line of /proc/net/snmp, from a line saved with _ for spaces.
+ipf() { echo "$1" | tr _ ' ' | cut -d ' ' -f "$2"; }
+snmp() { grep '^Ip: [0-9]' /proc/net/snmp | tr ' ' _; }
+
+# mtu: a 9000-byte MTU through a tap; an 8000-byte ping each way crosses whole.
+h0=$(snmp)
+netvmm run $G --net tap=mtutap,host-ip=192.0.2.1/24,mtu=9000 --serial-log /tmp/m.log \
+  --cmdline 'quiet netvmm.ip=192.0.2.2/24 netvmm.run="
+    echo mtu=\$(cat /sys/class/net/eth0/mtu);
+    ping -c 3 -W 3 -s 8000 192.0.2.1 >/dev/null; echo ping=\$?;
+    echo snmp=\$(grep \"^Ip: [0-9]\" /proc/net/snmp | tr \" \" _)"' >/dev/null 2>/tmp/m.err
+s=$?
+[ $s = 0 ] || cat /tmp/m.err
+h1=$(snmp)
+g=$(v /tmp/m.log snmp)
+echo "case=mtu status=$s mtu=$(v /tmp/m.log mtu) ping=$(v /tmp/m.log ping) g_frag=$(ipf "$g" 20) g_reasm=$(ipf "$g" 15) h_frag=$(( $(ipf "$h1" 20) - $(ipf "$h0" 20) )) h_reasm=$(( $(ipf "$h1" 15) - $(ipf "$h0" 15) )) left=$(ls /sys/class/net | grep -c '^mtutap$')"
+
+# bridge: a port at 1500 on br0: one line names it (and br0), the guest still comes up.
+$IP link add br0 type bridge; $IP link add vb0 type veth peer name vb1
+$IP link set vb0 master br0; $IP link set br0 up; $IP link set vb0 up
+netvmm run $G --net bridge=br0,mtu=9000 --cmdline 'quiet netvmm.run="cat /sys/class/net/eth0/mtu"' \
+  >/tmp/b.out 2>/tmp/b.err
+s=$?
+note=$(grep -c 'eth0: bridge br0: .*vb0 (1500)' /tmp/b.err)
+echo "case=bridge status=$s notes=$note guest_mtu=$(tr -d '\r' < /tmp/b.out | grep -x -c 9000) line=$(grep 'eth0: bridge br0' /tmp/b.err | tr ' ' _)"
+$IP link del vb0; $IP link del br0
+
+# vhost: the guest's traffic: ping, then iperf3 both ways. HOST is the peer's address.
+iperf3 -s -D >/dev/null 2>&1
+iperf3 -s -D -p 5202 >/dev/null 2>&1
+T='ping -c 2 -W 3 HOST >/dev/null; echo ping=\$?;
+  echo up=\$(iperf3 -c HOST -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7);
+  echo down=\$(iperf3 -c HOST -t 2 -f m -R | grep receiver | tr -s \" \" | cut -d \" \" -f 7)'
+traffic() { printf "%s\n" "$T" | sed "s/HOST/$1/g"; }
+# Then, with iperf3 running in the background, the driver is unbound and bound again
+# through sysfs (a virtio reset and a new negotiation), and the NIC must carry traffic.
+R='(iperf3 -c HOST -p 5202 -t 6 >/dev/null 2>&1 &); sleep 2;
+  d=\$(basename \$(readlink /sys/class/net/eth0/device));
+  echo \$d > /sys/bus/virtio/drivers/virtio_net/unbind; echo gone=\$(ls /sys/class/net | grep -c eth0);
+  echo \$d > /sys/bus/virtio/drivers/virtio_net/bind;
+  sleep 1; ip addr add GUEST/24 dev eth0; ip link set eth0 up; sleep 1;
+  ping -c 2 -W 3 HOST >/dev/null; echo reset_ping=\$?;
+  echo after=\$(iperf3 -c HOST -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7)'
+nic() { grep "netvmm-nic-report: eth0 " "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+report() { echo "status=$2 ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) )) said=$(grep -c 'data path: vhost-net' $1.err)"; }
+
+NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24,vhost=on --serial-log /tmp/vt.log \
+  --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(traffic 192.0.2.1); $(printf '%s\n' "$R" | sed 's/HOST/192.0.2.1/g; s/GUEST/192.0.2.2/g')\"" \
+  >/dev/null 2>/tmp/vt.err
+s=$?
+[ $s = 0 ] || cat /tmp/vt.err
+echo "case=vhost-tap $(report /tmp/vt $s) gone=$(v /tmp/vt.log gone) reset_ping=$(v /tmp/vt.log reset_ping) after=$(v /tmp/vt.log after)"
+
+$IP link add br0 type bridge; $IP addr add 198.51.100.1/24 dev br0; $IP link set br0 up
+NETVMM_BOOT_REPORT=1 netvmm run $G --net bridge=br0,vhost=on --serial-log /tmp/vb.log \
+  --cmdline "quiet netvmm.ip=198.51.100.2/24 netvmm.run=\"$(traffic 198.51.100.1)\"" >/dev/null 2>/tmp/vb.err
+s=$?
+[ $s = 0 ] || cat /tmp/vb.err
+echo "case=vhost-bridge $(report /tmp/vb $s)"
+$IP link del br0
+
+$IP link add vpeer0 type veth peer name vpeer1; $IP link set vpeer1 up; $IP link set vpeer0 up
+NETVMM_BOOT_REPORT=1 netvmm run $G --net macvtap=vpeer0,mode=bridge,host-access=203.0.113.1/24,vhost=on \
+  --serial-log /tmp/vm.log \
+  --cmdline "quiet netvmm.ip=203.0.113.2/24 netvmm.run=\"$(traffic 203.0.113.1)\"" >/dev/null 2>/tmp/vm.err
+s=$?
+[ $s = 0 ] || cat /tmp/vm.err
+echo "case=vhost-macvtap $(report /tmp/vm $s)"
+
+# No /dev/vhost-net: vhost=on is one line and status 1; vhost=auto runs on the userspace path.
+mv /dev/vhost-net /dev/vhost-net.off
+netvmm run $G --net tap,vhost=on --cmdline 'quiet' >/dev/null 2>/tmp/vn.err
+s=$?
+echo "case=vhost-missing status=$s lines=$(wc -l < /tmp/vn.err) msg=$(head -n 1 /tmp/vn.err | tr ' ' _)"
+NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24,vhost=auto --serial-log /tmp/va.log \
+  --cmdline 'quiet netvmm.ip=192.0.2.2/24 netvmm.run="ping -c 2 -W 3 192.0.2.1 >/dev/null; echo ping=\$?"' \
+  >/dev/null 2>/tmp/va.err
+s=$?
+mv /dev/vhost-net.off /dev/vhost-net
+echo "case=vhost-auto status=$s ping=$(v /tmp/va.log ping) path=$(nic /tmp/va.err datapath) notes=$(grep -c 'eth0: vhost=auto: .*userspace' /tmp/va.err)"
+"#;
+
+#[test]
+fn datapath_end_to_end() {
+    let out = common::lab(SCENARIO, 1500);
+    let dump = out.dump();
+    assert_eq!(out.status, 0, "{dump}");
+    let f = |case: &str, key: &str| out.field(case, key).unwrap_or_default();
+
+    assert_eq!(f("mtu", "status"), "0", "{dump}");
+    assert_eq!(f("mtu", "mtu"), "9000", "guest eth0 MTU\n{dump}");
+    assert_eq!(f("mtu", "ping"), "0", "8000-byte ping\n{dump}");
+    for k in ["g_frag", "g_reasm", "h_frag", "h_reasm"] {
+        assert_eq!(f("mtu", k), "0", "{k}: the ping was fragmented\n{dump}");
+    }
+    assert_eq!(f("mtu", "left"), "0", "the created tap is removed\n{dump}");
+
+    assert_eq!(f("bridge", "status"), "0", "{dump}");
+    assert_eq!(f("bridge", "notes"), "1", "one line names the port\n{dump}");
+    assert_eq!(f("bridge", "guest_mtu"), "1", "{dump}");
+
+    let mbps = |v: String| v.parse::<f64>().unwrap_or(0.0);
+    for case in ["vhost-tap", "vhost-bridge", "vhost-macvtap"] {
+        assert_eq!(f(case, "status"), "0", "{case}\n{dump}");
+        assert_eq!(f(case, "ping"), "0", "{case}: ping\n{dump}");
+        assert!(mbps(f(case, "up")) > 0.0, "{case}: guest->host\n{dump}");
+        assert!(mbps(f(case, "down")) > 0.0, "{case}: host->guest\n{dump}");
+        assert_eq!(f(case, "path"), "vhost", "{case}: exit report\n{dump}");
+        // The kernel moved every frame: netvmm's own device none.
+        assert_eq!(f(case, "frames"), "0", "{case}\n{dump}");
+        assert_eq!(f(case, "said"), "1", "{case}: the NIC line\n{dump}");
+    }
+    assert_eq!(
+        f("vhost-tap", "gone"),
+        "0",
+        "the driver was unbound\n{dump}"
+    );
+    assert_eq!(
+        f("vhost-tap", "reset_ping"),
+        "0",
+        "traffic after the driver was unbound and bound under traffic\n{dump}"
+    );
+    assert!(mbps(f("vhost-tap", "after")) > 0.0, "{dump}");
+
+    assert_eq!(f("vhost-missing", "status"), "1", "{dump}");
+    assert_eq!(f("vhost-missing", "lines"), "1", "{dump}");
+    let msg = f("vhost-missing", "msg");
+    assert!(
+        msg.contains("eth0:_vhost=on:") && msg.contains("/dev/vhost-net"),
+        "{msg}"
+    );
+    assert_eq!(f("vhost-auto", "status"), "0", "{dump}");
+    assert_eq!(f("vhost-auto", "ping"), "0", "{dump}");
+    assert_eq!(f("vhost-auto", "path"), "user", "{dump}");
+    assert_eq!(f("vhost-auto", "notes"), "1", "{dump}");
+}

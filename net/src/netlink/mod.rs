@@ -11,7 +11,9 @@
 //! interface named br0`, and adds the kernel's extended-ack text when it gave one.
 //!
 //! By concern: `conn` (the socket, one request and its ACK), `error`, `links`, `addresses`,
-//! `macvlan` (macvtaps and macvlans) and `monitor` (link notifications); everything public
+//! `macvlan` (macvtaps and macvlans), `monitor` (link notifications), `routes` (read
+//! only), `tc` (ingress qdiscs and redirect filters) and `nftables` (list and delete
+//! tables, over NETLINK_NETFILTER); everything public
 //! is re-exported here, so callers name `netlink::set_up` as before.
 
 mod addresses;
@@ -20,6 +22,9 @@ mod error;
 mod links;
 mod macvlan;
 mod monitor;
+mod nftables;
+mod routes;
+mod tc;
 
 use std::fmt;
 
@@ -32,6 +37,12 @@ pub use links::{
 };
 pub use macvlan::{create_macvlan, create_macvtap, MacvtapMode};
 pub use monitor::{LinkEvent, LinkMonitor};
+pub use nftables::{delete_table, list_tables, NFPROTO_IPV4};
+pub use routes::{default_route_oif, ipv4_routes, Route4};
+pub use tc::{
+    add_ingress_qdisc, add_redirect, delete_ingress_qdisc, ingress_qdisc, ingress_redirects,
+    FilterKind, Redirect,
+};
 
 /// A link named by its name or its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

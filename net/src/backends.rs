@@ -9,12 +9,14 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use crate::bridge_watch::{self, Notice, Port};
 use crate::given::{GivenLink, RestoreError};
 use crate::mac::MacAddr;
+use crate::nat::NatUse;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
 use crate::owned::{owner_alias, OwnedLink};
 use crate::private_fs::{open_private_node, PrivateDir};
 use crate::shim::ShimUse;
 use crate::spec::{BackendSpec, NetSpec};
 use crate::tap::{Tap, TapError};
+use crate::tc_redirect::Wiring;
 
 /// Name template for macvtaps netvmm creates.
 pub const MACVTAP_TEMPLATE: &str = "nvmvt%d";
@@ -27,6 +29,10 @@ pub enum BackendError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Shim(#[from] crate::shim::ShimError),
+    #[error(transparent)]
+    Nat(#[from] crate::nat::NatError),
+    #[error(transparent)]
+    Tc(#[from] crate::tc_redirect::TcError),
     #[error("bridge {name} does not exist (bridges here: {})", list(.existing))]
     NoBridge { name: String, existing: Vec<String> },
     #[error("{name} is not a bridge but a {kind} (bridges here: {})", list(.existing))]
@@ -70,6 +76,10 @@ pub struct Opened {
     pub bridge_port: Option<Port>,
     /// This NIC's use of the host-access shim.
     pub shim: Option<ShimUse>,
+    /// This NIC's NAT table (and the uplink's forwarding, when it is the last).
+    pub nat: Option<NatUse>,
+    /// The NIC side of a tc redirect wiring.
+    pub tc: Option<Wiring>,
 }
 
 /// What must be undone when the VM ends: given taps put back as found, created interfaces
@@ -83,6 +93,8 @@ pub struct HostCleanup {
     given: Vec<GivenLink>,
     owned: Vec<OwnedLink>,
     shims: Vec<ShimUse>,
+    nats: Vec<NatUse>,
+    wirings: Vec<Wiring>,
 }
 
 impl HostCleanup {
@@ -97,7 +109,11 @@ impl HostCleanup {
             given,
             bridge_port,
             shim,
+            nat,
+            tc,
         } = opened;
+        self.nats.extend(nat);
+        self.wirings.extend(tc);
         self.owned.extend(owned);
         self.given.extend(given);
         self.ports.extend(bridge_port);
@@ -129,6 +145,8 @@ impl HostCleanup {
             .collect();
         self.owned.clear();
         self.shims.clear();
+        self.wirings.clear();
+        self.nats.clear();
         problems
     }
 }
@@ -176,6 +194,8 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 given,
                 bridge_port: None,
                 shim: None,
+                nat: None,
+                tc: None,
             })
         }
         BackendSpec::Fd(fd) => {
@@ -188,6 +208,8 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 given: None,
                 bridge_port: None,
                 shim: None,
+                nat: None,
+                tc: None,
             })
         }
         BackendSpec::Bridge { bridge, tap } => {
@@ -209,7 +231,79 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             }
             Ok(o)
         }
+        BackendSpec::Nat { host_ip, uplink } => open_nat(*host_ip, uplink.as_deref(), derived),
+        BackendSpec::TcRedirect { nic } => open_tc(nic, derived),
     }
+}
+
+/// A created tap, marked as netvmm's.
+fn created_tap(host_ip: Option<crate::spec::Ipv4Cidr>) -> Result<Tap, BackendError> {
+    let tap = Tap::open(None, host_ip)?;
+    netlink::set_alias(tap.name(), &owner_alias())?;
+    Ok(tap)
+}
+
+fn open_nat(
+    host_ip: Option<crate::spec::Ipv4Cidr>,
+    uplink: Option<&str>,
+    derived: impl Fn(&str) -> MacAddr,
+) -> Result<Opened, BackendError> {
+    let (tap, nat) = crate::nat::setup(uplink, host_ip, |host| {
+        let tap = created_tap(Some(host))?;
+        let name = tap.name().to_string();
+        Ok((tap, name))
+    })?;
+    let (host, guest) = (nat.host, crate::nat::guest_addr(nat.host));
+    let description = format!(
+        "tap {} behind NAT out of {}: host {}/{}, guest netvmm.ip={}/{} netvmm.gw={} \
+         (tap, nftables table and forwarding undone at exit)",
+        tap.name(),
+        nat.mark.uplink,
+        host.addr,
+        host.prefix,
+        guest.addr,
+        guest.prefix,
+        host.addr
+    );
+    Ok(Opened {
+        mac: derived(tap.name()),
+        tap,
+        description,
+        owned: None,
+        given: None,
+        bridge_port: None,
+        shim: None,
+        nat: Some(nat),
+        tc: None,
+    })
+}
+
+fn open_tc(nic: &str, derived: impl Fn(&str) -> MacAddr) -> Result<Opened, BackendError> {
+    let tap = created_tap(None)?;
+    let index = netlink::link_index(tap.name())?.ok_or_else(|| NetlinkError::NoSuchDevice {
+        action: "wire the new tap".into(),
+        name: tap.name().into(),
+    })?;
+    let wiring = crate::tc_redirect::wire(nic, index)?;
+    let description = format!(
+        "tap {} wired to {} by tc ({} filters, mirred redirect both ways; the host's stack \
+         does not see the guest's frames; tap and {}'s ingress qdisc removed at exit)",
+        tap.name(),
+        wiring.nic,
+        wiring.filter.name(),
+        wiring.nic
+    );
+    Ok(Opened {
+        mac: derived(tap.name()),
+        tap,
+        description,
+        owned: None,
+        given: None,
+        bridge_port: None,
+        shim: None,
+        nat: None,
+        tc: Some(wiring),
+    })
 }
 
 /// The state of the tap named `name`, if it exists, before netvmm touches it.
@@ -282,6 +376,8 @@ fn open_bridge_port(
         owned: None,
         given,
         shim: None,
+        nat: None,
+        tc: None,
     })
 }
 
@@ -338,6 +434,8 @@ fn open_macvtap(
         given: None,
         bridge_port: None,
         shim: None,
+        nat: None,
+        tc: None,
     })
 }
 

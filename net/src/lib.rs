@@ -8,12 +8,14 @@ pub mod given;
 pub mod iface;
 pub mod mac;
 pub mod names;
+pub mod nat;
 pub mod netlink;
 pub mod owned;
 pub mod private_fs;
 pub mod shim;
 pub mod spec;
 pub mod tap;
+pub mod tc_redirect;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod test_support;

@@ -82,6 +82,23 @@ pub struct Opened {
     pub tc: Option<Wiring>,
 }
 
+impl Opened {
+    /// A tap with nothing to undo but itself (more is added with struct update syntax).
+    fn plain(tap: Tap, mac: MacAddr, description: String) -> Self {
+        Opened {
+            tap,
+            mac,
+            description,
+            owned: None,
+            given: None,
+            bridge_port: None,
+            shim: None,
+            nat: None,
+            tc: None,
+        }
+    }
+}
+
 /// What must be undone when the VM ends: given taps put back as found, created interfaces
 /// deleted, shim uses released. Dropping it does that (or [`HostCleanup::finish`], which
 /// also says what failed), in this order: the bridge watcher is stopped and joined first,
@@ -200,17 +217,9 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
         }
         BackendSpec::Fd(fd) => {
             let tap = Tap::from_fd(*fd)?;
-            Ok(Opened {
-                mac: derived(tap.name()),
-                description: format!("fd {fd} ({}, inherited, left as found)", tap.name()),
-                tap,
-                owned: None,
-                given: None,
-                bridge_port: None,
-                shim: None,
-                nat: None,
-                tc: None,
-            })
+            let description = format!("fd {fd} ({}, inherited, left as found)", tap.name());
+            let mac = derived(tap.name());
+            Ok(Opened::plain(tap, mac, description))
         }
         BackendSpec::Bridge { bridge, tap } => {
             open_bridge_port(spec, bridge, tap.as_deref(), derived)
@@ -254,6 +263,7 @@ fn open_nat(
         Ok((tap, name))
     })?;
     let (host, guest) = (nat.host, crate::nat::guest_addr(nat.host));
+    let mac = derived(tap.name());
     let description = format!(
         "tap {} behind NAT out of {}: host {}/{}, guest netvmm.ip={}/{} netvmm.gw={} \
          (tap, nftables table and forwarding undone at exit)",
@@ -266,15 +276,8 @@ fn open_nat(
         host.addr
     );
     Ok(Opened {
-        mac: derived(tap.name()),
-        tap,
-        description,
-        owned: None,
-        given: None,
-        bridge_port: None,
-        shim: None,
         nat: Some(nat),
-        tc: None,
+        ..Opened::plain(tap, mac, description)
     })
 }
 
@@ -285,6 +288,7 @@ fn open_tc(nic: &str, derived: impl Fn(&str) -> MacAddr) -> Result<Opened, Backe
         name: tap.name().into(),
     })?;
     let wiring = crate::tc_redirect::wire(nic, index)?;
+    let mac = derived(tap.name());
     let description = format!(
         "tap {} wired to {} by tc ({} filters, mirred redirect both ways; the host's stack \
          does not see the guest's frames; tap and {}'s ingress qdisc removed at exit)",
@@ -294,15 +298,8 @@ fn open_tc(nic: &str, derived: impl Fn(&str) -> MacAddr) -> Result<Opened, Backe
         wiring.nic
     );
     Ok(Opened {
-        mac: derived(tap.name()),
-        tap,
-        description,
-        owned: None,
-        given: None,
-        bridge_port: None,
-        shim: None,
-        nat: None,
         tc: Some(wiring),
+        ..Opened::plain(tap, mac, description)
     })
 }
 

@@ -20,7 +20,6 @@
 //! Forwarding is switched on per interface (`net/ipv4/conf/IF/forwarding`), on the tap and
 //! on the uplink (replies arrive there and are forwarded to the tap), never globally.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
@@ -204,20 +203,17 @@ pub fn ruleset(table: &str, tap: &str, uplink: &str, subnet: Ipv4Cidr) -> Value 
     ]})
 }
 
-/// Runs `nft -j -f -` on `rules`.
+/// Runs `nft -j RULES`: the ruleset as an argument, not on stdin, because `nft -f -`
+/// opens /dev/stdin, which a minimal host (the lab's) may not have.
 fn apply(table: &str, rules: &Value) -> Result<(), NatError> {
-    let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
+    let out = Command::new("nft")
+        .arg("-j")
+        .arg(rules.to_string())
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn()
+        .output()
         .map_err(NatError::NoNft)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A write error shows as nft's own failure below.
-        let _ = stdin.write_all(rules.to_string().as_bytes());
-    }
-    let out = child.wait_with_output().map_err(NatError::NoNft)?;
     if out.status.success() {
         return Ok(());
     }

@@ -36,8 +36,12 @@ OUT_DIR=${1:-$NETVMM_CACHE_ROOT/lab}
 OUTPUTS=(vmlinuz kernel-release base.cpio.gz)
 # kvm_amd because QEMU TCG emulates SVM, not VMX. The rest are the backends
 # netvmm drives (tap, bridge, macvtap) and the plumbing around them, and
-# virtio-blk over PCI for the host disk images `netvmm lab run --disk` hands in.
-LAB_MODULES=(kvm kvm_amd tun bridge macvlan macvtap veth vhost_net virtio_pci virtio_blk)
+# virtio-blk over PCI for the host disk images `netvmm lab run --disk` hands in;
+# nf_tables with NAT and conntrack for `--net tap,nat`, and the ingress qdisc,
+# the catch-all classifiers and mirred for `--net tc=NIC`.
+LAB_MODULES=(kvm kvm_amd tun bridge macvlan macvtap veth vhost_net virtio_pci virtio_blk
+	nf_tables nft_chain_nat nft_masq nft_ct nf_nat nf_conntrack
+	sch_ingress cls_matchall cls_u32 act_mirred)
 # A dynamically linked netvmm built on the host needs these besides libc;
 # they come from the host on purpose, matching the binary's build.
 HOST_LIBS=(libgcc_s.so.1 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libutil.so.1)
@@ -48,7 +52,7 @@ KPKG=$(kernel_package)
 lock_path "$NETVMM_DEBS_DIR/.lock"
 DEBS_LOCK=$LOCK_FD
 KDEB=$(fetch_deb "$KPKG")
-USER_DEBS=$(fetch_with_libs busybox-static iproute2 iperf3 libiperf0 libsctp1)
+USER_DEBS=$(fetch_with_libs busybox-static iproute2 iperf3 libiperf0 libsctp1 nftables)
 log "extracting $KPKG"
 REL=$(prepare_kernel "$KDEB" "$WORK/kernel")
 unlock_fd "$DEBS_LOCK"
@@ -65,8 +69,8 @@ ROOT=$WORK/root
 new_root "$ROOT"
 # busybox's ip would shadow iproute2's at the same path; leave those to the
 # real tools (a bare `ip` in a busybox shell still runs the applet).
-stage_busybox "$ROOT" "$PKGROOT" ip bridge
-for tool in ip bridge; do
+stage_busybox "$ROOT" "$PKGROOT" ip bridge tc
+for tool in ip bridge tc; do
 	src=$(compgen -G "$PKGROOT/*bin/$tool" | head -n1 || true)
 	[[ -n $src ]] || die "iproute2 has no $tool"
 	stage_elf "$ROOT" "$src" "sbin/$tool" "$LIBPATH"
@@ -75,6 +79,8 @@ for tool in ip bridge; do
 	done
 done
 stage_elf "$ROOT" "$PKGROOT/usr/bin/iperf3" usr/bin/iperf3 "$LIBPATH"
+# nft(8): netvmm writes its NAT tables with nft's JSON interface.
+stage_elf "$ROOT" "$PKGROOT/usr/sbin/nft" usr/sbin/nft "$LIBPATH"
 for so in "${HOST_LIBS[@]}"; do
 	stage_host_lib "$ROOT" "$so"
 done

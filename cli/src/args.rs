@@ -24,7 +24,8 @@ pub enum Command {
     Run(RunArgs),
     /// Report what this host offers: KVM kind, tun, modules, privileges, lab tools.
     Doctor,
-    /// Remove interfaces (macvtaps, shims) left behind by netvmm processes that are gone.
+    /// Remove what netvmm processes that are gone left behind: interfaces (macvtaps, shims),
+    /// NAT nftables tables (and the forwarding they turned on), tc qdiscs on NICs.
     Cleanup,
     /// Build (once) and show the guest image: a Debian kernel and a busybox+iperf3 initramfs.
     Image(ImageArgs),
@@ -73,12 +74,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
     /// A guest NIC (repeat for eth1, eth2, ...): tap[=NAME][,host-ip=ADDR/PREFIX][,mac=MAC],
-    /// fd=N[,mac=MAC], bridge=BR[,tap=NAME][,mac=MAC] or
+    /// tap,nat[=UPLINK][,host-ip=ADDR/PREFIX][,mac=MAC], fd=N[,mac=MAC],
+    /// bridge=BR[,tap=NAME][,mac=MAC], tc=NIC[,mac=MAC] or
     /// macvtap=PARENT[,mode=bridge|vepa|private|passthru][,host-access=ADDR/PREFIX][,mac=MAC]
-    /// (host-access: the host's address on PARENT's side, so host and guest can talk);
-    /// any of them with [,mtu=68..65535] (the guest's MTU; the tap or macvtap is set to
-    /// match, a given one put back at exit) and [,vhost=on|off|auto] (default off: on, the
-    /// kernel's vhost-net moves the frames; auto falls back to netvmm's own device).
+    /// (host-access: the host's address on PARENT's side, so host and guest can talk; nat:
+    /// masqueraded out of UPLINK, default the default route's interface; tc: a tap wired to
+    /// NIC by tc ingress redirects, the guest on NIC's segment); any of them with
+    /// [,mtu=68..65535] (the guest's MTU; the tap or macvtap is set to match, a given one put
+    /// back at exit) and [,vhost=on|off|auto] (default off: on, the kernel's vhost-net moves
+    /// the frames; auto falls back to netvmm's own device).
     #[arg(long = "net", value_name = "SPEC")]
     pub nets: Vec<String>,
     /// A guest disk (repeat for vdb, vdc, ...): PATH[,readonly], a raw image (a regular
@@ -407,6 +411,8 @@ mod tests {
             "fd=",
             "bridge=",
             "macvtap=",
+            "nat[=UPLINK]",
+            "tc=NIC",
             "host-ip=",
             "host-access=",
             "mode=",

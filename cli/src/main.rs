@@ -83,8 +83,14 @@ fn run(command: Command) -> Result<i32, Box<dyn std::error::Error>> {
             Ok(0)
         }
         Command::Cleanup => {
-            let mut removed = net::owned::cleanup_stale()?;
+            let mut removed = net::tc_redirect::cleanup_stale()?;
+            removed.extend(net::owned::cleanup_stale()?);
             removed.extend(net::shim::cleanup_stale()?);
+            removed.extend(
+                net::nat::cleanup_stale()?
+                    .into_iter()
+                    .map(|t| format!("nftables table '{t}'")),
+            );
             if removed.is_empty() {
                 println!("nothing left behind by netvmm");
             }

@@ -9,12 +9,14 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use crate::bridge_watch::{Port, Watcher};
 use crate::given::{GivenLink, RestoreError};
 use crate::mac::MacAddr;
+use crate::nat::NatUse;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
 use crate::owned::{owner_alias, OwnedLink};
 use crate::private_fs::{open_private_node, PrivateDir};
 use crate::shim::ShimUse;
 use crate::spec::{BackendSpec, NetSpec};
 use crate::tap::{Tap, TapError};
+use crate::tc_redirect::Wiring;
 
 /// Name template for macvtaps netvmm creates.
 pub const MACVTAP_TEMPLATE: &str = "nvmvt%d";
@@ -27,6 +29,10 @@ pub enum BackendError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Shim(#[from] crate::shim::ShimError),
+    #[error(transparent)]
+    Nat(#[from] crate::nat::NatError),
+    #[error(transparent)]
+    Tc(#[from] crate::tc_redirect::TcError),
     #[error("bridge {name} does not exist (bridges here: {})", list(.existing))]
     NoBridge { name: String, existing: Vec<String> },
     #[error("{name} is not a bridge but a {kind} (bridges here: {})", list(.existing))]
@@ -80,6 +86,28 @@ pub struct Opened {
     /// What the user should know about this NIC besides its description (one line each),
     /// e.g. bridge ports whose MTU is below the guest's.
     pub notes: Vec<String>,
+    /// This NIC's NAT table (and the uplink's forwarding, when it is the last).
+    pub nat: Option<NatUse>,
+    /// The NIC side of a tc redirect wiring.
+    pub tc: Option<Wiring>,
+}
+
+impl Opened {
+    /// A tap with nothing to undo but itself (more is added with struct update syntax).
+    fn plain(tap: Tap, mac: MacAddr, description: String) -> Self {
+        Opened {
+            tap,
+            mac,
+            description,
+            owned: None,
+            given: None,
+            bridge_port: None,
+            shim: None,
+            notes: Vec::new(),
+            nat: None,
+            tc: None,
+        }
+    }
 }
 
 /// What the device and the user get of an [`Opened`] once [`HostCleanup`] holds the rest.
@@ -101,6 +129,8 @@ pub struct HostCleanup {
     given: Vec<GivenLink>,
     owned: Vec<OwnedLink>,
     shims: Vec<ShimUse>,
+    nats: Vec<NatUse>,
+    wirings: Vec<Wiring>,
 }
 
 impl HostCleanup {
@@ -116,7 +146,11 @@ impl HostCleanup {
             bridge_port,
             shim,
             notes,
+            nat,
+            tc,
         } = opened;
+        self.nats.extend(nat);
+        self.wirings.extend(tc);
         self.owned.extend(owned);
         self.given.extend(given);
         self.ports.extend(bridge_port);
@@ -149,6 +183,8 @@ impl HostCleanup {
             .collect();
         self.owned.clear();
         self.shims.clear();
+        self.wirings.clear();
+        self.nats.clear();
         problems
     }
 }
@@ -198,20 +234,18 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 bridge_port: None,
                 shim: None,
                 notes: Vec::new(),
+                nat: None,
+                tc: None,
             })
         }
         BackendSpec::Fd(fd) => {
             let tap = Tap::from_fd(*fd)?;
             let notes = inherited_mtu_note(tap.name(), spec.mtu)?;
+            let description = format!("fd {fd} ({}, inherited, left as found)", tap.name());
+            let mac = derived(tap.name());
             Ok(Opened {
-                mac: derived(tap.name()),
-                description: format!("fd {fd} ({}, inherited, left as found)", tap.name()),
-                tap,
-                owned: None,
-                given: None,
-                bridge_port: None,
-                shim: None,
                 notes,
+                ..Opened::plain(tap, mac, description)
             })
         }
         BackendSpec::Bridge { bridge, tap } => {
@@ -233,7 +267,67 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             }
             Ok(o)
         }
+        BackendSpec::Nat { host_ip, uplink } => open_nat(*host_ip, uplink.as_deref(), derived),
+        BackendSpec::TcRedirect { nic } => open_tc(nic, derived),
     }
+}
+
+/// A created tap, marked as netvmm's.
+fn created_tap(host_ip: Option<crate::spec::Ipv4Cidr>) -> Result<Tap, BackendError> {
+    let tap = Tap::open(None, host_ip)?;
+    netlink::set_alias(tap.name(), &owner_alias())?;
+    Ok(tap)
+}
+
+fn open_nat(
+    host_ip: Option<crate::spec::Ipv4Cidr>,
+    uplink: Option<&str>,
+    derived: impl Fn(&str) -> MacAddr,
+) -> Result<Opened, BackendError> {
+    let (tap, nat) = crate::nat::setup(uplink, host_ip, |host| {
+        let tap = created_tap(Some(host))?;
+        let name = tap.name().to_string();
+        Ok((tap, name))
+    })?;
+    let (host, guest) = (nat.host, crate::nat::guest_addr(nat.host));
+    let mac = derived(tap.name());
+    let description = format!(
+        "tap {} behind NAT out of {}: host {}/{}, guest netvmm.ip={}/{} netvmm.gw={} \
+         (tap, nftables table and forwarding undone at exit)",
+        tap.name(),
+        nat.mark.uplink,
+        host.addr,
+        host.prefix,
+        guest.addr,
+        guest.prefix,
+        host.addr
+    );
+    Ok(Opened {
+        nat: Some(nat),
+        ..Opened::plain(tap, mac, description)
+    })
+}
+
+fn open_tc(nic: &str, derived: impl Fn(&str) -> MacAddr) -> Result<Opened, BackendError> {
+    let tap = created_tap(None)?;
+    let index = netlink::link_index(tap.name())?.ok_or_else(|| NetlinkError::NoSuchDevice {
+        action: "wire the new tap".into(),
+        name: tap.name().into(),
+    })?;
+    let wiring = crate::tc_redirect::wire(nic, index)?;
+    let mac = derived(tap.name());
+    let description = format!(
+        "tap {} wired to {} by tc ({} filters, mirred redirect both ways; the host's stack \
+         does not see the guest's frames; tap and {}'s ingress qdisc removed at exit)",
+        tap.name(),
+        wiring.nic,
+        wiring.filter.name(),
+        wiring.nic
+    );
+    Ok(Opened {
+        tc: Some(wiring),
+        ..Opened::plain(tap, mac, description)
+    })
 }
 
 /// The state of the tap named `name`, if it exists, before netvmm touches it.
@@ -356,6 +450,8 @@ fn open_bridge_port(
         given,
         shim: None,
         notes,
+        nat: None,
+        tc: None,
     })
 }
 
@@ -426,6 +522,8 @@ fn open_macvtap(
         bridge_port: None,
         shim: None,
         notes: Vec::new(),
+        nat: None,
+        tc: None,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod given;
 pub mod iface;
 pub mod mac;
 pub mod names;
+pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod owned;
@@ -15,6 +16,7 @@ pub mod private_fs;
 pub mod shim;
 pub mod spec;
 pub mod tap;
+pub mod tc_redirect;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod test_support;

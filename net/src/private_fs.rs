@@ -95,6 +95,30 @@ pub fn open_lock(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// An exclusive lock on `name` in this user's [`shared_dir`], held until dropped (closing
+/// the file releases it): how concurrent netvmm processes serialise a read-modify-write
+/// of shared host state. A predictable name in the shared `$TMPDIR` itself could be a
+/// symlink someone planted, or a file they hold locked.
+#[derive(Debug)]
+pub struct ExclusiveLock {
+    _file: File,
+}
+
+impl ExclusiveLock {
+    /// Blocks until the lock is ours; the error names the lock file.
+    pub fn take(name: &str) -> Result<Self, (String, io::Error)> {
+        let dir = shared_dir().map_err(|e| (format!("$TMPDIR/{name}"), e))?;
+        let path = dir.join(name);
+        let shown = || path.display().to_string();
+        let f = open_lock(&path).map_err(|e| (shown(), e))?;
+        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            return Err((shown(), io::Error::last_os_error()));
+        }
+        Ok(ExclusiveLock { _file: f })
+    }
+}
+
 /// Makes a character device node at `path` (which must not exist; mknod never follows a
 /// symlink), mode 0600, and opens it with `flags`; the node is removed again either way,
 /// so only the returned descriptor remains.

@@ -8,9 +8,6 @@
 //! user and by `netvmm cleanup`. A lock file serialises the read-modify-write between
 //! concurrent netvmm processes.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
-
 use crate::mac::MacAddr;
 use crate::netlink::{self, MacvtapMode, NetlinkError};
 use crate::owned::Owner;
@@ -55,28 +52,16 @@ fn alias_for(users: &[Owner]) -> String {
     format!("{SHIM_ALIAS_PREFIX}{}", list.join(","))
 }
 
-/// Holds an exclusive lock on a per-parent lock file while alive (closing the file, on
-/// drop, releases it).
+/// The per-parent lock (see [`private_fs::ExclusiveLock`]).
 struct ShimLock {
-    _file: File,
+    _lock: private_fs::ExclusiveLock,
 }
 
 impl ShimLock {
-    /// The lock lives in this user's private netvmm directory: a predictable name in the
-    /// shared `$TMPDIR` could be a symlink someone planted, or a file they hold locked.
     fn take(parent_index: u32) -> Result<Self, ShimError> {
-        let name = format!("shim-{parent_index}.lock");
-        let err = |path: String| move |source| ShimError::Lock { path, source };
-        let dir = private_fs::shared_dir().map_err(err(format!("$TMPDIR/{name}")))?;
-        let path = dir.join(name);
-        let f = private_fs::open_lock(&path).map_err(err(path.display().to_string()))?;
-        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(err(path.display().to_string())(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(ShimLock { _file: f })
+        private_fs::ExclusiveLock::take(&format!("shim-{parent_index}.lock"))
+            .map(|l| ShimLock { _lock: l })
+            .map_err(|(path, source)| ShimError::Lock { path, source })
     }
 }
 

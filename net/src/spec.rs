@@ -64,6 +64,16 @@ pub enum BackendSpec {
         mode: MacvtapMode,
         host_access: Option<Ipv4Cidr>,
     },
+    /// A tap netvmm creates with the host's address `host_ip` (a free one when `None`),
+    /// its guest's traffic masqueraded out of `uplink` (the default route's interface when
+    /// `None`); see [`crate::nat`].
+    Nat {
+        host_ip: Option<Ipv4Cidr>,
+        uplink: Option<String>,
+    },
+    /// A tap netvmm creates and wires to the existing NIC `nic` with tc redirects both
+    /// ways; see [`crate::tc_redirect`].
+    TcRedirect { nic: String },
 }
 
 /// One guest NIC.
@@ -211,7 +221,8 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
     }
 }
 
-const KNOWN_KEYS: &str = "tap, fd, bridge, macvtap, host-ip, host-access, mac, mode, mtu, vhost";
+const KNOWN_KEYS: &str =
+    "tap, fd, bridge, macvtap, tc, nat, host-ip, host-access, mac, mode, mtu, vhost";
 
 impl FromStr for NetSpec {
     type Err = SpecError;
@@ -250,12 +261,14 @@ impl FromStr for NetSpec {
                     host_ip: None,
                 }
             }
-            "bridge" | "macvtap" => {
+            "bridge" | "macvtap" | "tc" => {
                 let v = kind_value
                     .clone()
                     .ok_or_else(|| bad(kind, "", "needs an interface name".into()))?;
                 check_ifname(&v).map_err(|r| bad(kind, &v, r))?;
-                if kind == "bridge" {
+                if kind == "tc" {
+                    BackendSpec::TcRedirect { nic: v }
+                } else if kind == "bridge" {
                     BackendSpec::Bridge {
                         bridge: v,
                         tap: None,
@@ -279,7 +292,7 @@ impl FromStr for NetSpec {
             }
             other if KNOWN_KEYS.split(", ").any(|k| k == other) => {
                 return Err(syntax(format!(
-                    "it must start with the backend (tap, fd=N, bridge=BR or macvtap=PARENT), not '{other}'"
+                    "it must start with the backend (tap, fd=N, bridge=BR, macvtap=PARENT or tc=NIC), not '{other}'"
                 )))
             }
             other => {
@@ -293,6 +306,7 @@ impl FromStr for NetSpec {
         let mut mac = None;
         let mut mtu = None;
         let mut vhost = VhostMode::Off;
+        let mut nat: Option<Option<String>> = None;
         for (key, value) in &pairs[1..] {
             let value_of = || {
                 value
@@ -350,6 +364,16 @@ impl FromStr for NetSpec {
                         _ => return Err(bad(key, &v, "only a macvtap backend has a mode".into())),
                     }
                 }
+                "nat" => {
+                    let v = value.clone().unwrap_or_default();
+                    if !matches!(backend, BackendSpec::Tap { .. }) {
+                        return Err(bad(key, &v, "only a tap backend is put behind NAT".into()));
+                    }
+                    if let Some(u) = value {
+                        check_ifname(u).map_err(|r| bad(key, u, r))?;
+                    }
+                    nat = Some(value.clone());
+                }
                 "tap" if matches!(backend, BackendSpec::Bridge { .. }) => {
                     let v = value_of()?;
                     check_ifname(&v).map_err(|r| bad(key, &v, r))?;
@@ -357,7 +381,7 @@ impl FromStr for NetSpec {
                         *tap = Some(v);
                     }
                 }
-                "tap" | "fd" | "bridge" | "macvtap" => {
+                "tap" | "fd" | "bridge" | "macvtap" | "tc" => {
                     return Err(syntax(format!(
                         "'{key}' names a backend and must come first, once"
                     )))
@@ -370,6 +394,19 @@ impl FromStr for NetSpec {
                     })
                 }
             }
+        }
+        if let (Some(uplink), BackendSpec::Tap { name, host_ip }) = (nat, &backend) {
+            if let Some(n) = name {
+                return Err(bad(
+                    "tap",
+                    n,
+                    "a NAT tap is always one netvmm creates; drop the name".into(),
+                ));
+            }
+            backend = BackendSpec::Nat {
+                host_ip: *host_ip,
+                uplink,
+            };
         }
         if let BackendSpec::Macvtap {
             mode,
@@ -580,6 +617,53 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn nat_and_tc_forms() {
+        let s: NetSpec = "tap,nat".parse().unwrap();
+        assert_eq!(
+            s.backend,
+            BackendSpec::Nat {
+                host_ip: None,
+                uplink: None
+            }
+        );
+        for spec in [
+            "tap,nat=eth0,host-ip=192.0.2.1/30",
+            "tap,host-ip=192.0.2.1/30,nat=eth0",
+        ] {
+            let s: NetSpec = spec.parse().unwrap();
+            assert_eq!(
+                s.backend,
+                BackendSpec::Nat {
+                    host_ip: Some("192.0.2.1/30".parse().unwrap()),
+                    uplink: Some("eth0".into())
+                },
+                "{spec}"
+            );
+        }
+        let s: NetSpec = "tc=veth0,mac=52:54:00:00:00:09".parse().unwrap();
+        assert_eq!(
+            s.backend,
+            BackendSpec::TcRedirect {
+                nic: "veth0".into()
+            }
+        );
+        assert!(s.mac.is_some());
+        let e = |spec: &str| spec.parse::<NetSpec>().unwrap_err().to_string();
+        assert!(
+            e("tap=vm0,nat").contains("drop the name"),
+            "{}",
+            e("tap=vm0,nat")
+        );
+        assert!(e("bridge=br0,nat").contains("only a tap backend is put behind NAT"));
+        assert!(e("tap,nat=a/b").contains("not a valid interface name"));
+        assert!(e("tap,nat,nat").contains("given twice"));
+        assert!(e("tc").contains("needs an interface name"));
+        assert!(e("tc=eth0,host-ip=192.0.2.1/24").contains("only a plain tap"));
+        assert!(e("tap,tc=eth0").contains("must come first"));
+        assert!(e("nat").contains("must start with the backend") && e("nat").contains("tc=NIC"));
     }
 
     #[test]

@@ -10,3 +10,18 @@ use std::io;
 pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     crate::netns::NetNs::new()?.run(f)
 }
+
+/// Runs `f` in a fresh network namespace; skips (returns None) only when no namespace can
+/// be made here. A panic in `f` fails the test: it is caught on the namespace thread and
+/// resumed here (`in_new_netns` alone would turn it into an `Err`, i.e. a skip).
+pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let caught = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    match in_new_netns(caught) {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => {
+            eprintln!("skipping: cannot create a network namespace here: {e}");
+            None
+        }
+    }
+}

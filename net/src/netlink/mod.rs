@@ -11,8 +11,10 @@
 //! interface named br0`, and adds the kernel's extended-ack text when it gave one.
 //!
 //! By concern: `conn` (the socket, one request and its ACK), `error`, `links`, `addresses`,
-//! `macvlan` (macvtaps and macvlans), `monitor` (link notifications), `routes`,
-//! `neighbours` (the ARP table) and `ports` (hairpin, moving a link to a namespace); everything public
+//! `macvlan` (macvtaps and macvlans), `monitor` (link notifications), `routes` (read,
+//! add and delete), `neighbours` (the ARP table), `ports` (hairpin, moving a link to a
+//! namespace), `tc` (ingress qdiscs and redirect filters) and `nftables` (list and delete
+//! tables, over NETLINK_NETFILTER); everything public
 //! is re-exported here, so callers name `netlink::set_up` as before.
 
 mod addresses;
@@ -22,8 +24,10 @@ mod links;
 mod macvlan;
 mod monitor;
 mod neighbours;
+mod nftables;
 mod ports;
 mod routes;
+mod tc;
 
 use std::fmt;
 
@@ -37,8 +41,13 @@ pub use links::{
 pub use macvlan::{create_macvlan, create_macvtap, MacvtapMode};
 pub use monitor::{LinkEvent, LinkMonitor};
 pub use neighbours::{flush_neighbours, neighbours, Neighbour};
+pub use nftables::{delete_table, list_tables, NFPROTO_IPV4};
 pub use ports::{move_to_netns, set_hairpin};
-pub use routes::{add_route_v4, delete_route_v4};
+pub use routes::{add_route_v4, default_route_oif, delete_route_v4, ipv4_routes, Route4};
+pub use tc::{
+    add_ingress_qdisc, add_redirect, delete_ingress_qdisc, ingress_qdisc, ingress_redirects,
+    FilterKind, Redirect,
+};
 
 /// A link named by its name or its index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

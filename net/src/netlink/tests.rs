@@ -4,27 +4,12 @@
 
 use super::conn::split_datagram;
 use super::*;
-use crate::iface::in_new_netns;
 use crate::mac::MacAddr;
 use crate::tap::Tap;
+use crate::test_support::in_netns;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
-
-/// Runs `f` in a fresh network namespace; skips (returns None) only when no namespace can
-/// be made here. A panic in `f` fails the test: it is caught on the namespace thread and
-/// resumed here (`in_new_netns` alone would turn it into an `Err`, i.e. a skip).
-fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    let caught = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    match in_new_netns(caught) {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(e) => {
-            eprintln!("skipping: cannot create a network namespace here: {e}");
-            None
-        }
-    }
-}
 
 fn info(dev: &str) -> LinkInfo {
     link_info(dev)

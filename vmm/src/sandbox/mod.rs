@@ -167,13 +167,17 @@ impl Sandbox {
 /// Whether the host side of these NICs needs CAP_NET_ADMIN after setup: a created tap
 /// (and an inherited fd) goes away with its fd and needs nothing; a tap on a bridge is
 /// re-enslaved if the bridge comes back, a tap named by the user may be a given one that
-/// is put back as found, and a macvtap (and its shim) is deleted at exit.
+/// is put back as found, a macvtap (and its shim) is deleted at exit, and so are a NAT
+/// tap's nftables table (and the uplink's forwarding) and a tc wiring's qdisc on its NIC.
 pub fn needs_net_admin(nets: &[net::NetSpec]) -> bool {
     use net::spec::BackendSpec;
     nets.iter().any(|n| match &n.backend {
         BackendSpec::Tap { name, .. } => name.is_some(),
         BackendSpec::Fd(_) => false,
-        BackendSpec::Bridge { .. } | BackendSpec::Macvtap { .. } => true,
+        BackendSpec::Bridge { .. }
+        | BackendSpec::Macvtap { .. }
+        | BackendSpec::Nat { .. }
+        | BackendSpec::TcRedirect { .. } => true,
     })
 }
 
@@ -194,6 +198,8 @@ mod tests {
         assert!(needs_net_admin(&specs(&["tap", "tap=given0"])));
         assert!(needs_net_admin(&specs(&["bridge=br0"])));
         assert!(needs_net_admin(&specs(&["macvtap=eth9"])));
+        assert!(needs_net_admin(&specs(&["tap,nat"])));
+        assert!(needs_net_admin(&specs(&["tc=veth0"])));
     }
 
     #[test]

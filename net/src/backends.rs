@@ -225,17 +225,10 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
                 // A mark only: a created tap vanishes with its fd anyway.
                 let _ = netlink::set_alias(tap.name(), &owner_alias());
             }
+            let mac = derived(tap.name());
             Ok(Opened {
-                mac: derived(tap.name()),
-                tap,
-                description,
-                owned: None,
                 given,
-                bridge_port: None,
-                shim: None,
-                notes: Vec::new(),
-                nat: None,
-                tc: None,
+                ..Opened::plain(tap, mac, description)
             })
         }
         BackendSpec::Fd(fd) => {
@@ -267,8 +260,17 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             }
             Ok(o)
         }
-        BackendSpec::Nat { host_ip, uplink } => open_nat(*host_ip, uplink.as_deref(), derived),
-        BackendSpec::TcRedirect { nic } => open_tc(nic, derived),
+        // A created tap each: it takes the guest's MTU as a plain one does.
+        BackendSpec::Nat { host_ip, uplink } => {
+            let opened = open_nat(*host_ip, uplink.as_deref(), derived)?;
+            set_mtu(opened.tap.name(), spec.mtu)?;
+            Ok(opened)
+        }
+        BackendSpec::TcRedirect { nic } => {
+            let opened = open_tc(nic, derived)?;
+            set_mtu(opened.tap.name(), spec.mtu)?;
+            Ok(opened)
+        }
     }
 }
 
@@ -438,20 +440,16 @@ fn open_bridge_port(
             " (existing tap, put back as found at exit)"
         }
     );
+    let port = Port {
+        tap: tap.name().to_string(),
+        bridge: bridge.to_string(),
+    };
+    let mac = derived(tap.name());
     Ok(Opened {
-        mac: derived(tap.name()),
-        bridge_port: Some(Port {
-            tap: tap.name().to_string(),
-            bridge: bridge.to_string(),
-        }),
-        tap,
-        description,
-        owned: None,
+        bridge_port: Some(port),
         given,
-        shim: None,
         notes,
-        nat: None,
-        tc: None,
+        ..Opened::plain(tap, mac, description)
     })
 }
 
@@ -510,20 +508,13 @@ fn open_macvtap(
     };
     let fd = open_tap_device(&created.name, created.index)?;
     let tap = Tap::from_owned_fd(fd)?;
+    let description = format!(
+        "macvtap {} on {parent} (mode {mode}, created, removed at exit)",
+        created.name
+    );
     Ok(Opened {
-        description: format!(
-            "macvtap {} on {parent} (mode {mode}, created, removed at exit)",
-            created.name
-        ),
-        mac,
-        tap,
         owned: Some(owned),
-        given: None,
-        bridge_port: None,
-        shim: None,
-        notes: Vec::new(),
-        nat: None,
-        tc: None,
+        ..Opened::plain(tap, mac, description)
     })
 }
 

@@ -561,7 +561,14 @@ mod tests {
 
     #[test]
     fn mtu_is_taken_on_every_backend_within_its_range() {
-        for backend in ["tap", "fd=3", "bridge=br0", "macvtap=eth1,mode=vepa"] {
+        for backend in [
+            "tap",
+            "fd=3",
+            "bridge=br0",
+            "macvtap=eth1,mode=vepa",
+            "tap,nat",
+            "tc=veth0",
+        ] {
             let s: NetSpec = format!("{backend},mtu=9000").parse().unwrap();
             assert_eq!(s.mtu, Some(9000), "{backend}");
         }

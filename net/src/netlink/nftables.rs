@@ -7,6 +7,7 @@
 //! the kernel. No crate with a compatible licence does this (rustables is GPL-3.0, nftnl
 //! binds the C libnftnl), and these two messages are a few dozen bytes.
 
+use netlink_packet_core::{NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 use super::conn::split_datagram;
@@ -19,11 +20,6 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFTA_TABLE_NAME: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLM_F_DUMP: u16 = 0x300;
 /// The nf_tables family of IPv4 tables (`ip`).
 pub const NFPROTO_IPV4: u8 = 2;
 

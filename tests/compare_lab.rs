@@ -1,5 +1,5 @@
 //! `netvmm compare` end to end: in the emulated lab, and in the native lab that `--lab auto`
-//! picks inside the lab host (whose KVM boots stock kernels). The emulated run: all seven
+//! picks inside the lab host (whose KVM boots stock kernels). The emulated run: all nine
 //! backends (macvtap-bridge+host: the host's address on netvmm's host-access shim), `--json`,
 //! and the reachability matrix held against what the kernel does in the topology compare builds
 //! (a NIC whose wire leads to a LAN switch; the switch hairpins the NIC's port for
@@ -8,7 +8,9 @@
 //! | backend          | g->host | host->g | g->LAN | LAN->g | g->g |
 //! |------------------|---------|---------|--------|--------|------|
 //! | tap (routed)     | yes     | yes     | yes    | yes    | yes  |
+//! | tap-nat          | yes     | yes     | yes    | no     | no   |
 //! | bridge           | yes     | yes     | yes    | yes    | yes  |
+//! | tc-redirect      | yes     | yes     | yes    | yes    | yes  |
 //! | macvtap-bridge   | no      | no      | yes    | yes    | yes  |
 //! | macvtap-bridge+host | yes  | yes     | yes    | yes    | yes  |
 //! | macvtap-vepa     | yes     | yes     | yes    | yes    | yes  |
@@ -17,7 +19,11 @@
 //!
 //! (private: a guest's broadcasts, ARP included, come back from the hairpin to itself only,
 //! so neither a sibling nor the host learns its MAC; the host's own ARP request does reach
-//! the guest, so host->guest works. passthru: one guest owns the NIC; a second is refused.)
+//! the guest, so host->guest works. passthru: one guest owns the NIC; a second is refused.
+//! tap-nat: the LAN peer has a route to the guests via the host, yet netvmm's NAT table lets
+//! only replies in, and drops what one NAT guest sends to another; the LAN peer sees the
+//! host's address as the source. tc-redirect: the host reaches the guest through the LAN
+//! switch, from its address on lanA.)
 //! Every figure a path allows must be present and positive; throughput host<->guest is null
 //! exactly where the host cannot reach the guest.
 
@@ -33,9 +39,11 @@ mod report;
 
 use report::{Outcome, Report};
 
-const BACKENDS: [&str; 7] = [
+const BACKENDS: [&str; 9] = [
     "tap",
+    "tap-nat",
     "bridge",
+    "tc-redirect",
     "macvtap-bridge",
     "macvtap-bridge+host",
     "macvtap-vepa",
@@ -45,7 +53,8 @@ const BACKENDS: [&str; 7] = [
 
 fn expected(backend: &str) -> [bool; 5] {
     match backend {
-        "tap" | "bridge" | "macvtap-bridge+host" | "macvtap-vepa" => [true; 5],
+        "tap" | "bridge" | "tc-redirect" | "macvtap-bridge+host" | "macvtap-vepa" => [true; 5],
+        "tap-nat" => [true, true, true, false, false],
         "macvtap-bridge" => [false, false, true, true, true],
         "macvtap-private" => [false, true, true, true, false],
         "macvtap-passthru" => [false, false, true, true, false],
@@ -120,6 +129,20 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
         assert_eq!(r.skipped, None, "{b} skipped\n{dump}");
         reaches_as_expected(r, &dump);
 
+        // What the LAN peer saw as the source of the guest's pings: the guest's own
+        // address, but through NAT the host's LAN address.
+        let saw = r.lan_peer_saw.clone().unwrap_or_default();
+        let source = match b {
+            "tap-nat" => "203.0.113.10",
+            "tap" => "192.0.2.2",
+            _ => "203.0.113.2",
+        };
+        assert_eq!(
+            saw,
+            [source.parse::<std::net::Ipv4Addr>().unwrap()],
+            "{b}\n{dump}"
+        );
+        assert!(r.left_behind.is_empty(), "{b}: {:?}\n{dump}", r.left_behind);
         let (t, rtt) = (&r.throughput_mbps, &r.rtt_ms);
         let positive = |what: &str, v: Option<f64>| positive(b, what, v, &dump);
         positive("boot_ms", r.boot_ms);
@@ -159,7 +182,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
     assert!(!stderr.contains("Unexpected:"), "{dump}");
     let svg = std::fs::read_to_string(&chart).expect("chart written");
     assert!(svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches(r#"<g class="backend""#).count(), 14, "{svg}");
+    assert_eq!(svg.matches(r#"<g class="backend""#).count(), 18, "{svg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -169,7 +192,7 @@ const NATIVE: &str = r#"
 # Progress comes out as it happens (tee), so that a lab that stops shows where. The tap
 # guest is cut off from the network before its host_to_guest run, as the nested lab has been
 # seen to do: compare must replace it and still measure.
-{ NETVMM_COMPARE_CUT=tap:host_to_guest netvmm compare --backends tap,macvtap-bridge --duration 1 --json > /tmp/c.json; echo $? > /tmp/c.st; } 2>&1 | tee /tmp/c.err
+{ NETVMM_COMPARE_CUT=tap:host_to_guest netvmm compare --backends tap,macvtap-bridge --datapath both --duration 1 --json --explain > /tmp/c.json; echo $? > /tmp/c.st; } 2>&1 | tee /tmp/c.err
 s=$(cat /tmp/c.st)
 echo "case=native status=$s netns=$(ls /run/netns 2>/dev/null | wc -l) links=$(ls /sys/class/net | grep -vc '^lo$')"
 echo "--- json"; cat /tmp/c.json; echo "--- end"
@@ -178,6 +201,8 @@ echo "--- json"; cat /tmp/c.json; echo "--- end"
 /// The native lab for real: the same Rust scenario in a private network and mount namespace
 /// netvmm makes on the host it runs on (here the lab host), measured, and gone after; a
 /// guest cut off mid-run is replaced, on the record, and its rings are in its exit report.
+/// Both data paths: every backend also through vhost-net, which reaches what the userspace
+/// path reaches.
 #[test]
 fn compare_runs_natively_where_kvm_boots_the_guest() {
     let out = common::lab(NATIVE, 900);
@@ -202,13 +227,32 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
     let doc = read_report(&text, &dump);
     assert_eq!(doc.lab, "native", "{dump}");
     let results = &doc.results;
-    assert_eq!(results.len(), 2, "{dump}");
+    let rows: Vec<String> = results.iter().map(|r| r.label()).collect();
+    assert_eq!(
+        rows,
+        ["tap", "tap+vhost", "macvtap-bridge", "macvtap-bridge+vhost"],
+        "{dump}"
+    );
     for r in results {
-        let b = r.backend.name();
+        let b = r.label();
+        let b = b.as_str();
         reaches_as_expected(r, &dump);
         positive(b, "guest_to_lan", r.throughput_mbps.guest_to_lan, &dump);
         positive(b, "lan_to_guest", r.throughput_mbps.lan_to_guest, &dump);
+        positive(b, "vmm_cpu_ms_per_gb", r.vmm_cpu_ms_per_gb, &dump);
     }
+    // Every row ran on its own data path: the guests' exit reports said so.
+    assert!(
+        !out.stdout
+            .contains("the measured guest's NIC reported datapath="),
+        "{dump}"
+    );
+    assert!(
+        out.stdout.contains("== the data path: user and vhost =="),
+        "{dump}"
+    );
+    assert!(out.stdout.contains("tap: reachability the same"), "{dump}");
+    assert!(!out.stdout.contains("Unexpected"), "{dump}");
     let tap = &results[0].throughput_mbps;
     positive("tap", "host_to_guest", tap.host_to_guest, &dump);
     positive("tap", "guest_to_host", tap.guest_to_host, &dump);

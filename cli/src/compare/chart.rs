@@ -106,7 +106,7 @@ fn panel(
     let slot = plot_w / outcomes.len().max(1) as f64;
     for (i, o) in outcomes.iter().enumerate() {
         let x0 = LEFT + slot * i as f64;
-        let name = xml_escape(o.backend.name());
+        let name = xml_escape(&o.label());
         let _ = writeln!(svg, r#"<g class="backend" data-backend="{name}">"#);
         let series = bars(o);
         let bw = (slot * 0.8) / series.len().max(1) as f64;

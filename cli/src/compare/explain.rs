@@ -1,8 +1,8 @@
 //! `netvmm compare --explain`: per backend, the path a frame takes and why the measured
 //! facts are what they are.
 
-use super::backend::Backend;
-use super::report::{Outcome, Reachability};
+use super::backend::{Backend, Datapath};
+use super::report::{Outcome, Reachability, Throughput};
 use super::table::mark;
 
 /// What the kernel lets talk to what, in the topology the scenario builds (indexed like
@@ -13,6 +13,8 @@ pub fn expected(b: Backend) -> [bool; 5] {
         Backend::Tap | Backend::Bridge | Backend::MacvtapBridgeHost | Backend::MacvtapVepa => {
             [true; 5]
         }
+        Backend::TapNat => [true, true, true, false, false],
+        Backend::TcRedirect => [true; 5],
         Backend::MacvtapBridge => [false, false, true, true, true],
         Backend::MacvtapPrivate => [false, true, true, true, false],
         Backend::MacvtapPassthru => [false, false, true, true, false],
@@ -24,6 +26,12 @@ pub fn diagram(b: Backend) -> &'static str {
     match b {
         Backend::Tap => {
             "guest eth0 -- nvtapN (host 192.0.2.1) == host IP routing (ip_forward=1) == lanA (203.0.113.10) -- wire -- sw0 -- LAN peer"
+        }
+        Backend::TapNat => {
+            "guest eth0 -- nvtapN (host 192.0.2.1) == host IP routing, netvmm's nftables table: masquerade to 203.0.113.10 == lanA -- wire -- sw0 -- LAN peer   (LAN -> guest: dropped, no port forward)"
+        }
+        Backend::TcRedirect => {
+            "guest eth0 -- nvtapN =tc ingress, mirred redirect= ctrA (the container's veth, no address) -- ctrB -- sw0 -- LAN peer, and lanA (host 203.0.113.10) -- wire -- sw0"
         }
         Backend::Bridge => {
             "guest eth0 -- nvtapN -- br0 (host 203.0.113.10) -- lanA -- wire -- sw0 -- LAN peer"
@@ -54,6 +62,20 @@ pub fn why(b: Backend) -> &'static str {
 The host reaches the guest directly; everything else is routed by the host (ip_forward=1, and the LAN peer has a route back to 192.0.2.0/24 via the host's LAN address), \
 so the LAN sees the guest's own address one hop further away (TTL decremented; no NAT here), and two guests on two taps reach each other through the host's routing table. \
 No bridge, no promiscuous NIC; but every frame to or from the LAN goes up and down the host's IP stack, and broadcasts (DHCP, ARP, mDNS) stop at the host."
+        }
+        Backend::TapNat => {
+            "The tap of the first row, behind the host's NAT, as libvirt's default network (virbr0) has it: netvmm turns forwarding on for the tap and lanA only (not ip_forward), \
+and its own nftables table (one per NIC, removed at exit and by netvmm cleanup) masquerades what the guest's /30 sends out of lanA, lets replies back in, and drops every other frame to or from the tap. \
+So the guest reaches the LAN, but the LAN peer sees the host's address 203.0.113.10 as the source (lan_peer_saw), and it cannot open a connection to the guest even with a route to 192.0.2.0/24 via the host, which it has here: \
+lan_to_guest fails (no port forward), while data does flow LAN -> guest over a connection the guest opened (how its throughput is measured). \
+The host reaches the guest directly on the tap. Two NAT guests sit on two taps and two subnets, and the table drops what one sends to the other: guest_to_guest fails, \
+unlike libvirt's, whose guests share a bridge. Every frame crosses the host's IP stack and conntrack; a forward chain of the host's own with policy drop (Docker's) would block it."
+        }
+        Backend::TcRedirect => {
+            "Kata Containers' wiring: no bridge and no address. An ingress qdisc on the tap and on ctrA (the veth that stands for a container's interface) each hold one catch-all filter whose mirred action \
+sends every frame out of the other, so the guest is on ctrA's segment with its own MAC and address, and the frames never reach the host's IP stack either way (they are stolen at ingress). \
+Here ctrA's peer is a port of the LAN switch, so the guest reaches the LAN peer, the LAN reaches it, and two such guests reach each other through the switch. \
+The host reaches the guest only as any station on that segment does: from its address on lanA, through the switch; an address of the host on ctrA itself would be unreachable from the guest, since nothing arriving on ctrA is delivered to the host."
         }
         Backend::Bridge => {
             "Layer 2. br0 is a learning switch in the host's kernel; the guest's tap and the NIC lanA are two of its ports, and the host's address sits on br0 itself, \
@@ -91,14 +113,84 @@ It is the software stand-in for handing the guest the NIC (or an SR-IOV VF) with
     }
 }
 
+/// What the kernel's data path changes, and what it does not.
+const VHOST_WHY: &str = "With vhost=on the kernel's vhost-net worker moves the frames between the guest's rings and the same tap or macvtap fd: \
+netvmm only sets it up (memory table, rings, the kick eventfds the guest's notifications already hit, a call eventfd per queue, the backend fd) and turns the worker's calls into the device's interrupt. \
+The fd and everything behind it are the same, so reachability is the same as through netvmm's own copy, row for row. \
+What changes is who copies and who wakes: no wake-up of netvmm's device thread per kick, no readv/writev by netvmm, the copies done in the worker. \
+On kernels before 6.4 that worker is a kernel thread whose CPU time is not netvmm's, so VMM CPU drops more than the host's total does; from 6.4 it is a thread of netvmm's process and counts.";
+
+/// Per backend measured through both paths: whether reachability held, and what the
+/// kernel's path did to netvmm's CPU per GB and to throughput.
+fn datapaths(outcomes: &[Outcome]) -> String {
+    let mut s = String::new();
+    if !outcomes.iter().any(|o| o.datapath == Datapath::Vhost) {
+        return s;
+    }
+    s.push_str("\n== the data path: user and vhost ==\n");
+    for line in wrap(VHOST_WHY, 96) {
+        s.push_str(&format!("  {line}\n"));
+    }
+    for user in outcomes.iter().filter(|o| o.datapath == Datapath::User) {
+        let Some(vhost) = outcomes
+            .iter()
+            .find(|o| o.backend == user.backend && o.datapath == Datapath::Vhost)
+        else {
+            continue;
+        };
+        if user.skipped.is_some() || vhost.skipped.is_some() {
+            continue;
+        }
+        let same = user.reachability == vhost.reachability;
+        let mut line = format!(
+            "  {}: reachability {}",
+            user.backend.name(),
+            if same { "the same" } else { "DIFFERS" }
+        );
+        if let (Some(u), Some(v)) = (user.vmm_cpu_ms_per_gb, vhost.vmm_cpu_ms_per_gb) {
+            line.push_str(&format!(
+                "; VMM CPU {u:.0} -> {v:.0} ms/GB ({:+.0}%)",
+                (v - u) / u * 100.0
+            ));
+        }
+        for (name, u, v) in Throughput::NAMES
+            .iter()
+            .zip(user.throughput_mbps.values())
+            .zip(vhost.throughput_mbps.values())
+            .map(|((n, u), v)| (n, u, v))
+        {
+            if let (Some(u), Some(v)) = (u, v) {
+                line.push_str(&format!("; {name} {u:.0} -> {v:.0} Mbit/s"));
+            }
+        }
+        s.push_str(&line);
+        s.push('\n');
+        if !same {
+            s.push_str(&format!(
+                "  Unexpected: {} and {} reach differently over the same fd\n",
+                user.label(),
+                vhost.label()
+            ));
+        }
+    }
+    s
+}
+
 /// The explanation for every backend that ran, with the measured marks and anything that
 /// differs from what the kernel's semantics predict.
 pub fn explain(outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     for o in outcomes {
-        s.push_str(&format!("\n== {} ==\n", o.backend.name()));
+        s.push_str(&format!("\n== {} ==\n", o.label()));
         s.push_str(&format!("  {}\n", diagram(o.backend)));
-        for line in wrap(why(o.backend), 96) {
+        let why = match o.datapath {
+            Datapath::User => why(o.backend).to_string(),
+            Datapath::Vhost => format!(
+                "The arrangement of {}, with the kernel's vhost-net moving the frames (the data path, below).",
+                o.backend.name()
+            ),
+        };
+        for line in wrap(&why, 96) {
             s.push_str(&format!("  {line}\n"));
         }
         if let Some(reason) = &o.skipped {
@@ -128,6 +220,7 @@ pub fn explain(outcomes: &[Outcome]) -> String {
             s.push_str(&format!("  Unexpected: {}\n", surprises.join("; ")));
         }
     }
+    s.push_str(&datapaths(outcomes));
     s
 }
 
@@ -174,5 +267,50 @@ mod tests {
             assert!(wrap(why(b), 96).iter().all(|l| l.chars().count() <= 96));
         }
         assert_eq!(wrap("a b  c", 3), ["a b", "c"]);
+        assert!(!text.contains("the data path"), "no vhost row, no section");
+    }
+
+    #[test]
+    fn the_data_path_section_compares_a_backend_through_both_paths() {
+        let mut user = Outcome::new(Backend::Tap);
+        user.reachability = [Some(true); 5].into();
+        user.vmm_cpu_ms_per_gb = Some(8000.0);
+        user.throughput_mbps.guest_to_lan = Some(250.0);
+        let mut vhost = user.clone();
+        vhost.datapath = Datapath::Vhost;
+        vhost.vmm_cpu_ms_per_gb = Some(2000.0);
+        vhost.throughput_mbps.guest_to_lan = Some(300.0);
+        let text = explain(&[user.clone(), vhost.clone()]);
+        assert!(text.contains("== tap+vhost =="), "{text}");
+        assert_eq!(
+            text.matches(why(Backend::Tap)).count(),
+            0,
+            "wrapped, so not whole"
+        );
+        assert!(
+            text.contains("The arrangement of tap, with the kernel's vhost-net"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("Layer 3.").count(),
+            1,
+            "said once, for the user row\n{text}"
+        );
+        assert!(
+            text.contains("== the data path: user and vhost =="),
+            "{text}"
+        );
+        assert!(
+            text.contains("  tap: reachability the same; VMM CPU 8000 -> 2000 ms/GB (-75%); guest_to_lan 250 -> 300 Mbit/s\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Unexpected"), "{text}");
+        vhost.reachability.host_to_guest = Some(false);
+        let text = explain(&[user, vhost]);
+        assert!(text.contains("tap: reachability DIFFERS"), "{text}");
+        assert!(
+            text.contains("Unexpected: tap and tap+vhost reach differently"),
+            "{text}"
+        );
     }
 }

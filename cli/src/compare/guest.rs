@@ -198,13 +198,28 @@ pub fn word_value(line: &str, key: &str) -> Option<f64> {
 }
 
 const DONE: &str = "cmp-guest-done";
+/// Where the LAN peer's iperf3 server listens for a guest that opens the connection itself
+/// (`LanClient`): the guest sends to the first, and receives (-R) from the second.
+pub const GUEST_SENDS_PORT: u16 = 5202;
+pub const GUEST_RECEIVES_PORT: u16 = 5203;
 const NETUP: &str = "cmp-netup=";
+/// The tag of the guest client's iperf3 receiver summary (`LanClient`, -R).
+const RECEIVED: &str = "cmp-iperf-received:";
 const PING: &str = "cmp-ping-";
 
 /// Whether the measured guest finished its pings (anchored: the guest's command line, should
 /// a kernel print it, holds these words too).
 pub fn pings_done(line: &str) -> bool {
     line.starts_with(DONE)
+}
+
+/// The receiver summaries of the guest's own iperf3 -R runs, in order.
+pub fn guest_received(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(RECEIVED))
+        .map(String::from)
+        .collect()
 }
 
 pub fn ready(line: &str) -> bool {
@@ -216,7 +231,16 @@ pub fn ready(line: &str) -> bool {
 /// each (after a warm-up ping, so that ARP is not among the samples) and the other guest 3
 /// times, every line tagged; then it waits. The guest's init evaluates its command line
 /// once, so every `$` meant for the guest's own shell is written `\$`.
-pub fn measured_command(host: Ipv4Addr, lan: Ipv4Addr, peer: Option<Ipv4Addr>) -> String {
+///
+/// A guest the LAN cannot open connections to (NAT) opens them itself instead, with
+/// `lan_client` the length of a run: it keeps trying the LAN peer's two iperf3 ports, and a
+/// try succeeds once the scenario starts that port's server.
+pub fn measured_command(
+    host: Ipv4Addr,
+    lan: Ipv4Addr,
+    peer: Option<Ipv4Addr>,
+    lan_client: Option<u32>,
+) -> String {
     let tagged = |n: u32, to: Ipv4Addr, dir: Dir| {
         format!(
             " ping -c {n} -i 0.2 -W 2 {to} 2>&1 | sed s/^/{PING}{}:/;",
@@ -234,7 +258,15 @@ pub fn measured_command(host: Ipv4Addr, lan: Ipv4Addr, peer: Option<Ipv4Addr>) -
     if let Some(p) = peer {
         c.push_str(&tagged(3, p, Dir::GuestToGuest));
     }
-    c.push_str(&format!(" echo {DONE}; sleep 100000"));
+    c.push_str(&format!(" echo {DONE};"));
+    match lan_client {
+        Some(t) => c.push_str(&format!(
+            " while :; do iperf3 -c {lan} -p {GUEST_SENDS_PORT} -t {t} >/dev/null 2>&1;\
+             iperf3 -c {lan} -p {GUEST_RECEIVES_PORT} -t {t} -R -f m 2>&1 | grep receiver | sed s/^/{RECEIVED}/;\
+             sleep 0.5; done"
+        )),
+        None => c.push_str(" sleep 100000"),
+    }
     c
 }
 
@@ -296,6 +328,7 @@ mod tests {
             Ipv4Addr::new(192, 0, 2, 1),
             Ipv4Addr::new(203, 0, 113, 1),
             Some(Ipv4Addr::new(192, 0, 2, 18)),
+            None,
         );
         for (i, _) in c.match_indices('$') {
             assert!(c[..i].ends_with('\\'), "unescaped $ at {i} in {c}");
@@ -312,8 +345,45 @@ mod tests {
             Ipv4Addr::new(203, 0, 113, 10),
             Ipv4Addr::new(203, 0, 113, 1),
             None,
+            None,
         );
         assert!(!alone.contains("guest_to_guest"));
+        let client = measured_command(
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(203, 0, 113, 1),
+            None,
+            Some(4),
+        );
+        assert!(
+            client.contains("echo cmp-guest-done; while :; do iperf3 -c 203.0.113.1 -p 5202 -t 4 ")
+        );
+        assert!(client.contains(
+            "iperf3 -c 203.0.113.1 -p 5203 -t 4 -R -f m 2>&1 | grep receiver | sed s/^/cmp-iperf-received:/;"
+        ));
+        let lines = [
+            "cmp-iperf-received:[  5] 0.00-1.00 sec 1 MBytes 8 Mbits/sec receiver",
+            "x",
+        ]
+        .map(String::from);
+        assert_eq!(
+            guest_received(&lines),
+            ["[  5] 0.00-1.00 sec 1 MBytes 8 Mbits/sec receiver"]
+        );
+        for (i, _) in client.match_indices('$') {
+            assert!(
+                client[..i].ends_with('\\'),
+                "unescaped $ at {i} in {client}"
+            );
+        }
+        assert!(!client.contains('"'));
+        // The kernel keeps 2048 bytes of command line (x86), netvmm.ip= and the rest included.
+        let longest = measured_command(
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(203, 0, 113, 1),
+            Some(Ipv4Addr::new(192, 0, 2, 6)),
+            Some(600),
+        );
+        assert!(longest.len() < 1500, "{}", longest.len());
     }
 
     #[test]

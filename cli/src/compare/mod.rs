@@ -21,6 +21,7 @@ mod console;
 mod error;
 mod explain;
 mod guest;
+mod lan_watch;
 mod observed;
 mod report;
 #[cfg(test)]
@@ -37,7 +38,8 @@ use std::time::{Duration, Instant};
 use net::private_fs::PrivateDir;
 use vmm::kvm_kind::{self, KvmKind};
 
-pub use backend::Backend;
+use backend::Row;
+pub use backend::{Backend, DatapathChoice};
 use console::{Console, Watchdog};
 pub use error::CompareError;
 use observed::Observed;
@@ -64,6 +66,10 @@ pub struct CompareArgs {
         value_name = "LIST"
     )]
     pub backends: Vec<Backend>,
+    /// The data path of the guests' NICs: netvmm's userspace copy (vhost=off), the
+    /// kernel's vhost-net (vhost=on), or both, each backend measured through each.
+    #[arg(long, value_enum, default_value_t = DatapathChoice::User)]
+    pub datapath: DatapathChoice,
     /// Where to run: natively in a private network namespace (needs a KVM that boots stock
     /// kernels, CAP_NET_ADMIN and CAP_SYS_ADMIN), in the emulated lab host, or whichever
     /// this host allows.
@@ -194,6 +200,7 @@ fn say(msg: &str) {
 pub fn run(args: CompareArgs) -> Result<i32> {
     let started = Instant::now();
     let backends = backend::run_order(&args.backends);
+    let rows = backend::rows(&backends, args.datapath.paths());
     if let Some(chart) = &args.chart {
         // Fail now rather than after minutes of measuring.
         let dir = chart
@@ -217,17 +224,16 @@ pub fn run(args: CompareArgs) -> Result<i32> {
     };
     say(&format!("lab: {}{inside} ({why})", lab.name()));
     say(&format!(
-        "backends: {}; iperf3 {} s per direction",
-        backends
-            .iter()
-            .map(|b| b.name())
+        "rows: {}; iperf3 {} s per direction",
+        rows.iter()
+            .map(|r| r.label())
             .collect::<Vec<_>>()
             .join(", "),
         args.duration
     ));
     let got = match lab {
-        Lab::Emulated => run_emulated(&backends, args.duration)?,
-        Lab::Native => run_native(&backends, args.duration, args.results_to.is_some())?,
+        Lab::Emulated => run_emulated(&rows, args.duration)?,
+        Lab::Native => run_native(&rows, args.duration, args.results_to.is_some())?,
     };
     if let Some(path) = &args.results_to {
         let lines: String = got.seen.iter().map(result_line).collect();
@@ -240,7 +246,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
             why: got.unfinished,
         });
     }
-    let outcomes = observed::outcomes(&got.seen, &backends, &got.unfinished);
+    let outcomes = observed::outcomes(&got.seen, &rows, &got.unfinished);
 
     let mut report = table::table(&outcomes);
     report.push('\n');
@@ -332,13 +338,15 @@ struct Got {
 /// The same native compare inside the emulated lab host. Should the lab host die (the
 /// emulated machine under nested KVM has, rarely, crashed under load), the backends it did
 /// not finish run once more in a fresh one; what finished is kept.
-fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
+fn run_emulated(rows: &[Row], duration: u32) -> Result<Got> {
     let mut seen: Vec<Observed> = Vec::new();
-    let mut pending = backends.to_vec();
+    let mut pending = rows.to_vec();
     for attempt in 1..=2 {
         let (outcome, got, stalled) = lab_once(&pending, duration)?;
-        seen.extend(got);
-        pending.retain(|b| !seen.iter().any(|o| o.backend == *b));
+        // A rerun that covers more rows than were left (tap, but only tap+vhost left)
+        // keeps what finished first.
+        seen.extend(got.into_iter().filter(|o| pending.contains(&o.row())));
+        pending.retain(|r| !seen.iter().any(|o| o.row() == *r));
         let unfinished = match outcome {
             Ok(status) => {
                 return Ok(Got {
@@ -367,7 +375,7 @@ fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
                 unfinished,
             });
         }
-        let names: Vec<&str> = pending.iter().map(|b| b.name()).collect();
+        let names: Vec<String> = pending.iter().map(|r| r.label()).collect();
         say(&format!(
             "{unfinished}; running {} once more in a fresh lab host",
             names.join(", ")
@@ -376,12 +384,16 @@ fn run_emulated(backends: &[Backend], duration: u32) -> Result<Got> {
     unreachable!("the loop returns on its last attempt")
 }
 
-/// The command the lab host runs: the native compare, its every line on the console.
-fn lab_command(backends: &[Backend], duration: u32) -> String {
-    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+/// The command the lab host runs: the native compare of (at least) `rows`, its every line
+/// on the console.
+fn lab_command(rows: &[Row], duration: u32) -> String {
+    let mut names: Vec<&str> = rows.iter().map(|r| r.backend.name()).collect();
+    names.dedup();
+    let paths: Vec<_> = rows.iter().map(|r| r.datapath).collect();
     format!(
-        "netvmm compare --lab native --backends {} --duration {duration} --results-to {LAB_RESULTS} >/dev/null\n",
-        names.join(",")
+        "netvmm compare --lab native --backends {} --datapath {} --duration {duration} --results-to {LAB_RESULTS} >/dev/null\n",
+        names.join(","),
+        DatapathChoice::covering(&paths).name()
     )
 }
 
@@ -389,15 +401,15 @@ fn lab_command(backends: &[Backend], duration: u32) -> String {
 /// results file when the lab finished, else as they came on its console), and whether the
 /// watchdog stopped it.
 fn lab_once(
-    backends: &[Backend],
+    rows: &[Row],
     duration: u32,
 ) -> Result<(std::result::Result<i32, lab::LabError>, Vec<Observed>, bool)> {
     let tmp = TempDir::new()?;
     let results = tmp.path().join("results");
-    let mut run = lab::LabRun::new(lab_command(backends, duration));
+    let mut run = lab::LabRun::new(lab_command(rows, duration));
     run.outputs = vec![(LAB_RESULTS.to_string(), results.clone())];
     // The compare inside stops its own scenario at this limit; the lab host gets a margin.
-    run.timeout = scenario::scenario_timeout(backends.len(), duration) + Duration::from_secs(120);
+    run.timeout = scenario::scenario_timeout(rows.len(), duration) + Duration::from_secs(120);
     // Our stdout belongs to the table or the JSON: the lab's console comes to us instead.
     let console = Console::new();
     let sink = console.clone();
@@ -466,15 +478,15 @@ fn enter_private_namespaces() -> std::io::Result<()> {
 }
 
 /// The scenario on this host, inside a fresh network and mount namespace.
-fn run_native(backends: &[Backend], duration: u32, forward: bool) -> Result<Got> {
+fn run_native(rows: &[Row], duration: u32, forward: bool) -> Result<Got> {
     let (kernel, initrd) = guest_image()?;
     let tmp = TempDir::new()?;
     let work = tmp.path().join("work");
     let exe = std::env::current_exe().map_err(CompareError::os("locate the netvmm binary"))?;
-    let names: Vec<&str> = backends.iter().map(|b| b.name()).collect();
+    let names: Vec<String> = rows.iter().map(|r| r.label()).collect();
     let mut cmd = Command::new(&exe);
     cmd.arg("__compare-scenario")
-        .args(["--backends", &names.join(",")])
+        .args(["--rows", &names.join(",")])
         .args(["--duration", &duration.to_string()])
         .arg("--work")
         .arg(&work)
@@ -497,7 +509,7 @@ fn run_native(backends: &[Backend], duration: u32, forward: bool) -> Result<Got>
     ))?;
     let console = Console::with_forwarding(forward);
     let reader = console.read_from(child.stdout.take().expect("piped stdout"));
-    let limit = scenario::scenario_timeout(backends.len(), duration);
+    let limit = scenario::scenario_timeout(rows.len(), duration);
     let start = Instant::now();
     let stop = |child: &mut std::process::Child| {
         let pgid = child.id() as i32;
@@ -579,13 +591,28 @@ mod tests {
 
     #[test]
     fn the_lab_host_runs_the_native_compare_for_the_backends_left() {
-        let c = lab_command(&[Backend::MacvtapBridgeHost, Backend::MacvtapPassthru], 3);
+        let rows = backend::rows(
+            &[Backend::MacvtapBridgeHost, Backend::MacvtapPassthru],
+            DatapathChoice::User.paths(),
+        );
+        let c = lab_command(&rows, 3);
         assert_eq!(
             c,
-            "netvmm compare --lab native --backends macvtap-bridge+host,macvtap-passthru --duration 3 --results-to /tmp/cmp-results >/dev/null\n"
+            "netvmm compare --lab native --backends macvtap-bridge+host,macvtap-passthru --datapath user --duration 3 --results-to /tmp/cmp-results >/dev/null\n"
         );
+        // A vhost row left alone of its backend: the rerun covers it.
+        let left = [Row {
+            backend: Backend::Tap,
+            datapath: backend::Datapath::Vhost,
+        }];
+        assert!(lab_command(&left, 3).contains("--backends tap --datapath vhost "));
+        let both = backend::rows(
+            &[Backend::Tap, Backend::Bridge],
+            DatapathChoice::Both.paths(),
+        );
+        assert!(lab_command(&both, 3).contains("--backends tap,bridge --datapath both "));
         // What it says parses back into the same arguments.
-        let words: Vec<&str> = c.split_whitespace().take(10).collect();
+        let words: Vec<&str> = c.split_whitespace().take(12).collect();
         let cli = <crate::args::Cli as clap::Parser>::try_parse_from(words).unwrap();
         match cli.command {
             crate::args::Command::Compare(a) => {
@@ -594,6 +621,7 @@ mod tests {
                     [Backend::MacvtapBridgeHost, Backend::MacvtapPassthru]
                 );
                 assert_eq!(a.lab, LabChoice::Native);
+                assert_eq!(a.datapath, DatapathChoice::User);
                 assert_eq!(a.results_to, Some(PathBuf::from(LAB_RESULTS)));
             }
             other => panic!("{other:?}"),
@@ -652,6 +680,12 @@ mod tests {
             (a.lab, a.duration, a.json, a.explain),
             (LabChoice::Auto, 5, false, false)
         );
+        assert_eq!(a.datapath, DatapathChoice::User);
+        assert_eq!(
+            parse(&["--datapath", "both"]).unwrap().datapath,
+            DatapathChoice::Both
+        );
+        assert!(parse(&["--datapath", "kernel"]).is_err());
         let a = parse(&[
             "--backends",
             "macvtap-vepa,tap",

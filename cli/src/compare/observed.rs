@@ -4,10 +4,11 @@
 //! note saying why.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::Backend;
+use super::backend::{Backend, Datapath, Row};
 use super::report::{Outcome, Rtt};
 
 /// /proc/<pid>/stat counts CPU time in USER_HZ ticks, which Linux fixes at 100 on x86.
@@ -92,6 +93,8 @@ pub enum Flow {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
     pub backend: Backend,
+    #[serde(default)]
+    pub datapath: Datapath,
     /// Why the backend has no figures at all.
     pub skipped: Option<String>,
     /// What happened on the way (retries, replacements, diagnostics).
@@ -105,12 +108,20 @@ pub struct Observed {
     pub pings: BTreeMap<Dir, Vec<f64>>,
     pub second_guest: Option<SecondGuest>,
     pub flows: BTreeMap<Dir, Flow>,
+    /// The sources of the measured guest's echo requests as the LAN peer saw them (None:
+    /// not watched).
+    #[serde(default)]
+    pub lan_peer_saw: Option<Vec<Ipv4Addr>>,
+    /// What netvmm left in the namespace after its guests ended (nothing, normally).
+    #[serde(default)]
+    pub left_behind: Vec<String>,
 }
 
 impl Observed {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
+            datapath: Datapath::User,
             skipped: None,
             notes: Vec::new(),
             netup: None,
@@ -119,6 +130,15 @@ impl Observed {
             pings: BTreeMap::new(),
             second_guest: None,
             flows: BTreeMap::new(),
+            lan_peer_saw: None,
+            left_behind: Vec::new(),
+        }
+    }
+
+    pub fn row(&self) -> Row {
+        Row {
+            backend: self.backend,
+            datapath: self.datapath,
         }
     }
 
@@ -146,7 +166,13 @@ pub fn rtt_of(samples: &[f64]) -> Option<Rtt> {
 /// The figures `o` gives, and a note for each one it does not.
 pub fn derive(o: &Observed) -> Outcome {
     let mut out = Outcome::new(o.backend);
+    out.datapath = o.datapath;
     out.notes = o.notes.clone();
+    out.left_behind = o.left_behind.clone();
+    for what in &o.left_behind {
+        out.notes
+            .push(format!("left behind after the guests ended: {what}"));
+    }
     if o.skipped.is_some() {
         out.skipped = o.skipped.clone();
         return out;
@@ -180,6 +206,10 @@ pub fn derive(o: &Observed) -> Outcome {
         }
     }
     out.reachability = reach.into();
+    out.lan_peer_saw = o.lan_peer_saw.clone();
+    if o.lan_peer_saw.as_ref().is_some_and(Vec::is_empty) && o.replied(Dir::GuestToLan) {
+        notes.push("lan_peer_saw: the LAN peer's watch saw none of the guest's pings".into());
+    }
 
     for (dir, slot) in [
         (Dir::GuestToHost, &mut out.rtt_ms.guest_to_host),
@@ -239,6 +269,11 @@ pub fn derive(o: &Observed) -> Outcome {
     // request taught the guest its MAC: data can flow where the guest's own ping could not
     // start (macvtap private, whose broadcasts never reach the host).
     let (r, t) = (out.reachability, out.throughput_mbps);
+    if r.lan_to_guest == Some(false) && t.lan_to_guest.is_some() {
+        out.notes.push(
+            "throughput lan_to_guest: over a connection the guest opened, as the LAN cannot open one (NAT: no port forward)".into(),
+        );
+    }
     for (flow, reached, measured) in [
         ("guest_to_host", r.guest_to_host, t.guest_to_host),
         ("guest_to_lan", r.guest_to_lan, t.guest_to_lan),
@@ -260,15 +295,15 @@ pub fn derive(o: &Observed) -> Outcome {
     out
 }
 
-/// The outcome of each of `backends`, in that order, from what was observed; a backend
-/// with no observation is skipped for `unfinished` (why the scenario stopped early).
-pub fn outcomes(seen: &[Observed], backends: &[Backend], unfinished: &str) -> Vec<Outcome> {
-    backends
-        .iter()
-        .map(|b| match seen.iter().rev().find(|o| o.backend == *b) {
+/// The outcome of each of `rows`, in that order, from what was observed; a row with no
+/// observation is skipped for `unfinished` (why the scenario stopped early).
+pub fn outcomes(seen: &[Observed], rows: &[Row], unfinished: &str) -> Vec<Outcome> {
+    rows.iter()
+        .map(|r| match seen.iter().rev().find(|o| o.row() == *r) {
             Some(o) => derive(o),
             None => {
-                let mut out = Outcome::new(*b);
+                let mut out = Outcome::new(r.backend);
+                out.datapath = r.datapath;
                 out.skipped = Some(unfinished.to_string());
                 out
             }
@@ -409,6 +444,41 @@ mod tests {
     }
 
     #[test]
+    fn nat_facts_what_the_lan_saw_and_what_was_left_are_carried() {
+        let mut o = tap();
+        o.backend = Backend::TapNat;
+        let host = Ipv4Addr::new(203, 0, 113, 10);
+        o.lan_peer_saw = Some(vec![host]);
+        o.flows.insert(
+            Dir::LanToGuest,
+            Flow::Moved {
+                mbps: 200.0,
+                bytes: 5e7,
+                cpu_ticks: Some(20),
+            },
+        );
+        o.left_behind = vec!["an ingress qdisc on ctrA".into()];
+        let d = derive(&o);
+        assert_eq!(d.lan_peer_saw, Some(vec![host]));
+        assert_eq!(d.reachability.lan_to_guest, Some(false));
+        assert_eq!(d.throughput_mbps.lan_to_guest, Some(200.0));
+        let n = notes(&d);
+        assert!(
+            n.contains("throughput lan_to_guest: over a connection the guest opened"),
+            "{n}"
+        );
+        assert!(
+            n.contains("left behind after the guests ended: an ingress qdisc on ctrA"),
+            "{n}"
+        );
+        assert_eq!(d.left_behind, o.left_behind);
+        // A watch that saw nothing although the guest reached the LAN says so.
+        o.lan_peer_saw = Some(vec![]);
+        assert!(notes(&derive(&o)).contains("lan_peer_saw: the LAN peer's watch saw none"));
+        assert!(!notes(&derive(&tap())).contains("lan_peer_saw"));
+    }
+
+    #[test]
     fn throughput_over_a_failed_ping_direction_is_explained() {
         let mut o = tap();
         o.backend = Backend::MacvtapPrivate;
@@ -433,22 +503,26 @@ mod tests {
 
     #[test]
     fn a_backend_never_observed_is_skipped_for_the_reason_given() {
-        let got = outcomes(
-            &[tap()],
+        let rows = crate::compare::backend::rows(
             &[Backend::Tap, Backend::MacvtapVepa],
-            "the lab host crashed",
+            &[Datapath::User, Datapath::Vhost],
         );
+        let got = outcomes(&[tap()], &rows, "the lab host crashed");
         assert_eq!(got[0].skipped, None);
-        assert_eq!(got[1].backend, Backend::MacvtapVepa);
+        // tap+vhost is its own row: tap's observation is not its.
+        assert_eq!(got[1].label(), "tap+vhost");
         assert_eq!(got[1].skipped.as_deref(), Some("the lab host crashed"));
-        assert!(got[1].notes.is_empty());
+        assert_eq!(got[3].label(), "macvtap-vepa+vhost");
+        assert_eq!(got[2].backend, Backend::MacvtapVepa);
+        assert_eq!(got[2].skipped.as_deref(), Some("the lab host crashed"));
+        assert!(got[2].notes.is_empty());
     }
 
     #[test]
     fn the_last_observation_of_a_backend_wins() {
         let mut again = tap();
         again.total_to_ready_ms = Some(1000.0);
-        let got = outcomes(&[tap(), again], &[Backend::Tap], "x");
+        let got = outcomes(&[tap(), again], &[tap().row()], "x");
         assert_eq!(got[0].boot_ms, Some(1250.0));
     }
 

@@ -3,9 +3,11 @@
 //! Self-contained but for `Backend`: tests/compare_lab.rs includes this file (and
 //! backend.rs) to read netvmm's output back into the same types.
 
+use std::net::Ipv4Addr;
+
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::backend::Backend;
+use super::backend::{Backend, Datapath, Row};
 
 /// Raised when a field changes meaning or goes away; new fields do not raise it.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -41,6 +43,10 @@ impl Report {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub backend: Backend,
+    /// `user` (netvmm's device thread copies the frames) or `vhost` (the kernel's
+    /// vhost-net does).
+    #[serde(default)]
+    pub datapath: Datapath,
     /// From netvmm's start to the guest's first ping reply from the LAN peer.
     #[serde(serialize_with = "figure")]
     pub boot_ms: Option<f64>,
@@ -51,6 +57,13 @@ pub struct Outcome {
     #[serde(serialize_with = "figure")]
     pub vmm_cpu_ms_per_gb: Option<f64>,
     pub reachability: Reachability,
+    /// The source addresses of the measured guest's pings as the LAN peer saw them (through
+    /// NAT: the host's LAN address, not the guest's); null: not watched.
+    #[serde(default)]
+    pub lan_peer_saw: Option<Vec<Ipv4Addr>>,
+    /// What netvmm left behind once its guests ended: empty, or a defect to report.
+    #[serde(default)]
+    pub left_behind: Vec<String>,
     /// Why the backend has no figures at all.
     pub skipped: Option<String>,
     /// Why figures are missing, and facts worth a line (a refused second guest): for the
@@ -63,14 +76,26 @@ impl Outcome {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
+            datapath: Datapath::User,
             boot_ms: None,
             rtt_ms: RttMs::default(),
             throughput_mbps: Throughput::default(),
             vmm_cpu_ms_per_gb: None,
             reachability: Reachability::default(),
+            lan_peer_saw: None,
+            left_behind: Vec::new(),
             skipped: None,
             notes: Vec::new(),
         }
+    }
+
+    /// The row's name: `tap`, `tap+vhost`.
+    pub fn label(&self) -> String {
+        Row {
+            backend: self.backend,
+            datapath: self.datapath,
+        }
+        .label()
     }
 }
 

@@ -20,14 +20,18 @@ fn measured() -> Outcome {
     o.throughput_mbps = [Some(300.0), Some(280.25), Some(3150.0), Some(410.0)].into();
     o.vmm_cpu_ms_per_gb = Some(9876.5);
     o.reachability = [Some(true), Some(true), Some(true), Some(false), Some(true)].into();
+    o.lan_peer_saw = Some(vec![std::net::Ipv4Addr::new(192, 0, 2, 2)]);
     o
 }
 
 /// A backend that ran with figures missing, and one that was skipped.
 fn with_nulls() -> [Outcome; 2] {
     let mut partial = Outcome::new(Backend::MacvtapPrivate);
+    partial.datapath = crate::compare::backend::Datapath::Vhost;
     partial.throughput_mbps.guest_to_lan = Some(120.0);
     partial.reachability.guest_to_host = Some(false);
+    partial.lan_peer_saw = Some(vec![]);
+    partial.left_behind = vec!["nftables table netvmm-nat,x".into()];
     partial
         .notes
         .push("boot_ms: the guest never got a ping reply".into());
@@ -54,6 +58,7 @@ fn every_figure_present_is_written_in_the_schema() {
           "lab": "emulated",
           "results": [{
             "backend": "tap",
+            "datapath": "user",
             "boot_ms": 2250.5,
             "rtt_ms": {
               "guest_to_host": {"avg": 0.45, "p99": 0.9},
@@ -68,6 +73,8 @@ fn every_figure_present_is_written_in_the_schema() {
               "guest_to_host": true, "host_to_guest": true, "guest_to_lan": true,
               "lan_to_guest": false, "guest_to_guest": true
             },
+            "lan_peer_saw": ["192.0.2.2"],
+            "left_behind": [],
             "skipped": null
           }]
         }"#,
@@ -84,6 +91,7 @@ fn missing_figures_are_null_and_a_skip_says_why() {
           "lab": "native",
           "results": [{
             "backend": "macvtap-private",
+            "datapath": "vhost",
             "boot_ms": null,
             "rtt_ms": {
               "guest_to_host": {"avg": null, "p99": null},
@@ -98,9 +106,12 @@ fn missing_figures_are_null_and_a_skip_says_why() {
               "guest_to_host": false, "host_to_guest": null, "guest_to_lan": null,
               "lan_to_guest": null, "guest_to_guest": null
             },
+            "lan_peer_saw": [],
+            "left_behind": ["nftables table netvmm-nat,x"],
             "skipped": null
           }, {
             "backend": "macvtap-passthru",
+            "datapath": "user",
             "boot_ms": null,
             "rtt_ms": {
               "guest_to_host": {"avg": null, "p99": null},
@@ -115,6 +126,8 @@ fn missing_figures_are_null_and_a_skip_says_why() {
               "guest_to_host": null, "host_to_guest": null, "guest_to_lan": null,
               "lan_to_guest": null, "guest_to_guest": null
             },
+            "lan_peer_saw": null,
+            "left_behind": [],
             "skipped": "needs \"lanA\"\nto itself"
           }]
         }"#,

@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use net::netns::NetNs;
 
-use super::backend::Backend;
+use super::backend::{Backend, Datapath, Row};
 use super::guest::{self, Guest, Image, Spec};
+use super::lan_watch::EchoWatch;
 use super::observed::{Dir, Flow, Observed, SecondGuest};
 use super::topology::{self, Addressing, Topology, LAN_PEER};
 use super::traffic;
+
+const VHOST_NET: &str = "/dev/vhost-net";
 
 /// The prefix of a result line; the rest is an `Observed` as JSON.
 pub const RESULT: &str = "cmp-result ";
@@ -26,8 +29,9 @@ pub const HEARTBEAT: &str = "cmp-alive";
 /// The hidden subcommand's arguments.
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct ScenarioArgs {
-    #[arg(long, value_enum, value_delimiter = ',', required = true)]
-    pub backends: Vec<Backend>,
+    /// What to measure: backends, each with `+vhost` for the kernel's data path.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub rows: Vec<Row>,
     #[arg(long)]
     pub duration: u32,
     #[arg(long)]
@@ -103,16 +107,26 @@ pub fn run(args: ScenarioArgs) -> i32 {
     // For the tests: `<backend>:<direction>` sets the measured guest's host-side interfaces
     // down before that iperf3 run, as the nested lab has been seen to cut a guest off.
     let cut = std::env::var("NETVMM_COMPARE_CUT").unwrap_or_default();
-    for b in &args.backends {
+    for row in &args.rows {
+        let b = &row.backend;
+        let mut addr = topology::addressing(*b);
+        if row.datapath == Datapath::Vhost {
+            for net in [&mut addr.net_a, &mut addr.net_b] {
+                net.push_str(",vhost=on");
+            }
+        }
+        let mut obs = Observed::new(*b);
+        obs.datapath = row.datapath;
         let mut m = Measure {
             b: *b,
+            row: *row,
             topo: &topo,
             image: &image,
             work: &args.work,
             duration: args.duration,
             cut: cut.clone(),
-            addr: topology::addressing(*b),
-            obs: Observed::new(*b),
+            addr,
+            obs,
         };
         m.run();
         emit(&m.obs);
@@ -169,18 +183,33 @@ impl Replacement {
     }
 }
 
-/// Where each throughput direction's client runs, and which ping says there is a path.
-fn client_of(d: Dir) -> (Dir, bool) {
+/// Where a throughput direction's iperf3 client runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// On this host (`Dir::HostToGuest`) or the LAN peer (`Dir::LanToGuest`), against the
+    /// guest's server; `reverse`: the guest sends (-R).
+    Outside { at: Dir, reverse: bool },
+    /// In the guest, against a server the LAN peer starts for it (a guest behind NAT,
+    /// which the LAN cannot open connections to).
+    Guest,
+}
+
+/// Where each direction's client runs (`lan_opens`: the LAN can open connections to the
+/// guest), and which ping says there is a path for it.
+fn client_of(d: Dir, lan_opens: bool) -> (Client, Dir) {
+    let outside = |at, reverse| (Client::Outside { at, reverse }, at);
     match d {
-        Dir::LanToGuest => (Dir::LanToGuest, false),
-        Dir::GuestToLan => (Dir::LanToGuest, true),
-        Dir::HostToGuest => (Dir::HostToGuest, false),
-        _ => (Dir::HostToGuest, true),
+        Dir::LanToGuest | Dir::GuestToLan if !lan_opens => (Client::Guest, Dir::GuestToLan),
+        Dir::LanToGuest => outside(Dir::LanToGuest, false),
+        Dir::GuestToLan => outside(Dir::LanToGuest, true),
+        Dir::HostToGuest => outside(Dir::HostToGuest, false),
+        _ => outside(Dir::HostToGuest, true),
     }
 }
 
 struct Measure<'a> {
     b: Backend,
+    row: Row,
     topo: &'a Topology,
     image: &'a Image,
     work: &'a Path,
@@ -192,7 +221,7 @@ struct Measure<'a> {
 
 impl Measure<'_> {
     fn say(&self, msg: &str) {
-        say(&format!("{}: {msg}", self.b));
+        say(&format!("{}: {msg}", self.row));
     }
 
     fn note(&mut self, msg: String) {
@@ -200,7 +229,7 @@ impl Measure<'_> {
     }
 
     fn file(&self, name: &str) -> PathBuf {
-        self.work.join(format!("{}-{name}", self.b))
+        self.work.join(format!("{}-{name}", self.row))
     }
 
     fn cmdline(ip: &str, gw: Option<Ipv4Addr>, run: &str) -> String {
@@ -209,6 +238,18 @@ impl Measure<'_> {
     }
 
     fn run(&mut self) {
+        let missing = if self.b == Backend::TapNat && super::which("nft").is_none() {
+            Some("nft (nftables) is not installed: netvmm's NAT rules go in through it")
+        } else if self.row.datapath == Datapath::Vhost && !Path::new(VHOST_NET).exists() {
+            Some("this host has no /dev/vhost-net (modprobe vhost_net)")
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            self.say(&format!("skipped: {why}"));
+            self.obs.skipped = Some(why.into());
+            return;
+        }
         self.say("setting up");
         for step in topology::setup(self.b) {
             if let Err(e) = self.topo.apply(step) {
@@ -219,7 +260,12 @@ impl Measure<'_> {
             }
         }
         self.topo.forget_neighbours();
+        let before = Leftovers::read();
         self.measure();
+        self.obs.left_behind = Leftovers::read().new_since(&before);
+        for what in &self.obs.left_behind {
+            self.say(&format!("left behind: {what}"));
+        }
         self.teardown();
         self.say("done");
     }
@@ -274,7 +320,8 @@ impl Measure<'_> {
                 ""
             }
         ));
-        let run = guest::measured_command(self.addr.host_target, LAN_PEER, peer);
+        let lan_client = (!self.addr.lan_opens).then_some(self.duration);
+        let run = guest::measured_command(self.addr.host_target, LAN_PEER, peer, lan_client);
         let spec = Spec {
             memory_mib: 384,
             net: &self.addr.net_a,
@@ -305,6 +352,14 @@ impl Measure<'_> {
             None
         };
         let peer = second.as_ref().map(|_| self.addr.addr_b);
+        // What the LAN peer sees as the source of the measured guest's pings.
+        let watch = match EchoWatch::open(self.topo.lan(), LAN_PEER) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.note(format!("cannot watch the LAN peer's echo requests: {e}"));
+                None
+            }
+        };
         // Two tries: the nested lab has been seen to lose a guest now and then; a lost
         // first try is on the record.
         let mut gen = 1;
@@ -329,6 +384,10 @@ impl Measure<'_> {
         };
         // The guest whose boot and pings are the figures; a replacement only carries iperf3.
         let (first_log, first_err) = (guest.log.clone(), guest.err.clone());
+        self.obs.lan_peer_saw = watch.map(|w| w.sources().into_iter().collect());
+        // The guest's own pings, now: they say whether the runs the guest opens have a path.
+        let facts = guest::console_facts(&guest::console_lines(&first_log));
+        self.obs.pings.extend(facts.pings);
         drop(second);
         if self.b == Backend::MacvtapPassthru {
             self.try_second_passthru_guest();
@@ -429,24 +488,34 @@ impl Measure<'_> {
         peer: Option<Ipv4Addr>,
         r: &mut Replacement,
     ) -> Flow {
-        let (via, reverse) = client_of(d);
-        if !self.obs.replied(via) {
+        let (client, gate) = client_of(d, self.addr.lan_opens);
+        if !self.obs.replied(gate) {
             return Flow::NotRun {
-                why: format!("no path: the {} ping got no reply", via.name()),
+                why: format!("no path: the {} ping got no reply", gate.name()),
             };
         }
-        let ns: Option<&NetNs> = (via == Dir::LanToGuest).then(|| self.topo.lan());
+        // Where a ping tells whether the guest still answers (not from a LAN it is hidden
+        // from).
+        let ns: Option<&NetNs> = match client {
+            Client::Outside { at, .. } => (at == Dir::LanToGuest).then(|| self.topo.lan()),
+            Client::Guest => None,
+        };
         self.say(&format!("iperf3 {}, {} s", d.name(), self.duration));
         let mut last = None;
         for attempt in 1..=2 {
             if !self.ensure_guest(guest, gen, peer, r) {
                 break;
             }
-            if attempt == 1 && self.cut == format!("{}:{}", self.b, d.name()) {
+            if attempt == 1 && self.cut == format!("{}:{}", self.row, d.name()) {
                 cut_off(guest.pid());
             }
             let before = guest.cpu_ticks();
-            let (status, got) = traffic::iperf(ns, self.addr.addr_a, self.duration, reverse);
+            let (status, got) = match client {
+                Client::Outside { reverse, .. } => {
+                    traffic::iperf(ns, self.addr.addr_a, self.duration, reverse)
+                }
+                Client::Guest => self.guest_opened(d, guest),
+            };
             let after = guest.cpu_ticks();
             // A summary from a guest that died under it is no measurement.
             let got = if guest.alive() {
@@ -483,6 +552,50 @@ impl Measure<'_> {
             None => Flow::NotRun {
                 why: r.lost().unwrap_or("no measured guest").to_string(),
             },
+        }
+    }
+
+    /// One run whose connection the guest opens (see `guest::measured_command`): the LAN
+    /// peer's one-off server on the port for direction `d`, and the receiver's figures (the
+    /// server's when the guest sends, the guest's own summary line when it receives).
+    fn guest_opened(&self, d: Dir, guest: &Guest) -> (Option<i32>, Result<traffic::Moved, String>) {
+        let received = || guest::guest_received(&guest::console_lines(&guest.log));
+        let (port, earlier) = match d {
+            Dir::GuestToLan => (guest::GUEST_SENDS_PORT, 0),
+            _ => (guest::GUEST_RECEIVES_PORT, received().len()),
+        };
+        let (status, got) = traffic::iperf_server(
+            self.topo.lan(),
+            port,
+            self.duration,
+            Duration::from_secs(20),
+        );
+        if d == Dir::GuestToLan {
+            return (status, got);
+        }
+        if status != Some(0) {
+            // The server, as the sender, has no receiver summary: only its error counts.
+            let why = got
+                .err()
+                .unwrap_or_else(|| "the LAN peer's iperf3 server failed".into());
+            return (status, Err(why));
+        }
+        // The guest prints its summary as its run ends, just after the server's.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = received().get(earlier) {
+                let got = traffic::receiver_line(line).ok_or_else(|| {
+                    format!("the guest's iperf3 summary says no data arrived: {line}")
+                });
+                return (status, got);
+            }
+            if std::time::Instant::now() > end {
+                return (
+                    status,
+                    Err("the guest printed no iperf3 receiver summary within 10 s".into()),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
@@ -532,18 +645,6 @@ impl Measure<'_> {
 
     /// The figures of the first measured guest, and what is left behind.
     fn finish(&mut self, first_log: &Path, first_err: &Path) {
-        let shims = std::fs::read_dir("/sys/class/net")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("nvshim"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if shims > 0 {
-            self.note(format!(
-                "{shims} host-access shim(s) left behind after the last guest"
-            ));
-        }
         self.obs.total_to_ready_ms = guest::console_lines(first_err)
             .iter()
             .rev()
@@ -566,10 +667,95 @@ impl Measure<'_> {
             }
             self.note(format!("the measured guests' device counters: {counters}"));
         }
+        // The data path the measured guest's NIC really ran (its exit report says).
+        let want = match self.row.datapath {
+            Datapath::User => "user",
+            Datapath::Vhost => "vhost",
+        };
+        for l in guest::console_lines(first_err) {
+            if !l.starts_with("netvmm-nic-report:") {
+                continue;
+            }
+            let ran = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("datapath="))
+                .unwrap_or("(none)");
+            if ran != want {
+                self.note(format!(
+                    "the measured guest's NIC reported datapath={ran}, not {want}"
+                ));
+            }
+        }
         let facts = guest::console_facts(&guest::console_lines(first_log));
         self.obs.ready_uptime_s = facts.ready_uptime_s;
         self.obs.netup = facts.netup;
         self.obs.pings.extend(facts.pings);
+    }
+}
+
+/// What netvmm may leave behind in the scenario's namespace once its guests have ended:
+/// host-access shims, NAT tables, ingress qdiscs on the NIC and the containers' veths, and
+/// the NIC's forwarding switch.
+#[derive(Debug, Default, PartialEq)]
+struct Leftovers {
+    shims: Vec<String>,
+    nat_tables: Vec<String>,
+    ingress: Vec<String>,
+    nic_forwarding: Option<bool>,
+}
+
+impl Leftovers {
+    fn read() -> Self {
+        let links = net::netlink::list_links().unwrap_or_default();
+        let ingress = links
+            .iter()
+            .filter(|l| {
+                l.name == topology::NIC || topology::CONTAINERS.iter().any(|(c, _)| *c == l.name)
+            })
+            .filter(|l| matches!(net::netlink::ingress_qdisc(l.index), Ok(Some(_))))
+            .map(|l| l.name.clone())
+            .collect();
+        Self {
+            shims: links
+                .iter()
+                .filter(|l| l.name.starts_with("nvshim"))
+                .map(|l| l.name.clone())
+                .collect(),
+            nat_tables: net::nat::tables()
+                .unwrap_or_default()
+                .iter()
+                .map(|t| t.name())
+                .collect(),
+            ingress,
+            nic_forwarding: net::nat::forwarding(topology::NIC).ok(),
+        }
+    }
+
+    /// What is here now that was not in `before`, one phrase each.
+    fn new_since(&self, before: &Leftovers) -> Vec<String> {
+        let fresh = |now: &[String], then: &[String]| -> Vec<String> {
+            now.iter().filter(|x| !then.contains(x)).cloned().collect()
+        };
+        let mut v = Vec::new();
+        for s in fresh(&self.shims, &before.shims) {
+            v.push(format!("host-access shim {s}"));
+        }
+        for t in fresh(&self.nat_tables, &before.nat_tables) {
+            v.push(format!("nftables table {t}"));
+        }
+        for i in fresh(&self.ingress, &before.ingress) {
+            v.push(format!("an ingress qdisc on {i}"));
+        }
+        if let (Some(now), Some(then)) = (self.nic_forwarding, before.nic_forwarding) {
+            if now != then {
+                v.push(format!(
+                    "{}'s forwarding switch turned {}",
+                    topology::NIC,
+                    if now { "on" } else { "off" }
+                ));
+            }
+        }
+        v
     }
 }
 
@@ -623,10 +809,55 @@ mod tests {
 
     #[test]
     fn each_direction_runs_its_client_where_its_path_was_pinged() {
-        assert_eq!(client_of(Dir::LanToGuest), (Dir::LanToGuest, false));
-        assert_eq!(client_of(Dir::GuestToLan), (Dir::LanToGuest, true));
-        assert_eq!(client_of(Dir::HostToGuest), (Dir::HostToGuest, false));
-        assert_eq!(client_of(Dir::GuestToHost), (Dir::HostToGuest, true));
+        let out = |at, reverse| Client::Outside { at, reverse };
+        for lan_opens in [true, false] {
+            assert_eq!(
+                client_of(Dir::HostToGuest, lan_opens),
+                (out(Dir::HostToGuest, false), Dir::HostToGuest)
+            );
+            assert_eq!(
+                client_of(Dir::GuestToHost, lan_opens),
+                (out(Dir::HostToGuest, true), Dir::HostToGuest)
+            );
+        }
+        assert_eq!(
+            client_of(Dir::LanToGuest, true),
+            (out(Dir::LanToGuest, false), Dir::LanToGuest)
+        );
+        assert_eq!(
+            client_of(Dir::GuestToLan, true),
+            (out(Dir::LanToGuest, true), Dir::LanToGuest)
+        );
+        // Behind NAT the guest opens both LAN connections, once it has reached the LAN.
+        for d in [Dir::LanToGuest, Dir::GuestToLan] {
+            assert_eq!(client_of(d, false), (Client::Guest, Dir::GuestToLan));
+        }
+    }
+
+    #[test]
+    fn only_what_is_new_is_left_behind() {
+        let before = Leftovers {
+            shims: vec!["nvshim0".into()],
+            nat_tables: vec![],
+            ingress: vec![],
+            nic_forwarding: Some(false),
+        };
+        assert!(before.new_since(&before).is_empty());
+        let after = Leftovers {
+            shims: vec!["nvshim0".into(), "nvshim1".into()],
+            nat_tables: vec!["netvmm-nat,x".into()],
+            ingress: vec!["ctrA".into()],
+            nic_forwarding: Some(true),
+        };
+        assert_eq!(
+            after.new_since(&before),
+            [
+                "host-access shim nvshim1",
+                "nftables table netvmm-nat,x",
+                "an ingress qdisc on ctrA",
+                "lanA's forwarding switch turned on"
+            ]
+        );
     }
 
     #[test]

@@ -2,9 +2,12 @@
 
 use super::report::{Outcome, Rtt};
 
+/// The longest row name, "macvtap-bridge+host+vhost", and a space.
+const ROW_NAME: usize = 26;
+
 /// Column widths and headers (second header row); the first row names groups of columns.
 const COLUMNS: [(&str, usize); 16] = [
-    ("backend", 20),
+    ("backend", ROW_NAME),
     ("ms", 6),
     ("avg", 6),
     ("p99", 6),
@@ -93,19 +96,12 @@ pub fn table(outcomes: &[Outcome]) -> String {
     let mut lines = vec![group_row(), row(&COLUMNS.map(|(h, _)| h.to_string()))];
     for o in outcomes {
         if let Some(why) = &o.skipped {
-            lines.push(format!("{:<20} skipped: {why}", o.backend.name()));
+            lines.push(format!("{:<ROW_NAME$} skipped: {why}", o.label()));
             continue;
         }
         let [ha, hp] = rtt_cells(&o.rtt_ms.guest_to_host);
         let [la, lp] = rtt_cells(&o.rtt_ms.guest_to_lan);
-        let mut cells = vec![
-            o.backend.name().to_string(),
-            num(o.boot_ms, 0),
-            ha,
-            hp,
-            la,
-            lp,
-        ];
+        let mut cells = vec![o.label().to_string(), num(o.boot_ms, 0), ha, hp, la, lp];
         cells.extend(o.throughput_mbps.values().map(|t| num(t, 0)));
         cells.push(num(o.vmm_cpu_ms_per_gb, 0));
         cells.extend(o.reachability.values().map(|r| mark(r).to_string()));
@@ -132,7 +128,7 @@ pub fn legend(lab_line: &str) -> String {
 pub fn notes(outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     for o in outcomes.iter().filter(|o| !o.notes.is_empty()) {
-        s.push_str(&format!("{}:\n", o.backend.name()));
+        s.push_str(&format!("{}:\n", o.label()));
         for n in &o.notes {
             s.push_str(&format!("  {n}\n"));
         }
@@ -156,7 +152,8 @@ mod tests {
         a.throughput_mbps = [Some(300.4), None, Some(1234.0), Some(99.0)].into();
         a.vmm_cpu_ms_per_gb = Some(8765.4);
         a.reachability = [Some(true), Some(false), Some(true), None, Some(true)].into();
-        let mut b = Outcome::new(Backend::MacvtapPassthru);
+        let mut b = Outcome::new(Backend::MacvtapBridgeHost);
+        b.datapath = crate::compare::backend::Datapath::Vhost;
         b.skipped = Some("lanA is busy".into());
         let t = table(&[a, b]);
         let lines: Vec<&str> = t.lines().collect();
@@ -175,7 +172,7 @@ mod tests {
             ],
             "{t}"
         );
-        assert_eq!(lines[3], "macvtap-passthru     skipped: lanA is busy");
+        assert_eq!(lines[3], "macvtap-bridge+host+vhost  skipped: lanA is busy");
         // Every figure ends where its header ends.
         let width = |s: &str| s.chars().count();
         // The last mark sits under the '>' of "g>g".

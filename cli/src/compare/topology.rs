@@ -10,7 +10,11 @@
 //! .18/28 behind their own taps, host .1 and .17, ip_forward on, the LAN peer routes
 //! 192.0.2.0/24 via the host), bridge (br0 holds lanA and the host address; guests
 //! 203.0.113.2 and .3 on it), macvtap-<mode> on lanA (guests .2 and .3; the LAN switch
-//! hairpins lanB for vepa and private).
+//! hairpins lanB for vepa and private), tap-nat (guests 192.0.2.2/30 and .6/30 behind
+//! netvmm's NAT out of lanA, host .1 and .5; the LAN peer's route to 192.0.2.0/24 via the
+//! host stays, so that only the NAT rules keep the LAN out), tc-redirect (guests
+//! 203.0.113.2 and .3, each on a "container" veth ctrA / ctr2A whose other end is a port of
+//! the LAN switch; the host keeps its address on lanA).
 
 use std::net::Ipv4Addr;
 
@@ -23,11 +27,17 @@ pub const LAN_PEER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const HOST_LAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The routed backend's guests' network, as the LAN peer routes it.
 const TAP_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(192, 0, 2, 0), 24);
-const NIC: &str = "lanA";
+pub const NIC: &str = "lanA";
 const WIRE_PEER: &str = "lanB";
 const SWITCH: &str = "sw0";
 const BRIDGE: &str = "br0";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// The veths that stand for the tc-redirect guests' container interfaces: this host's
+/// end, and the end that is a port of the LAN switch.
+pub const CONTAINERS: [(&str, &str); 2] = [("ctrA", "ctrB"), ("ctr2A", "ctr2B")];
+/// The NAT guests' host addresses (each guest takes the next one in its /30).
+const NAT_HOSTS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 5)];
+const NAT_PREFIX: u8 = 30;
 
 /// One change to the topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +56,9 @@ pub enum Step {
     BridgePort(&'static str, bool),
     /// Hairpin on the LAN switch's port lanB.
     Hairpin(bool),
+    /// A container's veth: this host's end up with no address, the other a port of the
+    /// LAN switch (true), or the pair deleted (false).
+    Container(usize, bool),
 }
 
 /// What the guests of a backend are given, and what the host and LAN peer aim at.
@@ -64,6 +77,9 @@ pub struct Addressing {
     pub gw_b: Option<Ipv4Addr>,
     /// The host address the measured guest pings.
     pub host_target: Ipv4Addr,
+    /// Whether the LAN peer can open connections to the guest (not through NAT): when it
+    /// cannot, the guest opens the LAN's iperf3 connections itself.
+    pub lan_opens: bool,
 }
 
 pub fn addressing(b: Backend) -> Addressing {
@@ -78,6 +94,7 @@ pub fn addressing(b: Backend) -> Addressing {
         gw_a: None,
         gw_b: None,
         host_target: HOST_LAN,
+        lan_opens: true,
     };
     match b {
         Backend::Tap => {
@@ -92,9 +109,34 @@ pub fn addressing(b: Backend) -> Addressing {
                 gw_a: Some(ha),
                 gw_b: Some(hb),
                 host_target: ha,
+                lan_opens: true,
+            }
+        }
+        Backend::TapNat => {
+            let [ha, hb] = NAT_HOSTS.map(|addr| net::spec::Ipv4Cidr {
+                addr,
+                prefix: NAT_PREFIX,
+            });
+            let (ga, gb) = (net::nat::guest_addr(ha), net::nat::guest_addr(hb));
+            Addressing {
+                net_a: format!("tap,nat={NIC},host-ip={}/{}", ha.addr, ha.prefix),
+                net_b: format!("tap,nat={NIC},host-ip={}/{}", hb.addr, hb.prefix),
+                addr_a: ga.addr,
+                addr_b: gb.addr,
+                ip_a: format!("{}/{}", ga.addr, ga.prefix),
+                ip_b: format!("{}/{}", gb.addr, gb.prefix),
+                gw_a: Some(ha.addr),
+                gw_b: Some(hb.addr),
+                host_target: ha.addr,
+                lan_opens: false,
             }
         }
         Backend::Bridge => lan(&format!("bridge={BRIDGE}")),
+        Backend::TcRedirect => Addressing {
+            net_a: format!("tc={}", CONTAINERS[0].0),
+            net_b: format!("tc={}", CONTAINERS[1].0),
+            ..lan("")
+        },
         // The host's address on netvmm's host-access shim (a bridge-mode macvlan on lanA,
         // shared by both guests), not on lanA: host and guests are siblings on lanA.
         Backend::MacvtapBridgeHost => lan(&format!(
@@ -115,6 +157,14 @@ pub fn setup(b: Backend) -> Vec<Step> {
             Step::IpForward(true),
             Step::HostAddress(NIC),
             Step::LanRoute(true),
+        ],
+        // The LAN peer keeps its route to the guests' network: what keeps it out is NAT.
+        // netvmm itself turns forwarding on, for the tap and lanA only.
+        Backend::TapNat => vec![Step::HostAddress(NIC), Step::LanRoute(true)],
+        Backend::TcRedirect => vec![
+            Step::HostAddress(NIC),
+            Step::Container(0, true),
+            Step::Container(1, true),
         ],
         Backend::Bridge => vec![
             Step::Bridge(true),
@@ -141,6 +191,7 @@ pub fn teardown(b: Backend) -> Vec<Step> {
             Step::Bridge(_) => Step::Bridge(false),
             Step::BridgePort(dev, _) => Step::BridgePort(dev, false),
             Step::Hairpin(_) => Step::Hairpin(false),
+            Step::Container(i, _) => Step::Container(i, false),
             undo @ Step::FlushAddresses(_) => undo,
         })
         // br0 goes with its address; the port is released before it goes.
@@ -223,6 +274,19 @@ impl Topology {
             Step::BridgePort(dev, true) => netlink::set_master(dev, BRIDGE)?,
             Step::BridgePort(dev, false) => netlink::set_nomaster(dev)?,
             Step::Hairpin(on) => self.in_lan(|| Ok(netlink::set_hairpin(WIRE_PEER, on)?))?,
+            Step::Container(i, true) => {
+                let (here, there) = CONTAINERS[i % CONTAINERS.len()];
+                netlink::create_veth(here, there)?;
+                netlink::move_to_netns(there, std::os::fd::AsFd::as_fd(&self.lan))?;
+                self.in_lan(|| -> Result<()> {
+                    netlink::set_master(there, SWITCH)?;
+                    netlink::set_up(there)?;
+                    Ok(())
+                })?;
+                netlink::set_up(here)?;
+            }
+            // Its peer in the LAN host goes with it.
+            Step::Container(i, false) => netlink::delete_link(CONTAINERS[i % CONTAINERS.len()].0)?,
         }
         Ok(())
     }
@@ -348,6 +412,19 @@ mod tests {
                     }
                     t.apply(s).unwrap_or_else(|e| panic!("{b}: {s:?}: {e}"));
                 }
+                if b == Backend::TcRedirect {
+                    // The container's veth is up, and its other end is a port of the switch.
+                    assert!(netlink::link_info("ctrA").unwrap().unwrap().admin_up);
+                    let (master, switch) = t
+                        .lan
+                        .run(|| {
+                            let port = netlink::link_info("ctrB").unwrap().unwrap();
+                            (port.master, netlink::link_index(SWITCH).unwrap())
+                        })
+                        .unwrap();
+                    assert_eq!(master, switch, "{b}");
+                    assert!(master.is_some());
+                }
                 if b == Backend::MacvtapBridge {
                     replies = super::super::traffic::ping(None, LAN_PEER, 1);
                 }
@@ -359,6 +436,17 @@ mod tests {
                 }
                 assert!(netlink::ipv4_addrs("lanA").unwrap().is_empty(), "{b}");
                 assert_eq!(netlink::link_index("br0").unwrap(), None, "{b}");
+                for (here, _) in CONTAINERS {
+                    assert_eq!(netlink::link_index(here).unwrap(), None, "{b}");
+                }
+                if b == Backend::TcRedirect {
+                    assert!(t
+                        .lan
+                        .run(|| netlink::link_index("ctrB"))
+                        .unwrap()
+                        .unwrap()
+                        .is_none());
+                }
             }
             t.forget_neighbours();
             replies

@@ -189,9 +189,66 @@ pub fn iperf(
     }
 }
 
+/// A one-off `iperf3 --json` server in `ns` on `port`, for a client the guest runs: it
+/// waits up to `wait` for the guest to connect, then serves one run of `seconds`. Its
+/// summary is the receiver's when the guest sends; when the guest receives (-R), the
+/// receiver's figures are the guest's own (`receiver_line`).
+pub fn iperf_server(
+    ns: &NetNs,
+    port: u16,
+    seconds: u32,
+    wait: Duration,
+) -> (Option<i32>, Result<Moved, String>) {
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["--json", "-s", "-1", "-p", &port.to_string()]);
+    in_netns(&mut cmd, ns);
+    match run_limited(cmd, wait + Duration::from_secs(u64::from(seconds) + 30)) {
+        Ok(r) => (r.status, iperf_result(&r.out, r.status)),
+        Err(e) => (None, Err(format!("cannot run iperf3: {e}"))),
+    }
+}
+
+/// The receiver's figures from an iperf3 client's text summary line, as in
+/// `[  5]   0.00-2.00   sec  60.5 MBytes   254 Mbits/sec      receiver` (with `-f m`).
+pub fn receiver_line(line: &str) -> Option<Moved> {
+    let w: Vec<&str> = line.split_whitespace().collect();
+    if w.last() != Some(&"receiver") {
+        return None;
+    }
+    let interval = w.iter().find(|x| x.contains('-') && x.contains('.'))?;
+    let (from, to) = interval.split_once('-')?;
+    let seconds = to.parse::<f64>().ok()? - from.parse::<f64>().ok()?;
+    let at = w.iter().position(|x| *x == "Mbits/sec")?;
+    let mbps: f64 = w.get(at.checked_sub(1)?)?.parse().ok()?;
+    (mbps > 0.0 && seconds > 0.0).then(|| Moved {
+        mbps,
+        bytes: mbps * 1e6 / 8.0 * seconds,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_clients_receiver_line_gives_rate_and_bytes() {
+        let m = receiver_line(
+            "[  5]   0.00-2.00   sec  60.5 MBytes   254 Mbits/sec                  receiver",
+        )
+        .unwrap();
+        assert_eq!(m.mbps, 254.0);
+        assert_eq!(m.bytes, 254e6 / 8.0 * 2.0);
+        assert_eq!(
+            receiver_line("[  5]   0.00-2.00   sec  60.5 MBytes   254 Mbits/sec   sender"),
+            None
+        );
+        assert_eq!(
+            receiver_line("[  5]   0.00-2.00   sec  0.00 Bytes  0.00 Mbits/sec   receiver"),
+            None
+        );
+        assert_eq!(receiver_line("receiver"), None);
+        assert_eq!(receiver_line("iperf3: error - unable to connect"), None);
+    }
 
     #[test]
     fn ping_lines_of_busybox_and_iputils() {

@@ -35,8 +35,9 @@ pub enum Command {
     /// Print the kernel config fragment a kernel built from source needs to boot under
     /// netvmm (merge it onto `make tinyconfig`).
     Kconfig,
-    /// Measure tap, bridge and macvtap side by side (same guest, same device) and explain
-    /// the differences; in the emulated lab or natively in a private network namespace.
+    /// Measure tap, NAT, bridge, tc-redirect and macvtap side by side (same guest, same
+    /// device) and explain the differences; in the emulated lab or natively in a private
+    /// network namespace.
     Compare(crate::compare::CompareArgs),
     /// compare's scenario, run by compare itself inside a private network namespace.
     #[command(name = "__compare-scenario", hide = true)]

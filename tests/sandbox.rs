@@ -3,7 +3,9 @@
 //! thread (its event loop watches the bridges; it releases the interfaces at the end)
 //! keeps, and only when a NIC needs it. Native: this
 //! host's /dev/kvm starts every thread even where it cannot boot the guest (PVM), and that
-//! is all this needs; the NIC cases run in a network namespace of their own.
+//! is all this needs; the NIC cases run in a network namespace of their own. The device
+//! filter's disk syscalls are checked against the kernel too, in child processes that
+//! install the filter netvmm would give a VM with and without a disk.
 
 mod common;
 
@@ -343,4 +345,91 @@ fn a_terminal_is_put_back_under_the_filter() {
         (after.c_lflag, after.c_iflag, after.c_oflag),
         "the terminal was not put back"
     );
+}
+
+/// Set in the child processes of `the_device_filter_allows_disk_io_only_with_a_disk`:
+/// `with:SYSCALL` or `without:SYSCALL`.
+const DISK_CHILD: &str = "NETVMM_SANDBOX_DISK_CHILD";
+
+/// In a child: confines this thread as a device thread of a VM with or without a disk,
+/// then makes one disk syscall on a memfd (opened before, as a disk image would be).
+fn disk_io_child(mode: &str) {
+    let (with, syscall) = mode.split_once(':').expect("MODE:SYSCALL");
+    // SAFETY: the name is a NUL-terminated literal; the fd returned (or -1) is checked.
+    let fd = unsafe { libc::memfd_create(c"netvmm-disk-test".as_ptr(), 0) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    let needs = vmm::sandbox::Needs {
+        disks: with == "with",
+    };
+    let sandbox = vmm::sandbox::Sandbox::new(true, needs).expect("the filters compile");
+    sandbox
+        .enter(vmm::sandbox::ThreadKind::Device, false)
+        .expect("enter the device sandbox");
+    let mut buf = [7u8; 8];
+    // SAFETY: `fd` is this process's memfd and `buf` outlives each call, which reads or
+    // writes at most its length.
+    let rc = unsafe {
+        match syscall {
+            "pwrite64" => libc::pwrite64(fd, buf.as_ptr().cast(), buf.len(), 0),
+            "pread64" => libc::pread64(fd, buf.as_mut_ptr().cast(), buf.len(), 0),
+            "fdatasync" => libc::fdatasync(fd) as isize,
+            other => panic!("no such disk syscall here: {other}"),
+        }
+    };
+    assert!(rc >= 0, "{syscall}: {}", std::io::Error::last_os_error());
+}
+
+/// The device thread may read, write and flush disk images only in a VM with a disk: in
+/// one without, each of pread64, pwrite64 and fdatasync traps (the process ends with the
+/// SIGSYS line naming it), and with a disk each runs. Each case in a child process, since
+/// a filter is for life.
+#[test]
+fn the_device_filter_allows_disk_io_only_with_a_disk() {
+    if let Ok(mode) = std::env::var(DISK_CHILD) {
+        disk_io_child(&mode);
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    for (syscall, nr) in [
+        ("pread64", libc::SYS_pread64),
+        ("pwrite64", libc::SYS_pwrite64),
+        ("fdatasync", libc::SYS_fdatasync),
+    ] {
+        for with in ["with", "without"] {
+            let out = Command::new(&exe)
+                .args([
+                    "--exact",
+                    "the_device_filter_allows_disk_io_only_with_a_disk",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(DISK_CHILD, format!("{with}:{syscall}"))
+                .stdin(Stdio::null())
+                .output()
+                .expect("the test binary runs");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let trapped = format!("made syscall {nr}, which its filter does not allow");
+            if with == "with" {
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "{syscall} with a disk: {stderr}"
+                );
+                assert!(
+                    !stderr.contains(&trapped),
+                    "{syscall} with a disk: {stderr}"
+                );
+            } else {
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{syscall} without a disk was allowed: {stderr}"
+                );
+                assert!(
+                    stderr.contains(&trapped),
+                    "{syscall} without a disk: {stderr}"
+                );
+            }
+        }
+    }
 }

@@ -1,9 +1,10 @@
 //! `netvmm image ...` and `netvmm lab ...`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use lab::runner::shell_quote;
-use lab::{Images, LabRun};
+use lab::{ImageStore, Images, LabContext, LabRun};
 
 use crate::args::{ImageArgs, ImageCommand, LabArgs, LabCommand, RunArgs};
 
@@ -39,19 +40,33 @@ pub enum LabCmdError {
 
 type Result<T> = std::result::Result<T, LabCmdError>;
 
+/// Where the lab's images are, from this process's environment: `NETVMM_CACHE` (else
+/// `$HOME/.cache/netvmm`) and `NETVMM_RESOURCES` (else this checkout's resources/).
+pub fn image_store() -> std::result::Result<ImageStore, lab::ImageError> {
+    ImageStore::from_vars(|k| std::env::var_os(k))
+}
+
+/// A lab run's surroundings from this process's environment (the images, and
+/// `NETVMM_LAB_SILENCE_S`), its progress lines on stderr.
+pub fn lab_context() -> std::result::Result<LabContext, lab::ImageError> {
+    let progress: lab::ProgressSink = Arc::new(|p| eprintln!("netvmm-lab: {p}"));
+    LabContext::from_vars(|k| std::env::var_os(k), progress)
+}
+
 pub fn image(a: ImageArgs) -> Result<i32> {
+    let store = image_store()?;
     // The images that are not the guest's kernel and initramfs.
     let other = match &a.command {
-        ImageCommand::Path { part } if part == "tinykernel" => Some(Images::tiny_kernel()?),
-        ImageCommand::Path { part } if part == "rootfs" => Some(Images::rootfs()?),
-        ImageCommand::Build { rootfs: true } => Some(Images::rootfs()?),
+        ImageCommand::Path { part } if part == "tinykernel" => Some(Images::tiny_kernel(&store)?),
+        ImageCommand::Path { part } if part == "rootfs" => Some(Images::rootfs(&store)?),
+        ImageCommand::Build { rootfs: true } => Some(Images::rootfs(&store)?),
         _ => None,
     };
     if let Some(p) = other {
         println!("{}", p.display());
         return Ok(0);
     }
-    let i = Images::guest_of(a.flavour.into())?;
+    let i = Images::guest_of(&store, a.flavour.into())?;
     match a.command {
         ImageCommand::Build { .. } => {
             println!("kernel  {}", i.guest_kernel.display());
@@ -73,7 +88,7 @@ pub fn image(a: ImageArgs) -> Result<i32> {
 pub fn lab(a: LabArgs) -> Result<i32> {
     match a.command {
         LabCommand::Build => {
-            let i = Images::all()?;
+            let i = Images::all(&image_store()?)?;
             println!("lab kernel {}", i.lab_kernel.display());
             println!("lab initrd {}", i.lab_initrd.display());
             Ok(0)
@@ -88,8 +103,9 @@ pub fn lab(a: LabArgs) -> Result<i32> {
                     path: script.clone(),
                     source,
                 })?;
-            let mut run = LabRun::new(text);
-            run.files = carried_files(&files)?;
+            let files = carried_files(&files)?;
+            let mut run = LabRun::new(text, lab_context()?);
+            run.files = files;
             run.memory_mib = a.lab_memory;
             if let Some(t) = timeout {
                 run.timeout = t;
@@ -97,7 +113,7 @@ pub fn lab(a: LabArgs) -> Result<i32> {
             Ok(run.run()?)
         }
         LabCommand::Run(r) => {
-            let mut run = lab_run_for(&r)?;
+            let mut run = lab_run_for(&r, lab_context)?;
             run.memory_mib = a.lab_memory;
             Ok(run.run()?)
         }
@@ -125,8 +141,12 @@ fn carried_files(files: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
 }
 
 /// Turns `netvmm run` arguments into a lab scenario: host files go in under /lab/files and
-/// the serial log comes back out through the lab's status port.
-fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
+/// the serial log comes back out through the lab's status port. `context` is asked for
+/// the run's surroundings once the arguments have passed their checks.
+fn lab_run_for(
+    r: &RunArgs,
+    context: impl FnOnce() -> std::result::Result<LabContext, lab::ImageError>,
+) -> Result<LabRun> {
     // Fail here, with the host path, rather than inside the lab.
     r.clone().into_config()?;
     let mut files = Vec::new();
@@ -182,7 +202,7 @@ fn lab_run_for(r: &RunArgs) -> Result<LabRun> {
     if r.seccomp == crate::args::Switch::Off {
         args.push("--seccomp=off".into());
     }
-    let mut run = LabRun::new(String::new());
+    let mut run = LabRun::new(String::new(), context()?);
     if let Some(log) = &r.serial_log {
         args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);
         run.outputs.push(("/tmp/serial.log".into(), log.clone()));
@@ -210,6 +230,15 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    /// A context for runs that are only built here, never booted.
+    fn test_context() -> std::result::Result<LabContext, lab::ImageError> {
+        let images = ImageStore {
+            cache: PathBuf::from("/nonexistent-cache"),
+            resources: PathBuf::from("/nonexistent-resources"),
+        };
+        Ok(LabContext::new(images, lab::progress::ignore()))
+    }
+
     #[test]
     fn lab_run_carries_files_and_rewrites_paths() {
         let dir = std::env::temp_dir().join(format!("netvmm-labcmd-{}", std::process::id()));
@@ -232,7 +261,7 @@ mod tests {
         let crate::args::Command::Run(r) = cli.command else {
             panic!("not run")
         };
-        let run = lab_run_for(&r).unwrap();
+        let run = lab_run_for(&r, test_context).unwrap();
         assert_eq!(
             run.files,
             vec![(k.clone(), "/lab/files/kernel".to_string())]
@@ -250,7 +279,7 @@ mod tests {
             img.display().to_string(),
             format!("{},readonly", img.display()),
         ];
-        let run = lab_run_for(&with_disks).unwrap();
+        let run = lab_run_for(&with_disks, test_context).unwrap();
         assert!(
             run.script
                 .contains("'--disk' '/dev/vda' '--disk' '/dev/vdb,readonly'"),
@@ -260,18 +289,20 @@ mod tests {
         assert_eq!(run.disks.len(), 2);
         assert!(!run.disks[0].readonly && run.disks[1].readonly);
         with_disks.disks = vec![dir.join("absent").display().to_string()];
-        let e = lab_run_for(&with_disks).unwrap_err().to_string();
+        let e = lab_run_for(&with_disks, test_context)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("absent") && e.contains("does not exist"), "{e}");
         let mut with_command = r.clone();
         with_command.command = vec!["sh".into(), "-c".into(), "echo \"a b\"; exit 5".into()];
-        let script = lab_run_for(&with_command).unwrap().script;
+        let script = lab_run_for(&with_command, test_context).unwrap().script;
         assert!(
             script.ends_with(r#"'--' 'sh' '-c' 'echo "a b"; exit 5'"#),
             "{script}"
         );
         let mut missing = r.clone();
         missing.initrd = Some(dir.join("nope"));
-        let err = lab_run_for(&missing).unwrap_err().to_string();
+        let err = lab_run_for(&missing, test_context).unwrap_err().to_string();
         assert!(err.contains("--initrd") && err.contains("nope"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

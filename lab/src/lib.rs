@@ -10,12 +10,14 @@
 pub mod cpio;
 pub mod images;
 pub mod monitor;
+pub mod progress;
 pub mod runner;
 pub mod signals;
 
-pub use images::{GuestFlavour, ImageError, Images};
+pub use images::{GuestFlavour, ImageError, ImageStore, Images};
+pub use progress::{Progress, ProgressSink};
 
 /// The kernel config fragment for guests of netvmm (`netvmm kconfig`), the same file
 /// resources/build-kernel.sh merges onto `make tinyconfig` for the tests.
 pub const KCONFIG_FRAGMENT: &str = include_str!("../../resources/netvmm.kconfig");
-pub use runner::{Console, LabError, LabRun};
+pub use runner::{Console, LabContext, LabError, LabRun};

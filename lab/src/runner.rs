@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cpio::CpioWriter;
-use crate::images::{ImageError, Images};
+use crate::images::{ImageError, ImageStore, Images};
+use crate::progress::{Progress, ProgressSink};
 use net::private_fs::PrivateDir;
 
 /// The lab's init writes this to its second serial port when the scenario ends.
@@ -86,16 +87,56 @@ fn host_failure(line: &[u8]) -> Option<String> {
 
 /// lab-init writes a line to the third serial port every few seconds; a lab host silent
 /// there for this long (or that never beats: it hung while booting) has stopped as a whole
-/// (both CPUs stuck, which no watchdog inside it can report). `NETVMM_LAB_SILENCE_S`
-/// changes it (the tests shorten it).
-const HOST_SILENCE_LIMIT: Duration = Duration::from_secs(120);
-const SILENCE_ENV: &str = "NETVMM_LAB_SILENCE_S";
+/// (both CPUs stuck, which no watchdog inside it can report). [`LabContext::silence_limit`]
+/// changes it.
+pub const HOST_SILENCE_LIMIT: Duration = Duration::from_secs(120);
+/// The variable, in seconds, that programs read into [`LabContext::silence_limit`] (the
+/// CLI does; the tests shorten it).
+pub const SILENCE_ENV: &str = "NETVMM_LAB_SILENCE_S";
 
-fn host_silence_limit() -> Duration {
-    std::env::var(SILENCE_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(HOST_SILENCE_LIMIT, Duration::from_secs)
+/// What a lab run takes from its caller's surroundings, which this library does not read
+/// itself: where the images are, where its progress goes, how long the lab host may fall
+/// silent.
+#[derive(Clone)]
+pub struct LabContext {
+    pub images: ImageStore,
+    pub progress: ProgressSink,
+    pub silence_limit: Duration,
+}
+
+impl LabContext {
+    /// Images from `images`, progress to `progress`, the default silence limit.
+    pub fn new(images: ImageStore, progress: ProgressSink) -> Self {
+        Self {
+            images,
+            progress,
+            silence_limit: HOST_SILENCE_LIMIT,
+        }
+    }
+
+    /// The context netvmm's settings name, which `var` looks up by name (the CLI passes
+    /// `std::env::var_os`): the images of [`ImageStore::from_vars`], and [`SILENCE_ENV`]
+    /// (whole seconds) as the silence limit when it is set and a number.
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+        progress: ProgressSink,
+    ) -> Result<Self, ImageError> {
+        let mut context = Self::new(ImageStore::from_vars(&var)?, progress);
+        let silence = var(SILENCE_ENV).and_then(|v| v.to_str()?.parse().ok());
+        if let Some(s) = silence {
+            context.silence_limit = Duration::from_secs(s);
+        }
+        Ok(context)
+    }
+}
+
+impl std::fmt::Debug for LabContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabContext")
+            .field("images", &self.images)
+            .field("silence_limit", &self.silence_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The lab host's heartbeat: a file that grows while the host lives.
@@ -265,10 +306,11 @@ pub struct LabRun {
     pub memory_mib: u64,
     pub timeout: Duration,
     pub console: Console,
+    pub context: LabContext,
 }
 
 impl LabRun {
-    pub fn new(script: impl Into<String>) -> Self {
+    pub fn new(script: impl Into<String>, context: LabContext) -> Self {
         Self {
             script: script.into(),
             files: Vec::new(),
@@ -278,12 +320,13 @@ impl LabRun {
             memory_mib: DEFAULT_LAB_MEMORY_MIB,
             timeout: DEFAULT_LAB_TIMEOUT,
             console: Console::Stdout,
+            context,
         }
     }
 
     /// Boots the lab host, runs the scenario, returns the scenario's exit status.
     pub fn run(&self) -> Result<i32, LabError> {
-        let images = Images::all()?;
+        let images = Images::all(&self.context.images)?;
         let work = WorkDir::create()?;
         let (initrd, initrd_file) = work.create_file("lab-initrd")?;
         self.write_initrd(&images, initrd_file, &initrd)?;
@@ -291,7 +334,7 @@ impl LabRun {
         let alive_path = work.path().join("alive");
         let monitor_path = work.path().join("monitor");
 
-        eprintln!("netvmm-lab: booting the emulated lab host (QEMU TCG, -cpu max)");
+        (self.context.progress)(Progress::Booting);
         let mut child = Command::new("qemu-system-x86_64")
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
             .args(["-m", &self.memory_mib.to_string()])
@@ -328,7 +371,14 @@ impl LabRun {
             .map(|c| watch_console(c, self.console.clone(), marks.clone()));
         let limit = self.timeout + LAB_BOOT_ALLOWANCE;
         let mut heartbeat = Heartbeat::new(alive_path, Instant::now());
-        let waited = wait_or_kill(&mut child, limit, &marks, &mut heartbeat, &monitor_path);
+        let waited = wait_or_kill(
+            &mut child,
+            limit,
+            &marks,
+            &mut heartbeat,
+            &monitor_path,
+            &self.context,
+        );
         if let Some(c) = console {
             let _ = c.join();
         }
@@ -484,6 +534,7 @@ fn wait_or_kill(
     marks: &std::sync::Mutex<ConsoleMarks>,
     heartbeat: &mut Heartbeat,
     monitor: &Path,
+    context: &LabContext,
 ) -> Result<(), LabError> {
     let stop = |child: &mut Child| {
         let _ = child.kill();
@@ -491,14 +542,14 @@ fn wait_or_kill(
     };
     // A hung host: first where its CPUs are, then stop it.
     let stop_hung = |child: &mut Child, why: String| {
-        match crate::monitor::cpu_states(monitor) {
-            Ok(cpus) => eprintln!("netvmm-lab: the hung lab host's CPUs: {}", cpus.join("; ")),
-            Err(e) => eprintln!("netvmm-lab: cannot read the hung lab host's CPUs: {e}"),
-        }
+        (context.progress)(match crate::monitor::cpu_states(monitor) {
+            Ok(cpus) => Progress::HungCpus(cpus),
+            Err(e) => Progress::HungCpusUnknown(e),
+        });
         stop(child);
         LabError::HostFailed(why)
     };
-    let silence_limit = host_silence_limit();
+    let silence_limit = context.silence_limit;
     crate::signals::install()
         .map_err(file_err("install signal handlers for", Path::new("qemu")))?;
     let start = Instant::now();
@@ -572,6 +623,15 @@ impl WorkDir {
 mod tests {
     use super::*;
 
+    /// A context for runs that are only built here, never booted.
+    fn context() -> LabContext {
+        let images = ImageStore {
+            cache: PathBuf::from("/nonexistent-cache"),
+            resources: PathBuf::from("/nonexistent-resources"),
+        };
+        LabContext::new(images, crate::progress::ignore())
+    }
+
     #[test]
     fn a_lockup_in_a_netvmm_task_is_a_host_failure_and_a_guests_is_not() {
         let lab = b"[   72.431780] watchdog: BUG: soft lockup - CPU#0 stuck for 45s! [netvmm-vcpu0:196]\r";
@@ -599,6 +659,22 @@ mod tests {
             Some("[  158.762318] Kernel panic - not syncing: corrupted stack end detected inside scheduler")
         );
         assert_eq!(kernel_panic(b"[  158.763727]  <TASK>"), None);
+    }
+
+    #[test]
+    fn the_silence_limit_is_the_setting_when_it_is_a_number() {
+        use crate::images::tests::vars;
+        let limit = |pairs: &[(&str, &str)]| {
+            LabContext::from_vars(vars(pairs), crate::progress::ignore())
+                .unwrap()
+                .silence_limit
+        };
+        let home = ("HOME", "/home/u");
+        assert_eq!(limit(&[home]), HOST_SILENCE_LIMIT);
+        assert_eq!(limit(&[home, (SILENCE_ENV, "15")]), Duration::from_secs(15));
+        assert_eq!(limit(&[home, (SILENCE_ENV, "soon")]), HOST_SILENCE_LIMIT);
+        let c = LabContext::from_vars(vars(&[home]), crate::progress::ignore()).unwrap();
+        assert_eq!(c.images.cache, Path::new("/home/u/.cache/netvmm"));
     }
 
     #[test]
@@ -674,7 +750,7 @@ mod tests {
 
     #[test]
     fn scenario_quotes_environment() {
-        let mut r = LabRun::new("netvmm doctor");
+        let mut r = LabRun::new("netvmm doctor", context());
         r.env.push(("A".into(), "it's".into()));
         let s = r.scenario();
         assert!(s.starts_with("#!/bin/sh\n"));
@@ -691,7 +767,7 @@ mod tests {
         let text = "netvmm-lab-file=1\naGk=\nnetvmm-lab-file-end\nnetvmm-lab-exit=0\n";
         assert_eq!(parse_output(text, 1).unwrap(), b"hi");
         assert!(parse_output(text, 0).is_none());
-        let mut r = LabRun::new("true");
+        let mut r = LabRun::new("true", context());
         r.outputs.push(("/tmp/a b".into(), PathBuf::from("/x")));
         assert!(r.scenario().contains("base64 '/tmp/a b'"));
     }

@@ -6,6 +6,7 @@ pub mod backends;
 pub mod bridge_watch;
 pub mod given;
 pub mod iface;
+pub mod leftovers;
 pub mod mac;
 pub mod names;
 pub mod nat;

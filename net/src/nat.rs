@@ -205,7 +205,7 @@ pub fn ruleset(table: &str, tap: &str, uplink: &str, subnet: Ipv4Cidr) -> Value 
 
 /// Runs `nft -j RULES`: the ruleset as an argument, not on stdin, because `nft -f -`
 /// opens /dev/stdin, which a minimal host (the lab's) may not have.
-fn apply(table: &str, rules: &Value) -> Result<(), NatError> {
+pub(crate) fn apply(table: &str, rules: &Value) -> Result<(), NatError> {
     let out = Command::new("nft")
         .arg("-j")
         .arg(rules.to_string())
@@ -376,16 +376,20 @@ pub fn setup<T>(
     Ok((tap, NatUse { mark, host }))
 }
 
+/// The NAT tables of netvmm processes that are gone: what [`cleanup_stale`] removes, and
+/// what `netvmm run` warns about.
+pub fn stale_tables() -> Result<Vec<TableMark>, NatError> {
+    Ok(tables()?.into_iter().filter(|m| !m.owner.alive()).collect())
+}
+
 /// Deletes the NAT tables of netvmm processes that are gone, and puts their uplinks'
 /// forwarding back where no table is left; returns the tables removed.
 pub fn cleanup_stale() -> Result<Vec<String>, NatError> {
     let _lock = lock()?;
     let mut removed = Vec::new();
-    for m in tables()? {
-        if !m.owner.alive() {
-            remove(&m)?;
-            removed.push(m.name());
-        }
+    for m in stale_tables()? {
+        remove(&m)?;
+        removed.push(m.name());
     }
     Ok(removed)
 }

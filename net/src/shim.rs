@@ -144,6 +144,21 @@ impl Drop for ShimUse {
     }
 }
 
+/// Shims whose users are all gone (what [`cleanup_stale`] deletes); `netvmm run` warns
+/// about them. Read only: no lock, no alias rewritten.
+pub fn stale_shims() -> Result<Vec<String>, NetlinkError> {
+    Ok(netlink::list_links()?
+        .into_iter()
+        .filter(|l| {
+            l.alias
+                .as_deref()
+                .and_then(users)
+                .is_some_and(|u| !u.iter().any(Owner::alive))
+        })
+        .map(|l| l.name)
+        .collect())
+}
+
 /// Shims whose users are all gone are deleted; returns their names. Used by `netvmm cleanup`.
 pub fn cleanup_stale() -> Result<Vec<String>, ShimError> {
     let mut removed = Vec::new();

@@ -9,7 +9,7 @@
 //! redirects to is gone or belongs to a dead netvmm (the mirred action's cookie says the
 //! filter is netvmm's). The tap's own qdisc goes with the tap.
 
-use crate::netlink::{self, FilterKind, NetlinkError};
+use crate::netlink::{self, FilterKind, LinkInfo, NetlinkError};
 use crate::owned::owner;
 
 /// The cookie on every mirred action netvmm installs.
@@ -91,32 +91,48 @@ fn stale_target(target: u32) -> Result<bool, NetlinkError> {
     })
 }
 
-/// Removes the ingress qdiscs netvmm put on NICs whose taps are gone; returns the NICs.
-pub fn cleanup_stale() -> Result<Vec<String>, NetlinkError> {
-    let mut cleaned = Vec::new();
+/// The NICs holding an ingress qdisc that netvmm put there for a tap that is gone or is no
+/// live netvmm's (see [`stale_target`]): what [`cleanup_stale`] removes, and what `netvmm
+/// run` warns about.
+pub fn stale_nics() -> Result<Vec<LinkInfo>, NetlinkError> {
+    let qdiscs = netlink::ingress_qdiscs()?;
+    let mut stale = Vec::new();
     for l in netlink::list_links()? {
         // A tap of netvmm's own: its qdisc goes with it (and `owned` removes stale taps).
         if l.alias.as_deref().and_then(owner).is_some() {
             continue;
         }
-        if netlink::ingress_qdisc(l.index)?.is_none() {
+        if !qdiscs.iter().any(|(index, _)| *index == l.index) {
             continue;
         }
-        let ours: Vec<u32> = netlink::ingress_redirects(l.index)?
-            .into_iter()
+        let redirects = match netlink::ingress_redirects(l.index) {
+            Ok(r) => r,
+            // Deleted since the list was taken: nothing of it is left to find.
+            Err(e) if e.is_no_such_device() => continue,
+            Err(e) => return Err(e),
+        };
+        let mut ours = false;
+        for r in redirects
+            .iter()
             .filter(|r| r.cookie.as_deref() == Some(COOKIE))
-            .map(|r| r.target)
-            .collect();
-        let mut stale = false;
-        for t in &ours {
-            stale |= stale_target(*t)?;
+        {
+            ours |= stale_target(r.target)?;
         }
-        if stale {
-            match netlink::delete_ingress_qdisc(l.index) {
-                Ok(()) => cleaned.push(format!("{} (ingress qdisc)", l.name)),
-                Err(e) if e.is_no_such_device() => {}
-                Err(e) => return Err(e),
-            }
+        if ours {
+            stale.push(l);
+        }
+    }
+    Ok(stale)
+}
+
+/// Removes the ingress qdiscs netvmm put on NICs whose taps are gone; returns the NICs.
+pub fn cleanup_stale() -> Result<Vec<String>, NetlinkError> {
+    let mut cleaned = Vec::new();
+    for l in stale_nics()? {
+        match netlink::delete_ingress_qdisc(l.index) {
+            Ok(()) => cleaned.push(format!("{} (ingress qdisc)", l.name)),
+            Err(e) if e.is_no_such_device() => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(cleaned)

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use lab::cpio::CpioWriter;
 use lab::runner::parse_ldd;
-use lab::{Images, LabRun};
+use lab::{Images, LabContext, LabRun};
 
 /// Seconds of each iperf3 measurement.
 const IPERF_SECONDS: u32 = 5;
@@ -242,7 +242,7 @@ fn cpio_member(archive: &[u8], want: &str) -> Option<Vec<u8>> {
 /// The guest initrd for QEMU's PCI machine: the guest image's initrd followed by a cpio
 /// with the virtio_pci modules from the cached kernel package and an /etc/netvmm-modules
 /// that loads them too. Err says why it cannot be built.
-fn pci_initrd(images: &Images, tmp: &Path) -> Result<PathBuf, String> {
+fn pci_initrd(images: &Images, cache: &Path, tmp: &Path) -> Result<PathBuf, String> {
     let guest_dir = images
         .guest_kernel
         .parent()
@@ -251,9 +251,7 @@ fn pci_initrd(images: &Images, tmp: &Path) -> Result<PathBuf, String> {
     let rel = std::fs::read_to_string(&rel_path)
         .map_err(|e| format!("cannot read {}: {e}", rel_path.display()))?;
     let rel = rel.trim();
-    let debs = lab::images::cache_dir()
-        .map_err(|e| e.to_string())?
-        .join("debs");
+    let debs = cache.join("debs");
     let prefix = format!("linux-image-{rel}_");
     let deb = std::fs::read_dir(&debs)
         .map_err(|e| format!("cannot list {}: {e}", debs.display()))?
@@ -481,7 +479,13 @@ fn bench() -> Result<(), String> {
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(3);
-    let images = Images::all().map_err(|e| e.to_string())?;
+    // The lab's settings from the environment, its progress on stderr, as netvmm's own.
+    let context = LabContext::from_vars(
+        |k| std::env::var_os(k),
+        std::sync::Arc::new(|p| eprintln!("netvmm-lab: {p}")),
+    )
+    .map_err(|e| e.to_string())?;
+    let images = Images::all(&context.images).map_err(|e| e.to_string())?;
     let tmp = TempDir::new();
 
     let mut files = vec![(
@@ -495,14 +499,14 @@ fn bench() -> Result<(), String> {
         .map(|m| m.len())
         .sum();
     files.extend(qemu.iter().cloned());
-    let pci = pci_initrd(&images, &tmp.0).map_err(|e| {
+    let pci = pci_initrd(&images, &context.images.cache, &tmp.0).map_err(|e| {
         format!(
             "cannot give the PCI guest virtio_pci (the guest image lacks it, the kernel has CONFIG_VIRTIO_PCI=m): {e}"
         )
     })?;
     files.push((pci, "/lab/qemu/initrd-pci".to_string()));
 
-    let mut run = LabRun::new(SCENARIO);
+    let mut run = LabRun::new(SCENARIO, context);
     run.files = files;
     run.env = vec![
         ("RUNS".into(), runs.to_string()),

@@ -183,17 +183,6 @@ pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
 /// The most NICs: every virtio slot (disks take the ones NICs leave).
 pub const MAX_NICS: usize = virtio_slot::MAX_DEVICES;
 
-/// The interfaces that netvmm processes which are gone left behind, if any.
-pub fn stale_warning() -> Option<Notice> {
-    let stale = net::owned::stale_links().ok()?;
-    if stale.is_empty() {
-        return None;
-    }
-    Some(Notice::StaleInterfaces(
-        stale.into_iter().map(|l| l.name).collect(),
-    ))
-}
-
 /// Builds every NIC. Backends are opened first, so that a bad `--net` fails before KVM
 /// state is touched, and a created tap vanishes with its fd on any later error.
 pub fn build(
@@ -216,7 +205,7 @@ pub fn build(
     if specs.len() > MAX_NICS {
         return Err(NicError::TooMany { max: MAX_NICS });
     }
-    if let Some(stale) = stale_warning() {
+    if let Some(stale) = crate::notice::leftovers() {
         notices(stale);
     }
     // Every backend is opened before anything else: the guards of those already open undo

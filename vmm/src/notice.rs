@@ -9,8 +9,9 @@ use std::sync::Arc;
 pub enum Notice {
     /// A bridge was deleted and created again, and the NIC's tap was put back on it.
     BridgeBack(net::bridge_watch::Port),
-    /// Interfaces that netvmm processes which are gone left behind (`netvmm cleanup`).
-    StaleInterfaces(Vec<String>),
+    /// What netvmm processes which are gone left behind: interfaces, host-access shims,
+    /// NAT tables, tc redirects (`netvmm cleanup` removes them).
+    Leftovers(net::leftovers::Leftovers),
     /// A given interface could not be put back as it was found.
     NotRestored(String),
     /// These vCPUs did not leave the guest when kicked at the end; they were left running.
@@ -21,10 +22,9 @@ impl std::fmt::Display for Notice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Notice::BridgeBack(port) => write!(f, "{port}"),
-            Notice::StaleInterfaces(names) => write!(
+            Notice::Leftovers(found) => write!(
                 f,
-                "warning: interfaces left by netvmm processes that are gone: {} (remove them with `netvmm cleanup`)",
-                names.join(", ")
+                "warning: left by netvmm processes that are gone: {found} (remove them with `netvmm cleanup`)"
             ),
             Notice::NotRestored(problem) => write!(f, "warning: {problem}"),
             Notice::VcpusStuck(ids) => {
@@ -37,6 +37,13 @@ impl std::fmt::Display for Notice {
             }
         }
     }
+}
+
+/// The warning about what netvmm processes that are gone left in this network namespace,
+/// if they left anything: the same things `netvmm cleanup` would remove.
+pub fn leftovers() -> Option<Notice> {
+    let found = net::leftovers::Leftovers::find();
+    (!found.is_empty()).then_some(Notice::Leftovers(found))
 }
 
 /// Where notices go.
@@ -61,8 +68,19 @@ mod tests {
             Notice::BridgeBack(port).to_string(),
             "bridge br0 is back; nvtap0 put back on it"
         );
-        let stale = Notice::StaleInterfaces(vec!["nvtap3".into(), "nvmvt0".into()]).to_string();
-        assert!(stale.contains("nvtap3, nvmvt0") && stale.contains("netvmm cleanup"));
+        let stale = Notice::Leftovers(net::leftovers::Leftovers {
+            links: vec!["nvtap3".into(), "nvmvt0".into()],
+            nat_tables: vec!["netvmm-nat,pid=7,tap=nvtap3,fwd=0,uplink=eth0".into()],
+            tc_nics: vec!["eth1".into()],
+            ..Default::default()
+        })
+        .to_string();
+        assert_eq!(
+            stale,
+            "warning: left by netvmm processes that are gone: interfaces nvtap3, nvmvt0; \
+             nftables table 'netvmm-nat,pid=7,tap=nvtap3,fwd=0,uplink=eth0'; tc redirect on eth1 \
+             (remove them with `netvmm cleanup`)"
+        );
         assert_eq!(
             Notice::VcpusStuck(vec![1, 3]).to_string(),
             "warning: vCPU 1, vCPU 3 did not leave the guest when stopped; left running"

@@ -197,7 +197,10 @@ impl Vmm {
         };
         vm.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
 
-        let sandbox = Sandbox::new(config.seccomp)?;
+        let needs = crate::sandbox::Needs {
+            disks: !config.disks.is_empty(),
+        };
+        let sandbox = Sandbox::new(config.seccomp, needs)?;
         let guest_memory = memory::create_guest_memory(config.memory_mib)?;
         register_memory(&vm, &guest_memory)?;
 

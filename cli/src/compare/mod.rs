@@ -406,7 +406,8 @@ fn lab_once(
 ) -> Result<(std::result::Result<i32, lab::LabError>, Vec<Observed>, bool)> {
     let tmp = TempDir::new()?;
     let results = tmp.path().join("results");
-    let mut run = lab::LabRun::new(lab_command(rows, duration));
+    let context = crate::lab_cmd::lab_context()?;
+    let mut run = lab::LabRun::new(lab_command(rows, duration), context);
     run.outputs = vec![(LAB_RESULTS.to_string(), results.clone())];
     // The compare inside stops its own scenario at this limit; the lab host gets a margin.
     run.timeout = scenario::scenario_timeout(rows.len(), duration) + Duration::from_secs(120);
@@ -443,7 +444,7 @@ fn guest_image() -> Result<(PathBuf, PathBuf)> {
         }
         return Ok((k, i));
     }
-    let images = lab::Images::guest()?;
+    let images = lab::Images::guest(&crate::lab_cmd::image_store()?)?;
     Ok((images.guest_kernel, images.guest_initrd))
 }
 

@@ -45,8 +45,8 @@ pub use nftables::{delete_table, list_tables, NFPROTO_IPV4};
 pub use ports::{move_to_netns, set_hairpin};
 pub use routes::{add_route_v4, default_route_oif, delete_route_v4, ipv4_routes, Route4};
 pub use tc::{
-    add_ingress_qdisc, add_redirect, delete_ingress_qdisc, ingress_qdisc, ingress_redirects,
-    FilterKind, Redirect,
+    add_ingress_qdisc, add_redirect, delete_ingress_qdisc, ingress_qdisc, ingress_qdiscs,
+    ingress_redirects, FilterKind, Redirect,
 };
 
 /// A link named by its name or its index.

@@ -68,23 +68,42 @@ pub fn ingress_qdisc<'a>(dev: impl Into<LinkRef<'a>>) -> Result<Option<String>> 
     let action = format!("list the qdiscs of {dev}");
     let mut conn = Conn::open()?;
     let index = conn.index_for(&action, dev)?;
+    Ok(dump_ingress_qdiscs(&mut conn, &action, Some(dev))?
+        .into_iter()
+        .find_map(|(i, kind)| (i == index).then_some(kind)))
+}
+
+/// Every link's ingress-hook qdisc here as (ifindex, kind), from one dump: a scan of all
+/// links asks once instead of once per link (each dump lists every qdisc of the host).
+pub fn ingress_qdiscs() -> Result<Vec<(u32, String)>> {
+    let mut conn = Conn::open()?;
+    dump_ingress_qdiscs(&mut conn, "list the qdiscs", None)
+}
+
+fn dump_ingress_qdiscs(
+    conn: &mut Conn,
+    action: &str,
+    dev: Option<LinkRef>,
+) -> Result<Vec<(u32, String)>> {
     let replies = conn
         .request(
             RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
             NLM_F_DUMP,
         )
-        .map_err(|e| e.into_error(&action, Some(dev)))?;
-    Ok(replies.into_iter().find_map(|r| match r {
-        RouteNetlinkMessage::NewQueueDiscipline(m)
-            if m.header.index == index as i32 && m.header.parent == TcHandle::INGRESS =>
-        {
-            m.attributes.iter().find_map(|a| match a {
-                TcAttribute::Kind(k) => Some(k.clone()),
-                _ => None,
-            })
-        }
-        _ => None,
-    }))
+        .map_err(|e| e.into_error(action, dev))?;
+    Ok(replies
+        .into_iter()
+        .filter_map(|r| match r {
+            RouteNetlinkMessage::NewQueueDiscipline(m) if m.header.parent == TcHandle::INGRESS => {
+                let kind = m.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                })?;
+                Some((u32::try_from(m.header.index).ok()?, kind))
+            }
+            _ => None,
+        })
+        .collect())
 }
 
 /// Adds an ingress qdisc to `dev` (`tc qdisc add dev DEV ingress`); fails if it has one.

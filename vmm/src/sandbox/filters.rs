@@ -186,9 +186,10 @@ pub fn vcpu() -> Rules {
         .0
 }
 
-/// The device thread: the event loop over the NICs' queue eventfds and backends.
-pub fn device() -> Rules {
-    List::new()
+/// The device thread: the event loop over the NICs' queue eventfds and backends, and the
+/// disks' when the VM has any.
+pub fn device(needs: Needs) -> Rules {
+    let list = List::new()
         .runtime()
         .sleep()
         // The event loop (every fd was registered before the thread started).
@@ -197,15 +198,31 @@ pub fn device() -> Rules {
         .any(libc::SYS_read)
         .any(libc::SYS_readv)
         .any(libc::SYS_writev)
+        // Stopped at the VM's end, the loop closes its epoll and stop eventfd (and, when
+        // it holds the last reference, a device's eventfds and backend).
+        .any(libc::SYS_close);
+    if !needs.disks {
+        // No image to read or write: a guest that takes this thread over gets no
+        // positioned I/O on whatever fd it finds.
+        return list.0;
+    }
+    list
         // virtio-blk: the image read and written at the request's offset, and flushed
         // (fdatasync) on the guest's FLUSH.
         .any(libc::SYS_pread64)
         .any(libc::SYS_pwrite64)
         .any(libc::SYS_fdatasync)
-        // Stopped at the VM's end, the loop closes its epoll and stop eventfd (and, when
-        // it holds the last reference, a device's eventfds and backend).
-        .any(libc::SYS_close)
         .0
+}
+
+/// The syscalls only a VM with a disk needs on its device thread.
+pub const DISK_SYSCALLS: [i64; 3] = [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync];
+
+/// What the VM has that widens a list beyond what every VM needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// At least one `--disk`.
+    pub disks: bool,
 }
 
 /// The main thread once everything runs: its event loop (the VM's end, stop signals, the
@@ -257,9 +274,11 @@ mod tests {
 
     #[test]
     fn every_list_compiles_and_only_vcpus_may_run_the_guest() {
+        let disks = Needs { disks: true };
         for (name, rules) in [
             ("vcpu", vcpu()),
-            ("device", device()),
+            ("device", device(Needs::default())),
+            ("device with disks", device(disks)),
             ("main", main_thread()),
         ] {
             assert!(rules.contains_key(&libc::SYS_exit_group), "{name}");
@@ -267,6 +286,9 @@ mod tests {
             assert!(!rules.contains_key(&libc::SYS_clone), "{name}");
             let ioctls = rules.get(&libc::SYS_ioctl).map_or(0, Vec::len);
             assert!(name == "vcpu" || name == "main" || ioctls == 0, "{name}");
+            let disk_io = DISK_SYSCALLS.iter().filter(|nr| rules.contains_key(nr));
+            let want = if name == "device with disks" { 3 } else { 0 };
+            assert_eq!(disk_io.count(), want, "{name}: the disk syscalls");
             super::super::compile(rules).unwrap();
         }
     }

@@ -11,6 +11,8 @@ pub mod caps;
 pub mod filters;
 mod sigsys;
 
+pub use filters::Needs;
+
 use std::sync::Arc;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
@@ -32,10 +34,10 @@ impl ThreadKind {
         }
     }
 
-    fn rules(self) -> filters::Rules {
+    fn rules(self, needs: filters::Needs) -> filters::Rules {
         match self {
             ThreadKind::Vcpu => filters::vcpu(),
-            ThreadKind::Device => filters::device(),
+            ThreadKind::Device => filters::device(needs),
             ThreadKind::Main => filters::main_thread(),
         }
     }
@@ -96,15 +98,15 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Compiles every filter up front (a list that does not compile fails the VM before
-    /// anything runs) and installs the SIGSYS handler; `seccomp: false` keeps only the
-    /// capability drop.
-    pub fn new(seccomp: bool) -> Result<Self, SandboxError> {
+    /// anything runs), each for what this VM `needs` and no more, and installs the SIGSYS
+    /// handler; `seccomp: false` keeps only the capability drop.
+    pub fn new(seccomp: bool, needs: filters::Needs) -> Result<Self, SandboxError> {
         if !seccomp {
             return Ok(Self { filters: None });
         }
         let mut compiled = Vec::new();
         for kind in ThreadKind::ALL {
-            let bpf = compile(kind.rules()).map_err(|source| SandboxError::Compile {
+            let bpf = compile(kind.rules(needs)).map_err(|source| SandboxError::Compile {
                 thread: kind.name(),
                 source,
             })?;
@@ -207,7 +209,7 @@ mod tests {
         // In a child process: the filter is for life.
         let exe = std::env::current_exe().unwrap();
         if std::env::var_os("NETVMM_SANDBOX_CHILD").is_some() {
-            let sandbox = Sandbox::new(true).unwrap();
+            let sandbox = Sandbox::new(true, filters::Needs::default()).unwrap();
             sandbox.enter(ThreadKind::Device, false).unwrap();
             // SAFETY: getppid has no arguments; it is not on the device list.
             unsafe { libc::getppid() };

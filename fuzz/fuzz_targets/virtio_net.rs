@@ -249,7 +249,7 @@ fuzz_target!(|data: &[u8]| {
                 net.process(Wake::Queue(1), &mut queues);
             }
             2 => {
-                net.process(Wake::Backend, &mut queues);
+                net.process(Wake::Backend(0), &mut queues);
             }
             3 => {
                 net.process(Wake::Activated, &mut queues);
@@ -272,7 +272,7 @@ fuzz_target!(|data: &[u8]| {
             10 => {
                 // A frame arrives and the backend fd becomes readable.
                 frames.lock().unwrap().push_back(frame(&mut input));
-                net.process(Wake::Backend, &mut queues);
+                net.process(Wake::Backend(0), &mut queues);
             }
             _ => {
                 net.reset();

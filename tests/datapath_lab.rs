@@ -3,8 +3,9 @@
 //! ports below it is named in one line; `vhost=on` carries traffic both ways on a tap, a
 //! bridge port and a macvtap with netvmm's device moving no frame, survives the guest
 //! unbinding and binding its virtio-net driver under traffic, and without /dev/vhost-net
-//! is a one-line error (`vhost=auto`: the userspace path, and a line saying so). One lab
-//! boot for all cases.
+//! is a one-line error (`vhost=auto`: the userspace path, and a line saying so);
+//! `--cpus 2 --net tap,queues=2` gives the guest two queue pairs that both carry frames,
+//! on the userspace path and with `vhost=on`. One lab boot for all cases.
 
 mod common;
 
@@ -85,6 +86,26 @@ s=$?
 [ $s = 0 ] || cat /tmp/vm.err
 echo "case=vhost-macvtap $(report /tmp/vm $s)"
 
+# queues=2 with 2 vCPUs, userspace and vhost: the guest sets 2 pairs itself (VQ_PAIRS_SET)
+# and has rx-0, rx-1, tx-0, tx-1; two iperf3 clients, one pinned to each vCPU (-A), send
+# (XPS maps vCPU i to tx queue i; the tap answers a flow on the queue it came from), so
+# both pairs carry frames both ways: netvmm's per-pair counters say so on the userspace
+# path, the used indices in guest memory (rx1_used, tx1_used) under vhost.
+iperf3 -s -D -p 5203 >/dev/null 2>&1
+iperf3 -s -D -p 5204 >/dev/null 2>&1
+MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
+  iperf3 -c 192.0.2.1 -p 5203 -t 3 -P 2 -A 0 >/dev/null 2>&1 &
+  iperf3 -c 192.0.2.1 -p 5204 -t 3 -P 2 -A 1 -f m >/tmp/i2 2>&1; wait;
+  echo up=\$(grep SUM.*receiver /tmp/i2 | tr -s \" \" | cut -d \" \" -f 6)'
+mq() { echo "status=$2 queues=$(v $1.log queues | tr ' ' ,) up=$(v $1.log up) path=$(nic $1.err datapath) nq=$(nic $1.err queues) active=$(nic $1.err active_pairs) ctrl_ok=$(nic $1.err ctrl_ok) ctrl_err=$(nic $1.err ctrl_err) q0rx=$(nic $1.err q0_rx_frames) q0tx=$(nic $1.err q0_tx_frames) q1rx=$(nic $1.err q1_rx_frames) q1tx=$(nic $1.err q1_tx_frames) rx0u=$(nic $1.err rx_used) tx0u=$(nic $1.err tx_used) rx1u=$(nic $1.err rx1_used) tx1u=$(nic $1.err tx1_used) said=$(grep -c 'eth0 .*; 2 queue pairs' $1.err)"; }
+for path in off on; do
+  NETVMM_BOOT_REPORT=1 netvmm run $G --cpus 2 --net tap,host-ip=192.0.2.1/24,queues=2,vhost=$path \
+    --serial-log /tmp/q$path.log --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$MQ\"" >/dev/null 2>/tmp/q$path.err
+  s=$?
+  [ $s = 0 ] || cat /tmp/q$path.err
+  echo "case=mq-vhost-$path $(mq /tmp/q$path $s)"
+done
+
 # No /dev/vhost-net: vhost=on is one line and status 1; vhost=auto runs on the userspace path.
 mv /dev/vhost-net /dev/vhost-net.off
 netvmm run $G --net tap,vhost=on --cmdline 'quiet' >/dev/null 2>/tmp/vn.err
@@ -151,4 +172,38 @@ fn datapath_end_to_end() {
     assert_eq!(f("vhost-auto", "ping"), "0", "{dump}");
     assert_eq!(f("vhost-auto", "path"), "user", "{dump}");
     assert_eq!(f("vhost-auto", "notes"), "1", "{dump}");
+
+    let n = |case: &str, key: &str| f(case, key).parse::<u64>().unwrap_or(0);
+    for (case, path) in [("mq-vhost-off", "user"), ("mq-vhost-on", "vhost")] {
+        assert_eq!(f(case, "status"), "0", "{case}\n{dump}");
+        assert_eq!(
+            f(case, "queues"),
+            "rx-0,rx-1,tx-0,tx-1",
+            "{case}: the guest's queues\n{dump}"
+        );
+        assert_eq!(f(case, "path"), path, "{case}\n{dump}");
+        assert_eq!(
+            f(case, "nq"),
+            "2",
+            "{case}: queues= in the exit report\n{dump}"
+        );
+        assert_eq!(f(case, "active"), "2", "{case}: VQ_PAIRS_SET 2\n{dump}");
+        assert!(n(case, "ctrl_ok") >= 1, "{case}\n{dump}");
+        assert_eq!(f(case, "ctrl_err"), "0", "{case}\n{dump}");
+        assert_eq!(f(case, "said"), "1", "{case}: the NIC line\n{dump}");
+        assert!(mbps(f(case, "up")) > 0.0, "{case}: iperf3\n{dump}");
+        // Both rings of both pairs returned buffers (the used index in guest memory: the
+        // device's or the kernel's).
+        for ring in ["rx0u", "tx0u", "rx1u", "tx1u"] {
+            assert!(n(case, ring) > 0, "{case}: {ring}\n{dump}");
+        }
+    }
+    // The userspace path moved frames on both pairs, each way.
+    for k in ["q0rx", "q0tx", "q1rx", "q1tx"] {
+        assert!(n("mq-vhost-off", k) > 0, "{k}\n{dump}");
+    }
+    // Under vhost the kernel did: netvmm's device moved none.
+    for k in ["q0rx", "q0tx", "q1rx", "q1tx"] {
+        assert_eq!(f("mq-vhost-on", k), "0", "{k}\n{dump}");
+    }
 }

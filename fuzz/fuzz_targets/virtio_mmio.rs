@@ -298,7 +298,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 frames.lock().unwrap().push_back(vec![input.u8(); len]);
             }
-            10 => drv.t.wake(Wake::Backend),
+            10 => drv.t.wake(Wake::Backend(0)),
             11 => drv.t.wake(Wake::Activated),
             12 => drv.event_loop_turn(),
             13 => {

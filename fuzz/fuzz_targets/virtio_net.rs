@@ -1,7 +1,8 @@
 //! Fuzzes the virtio-net device as a hostile guest and a hostile network would drive it:
 //! descriptor tables, avail rings and the contents of guest memory come from the input, and
 //! so do the frames the backend hands to the device. TX and RX run through
-//! `VirtioDevice::process` with every kind of wake-up.
+//! `VirtioDevice::process` with every kind of wake-up. One setup bit makes it a NIC of two
+//! queue pairs with MQ and a control queue, whose commands come from the input too.
 //!
 //! Checked: no panic, no hang (libFuzzer's `-timeout`), no write to guest memory that no
 //! descriptor can reach, and the used index in memory in step with the device's.
@@ -10,7 +11,7 @@
 
 use devices::virtio::chain::VIRTIO_RING_F_INDIRECT_DESC;
 use devices::virtio::net::{
-    Net, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MRG_RXBUF, MAX_FRAME_LEN,
+    Net, F_CTRL_VQ, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_MQ, F_MRG_RXBUF, MAX_FRAME_LEN,
 };
 use devices::virtio::{VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +35,11 @@ const MEM_B_LEN: usize = 0x1000;
 const MEM_C: u64 = 0x20_0000;
 const MEM_C_ENTRIES: u64 = 256;
 const MEM_C_LEN: usize = 16 * MEM_C_ENTRIES as usize;
+/// Region D: the rings of a second queue pair and the control queue (rx1, tx1, ctrl),
+/// 0x1000 apart; like region A's rings, written by the device only through its rings
+/// (no descriptor address is ever placed in it).
+const MEM_D: u64 = 0x30_0000;
+const MEM_D_LEN: usize = 0x3000;
 const PAINT: u8 = 0xa5;
 
 const F_NEXT: u16 = 1;
@@ -141,6 +147,7 @@ fuzz_target!(|data: &[u8]| {
         (GuestAddress(0), MEM_A as usize),
         (GuestAddress(MEM_B), MEM_B_LEN),
         (GuestAddress(MEM_C), MEM_C_LEN),
+        (GuestAddress(MEM_D), MEM_D_LEN),
     ])
     .unwrap();
     // The input also makes up the buffers' contents (and so any indirect tables). Built
@@ -177,9 +184,22 @@ fuzz_target!(|data: &[u8]| {
     if indirect {
         features |= VIRTIO_RING_F_INDIRECT_DESC;
     }
+    let multiqueue = setup & 0x80 != 0;
+    if multiqueue {
+        features |= F_MQ | F_CTRL_VQ;
+    }
     let (rx, rxq) = Ring::create(&mem, RXQ_AT, size);
     let (tx, txq) = Ring::create(&mem, TXQ_AT, size);
+    let mut rings = vec![rx, tx];
     let mut queues = vec![rxq, txq];
+    if multiqueue {
+        // rx1, tx1, ctrl.
+        for i in 0..3 {
+            let (r, q) = Ring::create(&mem, MEM_D + 0x1000 * i, size);
+            rings.push(r);
+            queues.push(q);
+        }
+    }
     for q in &mut queues {
         q.set_event_idx(event_idx);
     }
@@ -201,7 +221,7 @@ fuzz_target!(|data: &[u8]| {
             mem.write_obj(d, GuestAddress(MEM_C + 16 * i)).unwrap();
         }
     }
-    for ring in [rx, tx] {
+    for &ring in &rings {
         for i in 0..size {
             let mut addr = address(&mut input);
             let mut len = length(&mut input);
@@ -232,9 +252,13 @@ fuzz_target!(|data: &[u8]| {
     mem.read_slice(&mut c_before, GuestAddress(MEM_C)).unwrap();
 
     let backend = Backend::new();
-    let frames = backend.incoming.clone();
-    let mut net = Net::new(backend, [0x52, 0x54, 0, 0, 0, 1]);
+    let second = Backend::new();
+    let frames = [backend.incoming.clone(), second.incoming.clone()];
+    let more = if multiqueue { vec![second] } else { Vec::new() };
+    let mut net = Net::new(backend, [0x52, 0x54, 0, 0, 0, 1]).with_more_pairs(more);
+    assert_eq!(net.queue_max_sizes().len(), queues.len());
     net.activate(features, &mem).unwrap();
+    let pairs = if multiqueue { 2 } else { 1 };
 
     // Then a script of guest and network actions.
     let mut steps = 0;
@@ -249,7 +273,7 @@ fuzz_target!(|data: &[u8]| {
                 net.process(Wake::Queue(1), &mut queues);
             }
             2 => {
-                net.process(Wake::Backend, &mut queues);
+                net.process(Wake::Backend(u16::from(input.u8() % 3)), &mut queues);
             }
             3 => {
                 net.process(Wake::Activated, &mut queues);
@@ -258,21 +282,30 @@ fuzz_target!(|data: &[u8]| {
                 net.process(Wake::Queue(u16::from(input.u8())), &mut queues);
             }
             5 | 6 => {
-                let ring = if op % 12 == 5 { rx } else { tx };
+                // RX or TX of either pair, or (5 with a high byte) the control queue.
+                let pick = usize::from(input.u8());
+                let ring = match (op % 12, multiqueue) {
+                    (5, true) if pick % 3 == 2 => rings[4],
+                    (which, _) => rings[2 * (pick % pairs) + usize::from(which == 6)],
+                };
                 for _ in 0..input.u8() % (size as u8).saturating_add(1) {
                     ring.publish(&mem, u16::from(input.u8()) % (size + 2));
                 }
             }
             7 => {
                 // An index that says anything at all.
-                let ring = if input.u8() & 1 == 0 { rx } else { tx };
+                let ring = rings[usize::from(input.u8()) % rings.len()];
                 ring.set_avail_idx(&mem, input.u16());
             }
-            8 | 9 => frames.lock().unwrap().push_back(frame(&mut input)),
+            8 | 9 => {
+                let p = usize::from(input.u8()) % pairs;
+                frames[p].lock().unwrap().push_back(frame(&mut input))
+            }
             10 => {
                 // A frame arrives and the backend fd becomes readable.
-                frames.lock().unwrap().push_back(frame(&mut input));
-                net.process(Wake::Backend, &mut queues);
+                let p = usize::from(input.u8()) % pairs;
+                frames[p].lock().unwrap().push_back(frame(&mut input));
+                net.process(Wake::Backend(p as u16), &mut queues);
             }
             _ => {
                 net.reset();
@@ -291,8 +324,9 @@ fuzz_target!(|data: &[u8]| {
     mem.read_slice(&mut c, GuestAddress(MEM_C)).unwrap();
     assert!(c == c_before, "device wrote an indirect table");
     if !rings_exposed {
-        for (ring, q) in [(rx, &queues[0]), (tx, &queues[1])] {
+        for (ring, q) in rings.iter().zip(&queues) {
             assert_eq!(ring.used_idx(&mem), q.next_used(), "used index out of step");
         }
+        assert!((1..=pairs).contains(&net.active_pairs()));
     }
 });

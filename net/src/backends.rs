@@ -72,6 +72,8 @@ fn list(v: &[String]) -> String {
 #[derive(Debug)]
 pub struct Opened {
     pub tap: Tap,
+    /// The further queues of a multi-queue NIC (`queues=`): pair 1, 2, ... in order.
+    pub more_queues: Vec<Tap>,
     pub mac: MacAddr,
     /// One line for the user: what carries this NIC and what happens to it at exit.
     pub description: String,
@@ -97,6 +99,7 @@ impl Opened {
     fn plain(tap: Tap, mac: MacAddr, description: String) -> Self {
         Opened {
             tap,
+            more_queues: Vec::new(),
             mac,
             description,
             owned: None,
@@ -114,6 +117,7 @@ impl Opened {
 #[derive(Debug)]
 pub struct Adopted {
     pub tap: Tap,
+    pub more_queues: Vec<Tap>,
     pub mac: MacAddr,
     pub description: String,
     pub notes: Vec<String>,
@@ -139,6 +143,7 @@ impl HostCleanup {
     pub fn adopt(&mut self, opened: Opened) -> Adopted {
         let Opened {
             tap,
+            more_queues,
             mac,
             description,
             owned,
@@ -157,6 +162,7 @@ impl HostCleanup {
         self.shims.extend(shim);
         Adopted {
             tap,
+            more_queues,
             mac,
             description,
             notes,
@@ -201,6 +207,7 @@ fn with_hint(e: NetlinkError) -> BackendError {
 
 /// Opens the backend for NIC number `index`.
 pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
+    let queues = usize::from(spec.queues.max(1));
     let derived = |host: &str| {
         spec.mac
             .unwrap_or_else(|| MacAddr::derived(&format!("{index}:{host}")))
@@ -209,7 +216,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
         BackendSpec::Tap { name, host_ip } => {
             // Before Tap::open: host-ip changes the tap there.
             let given = record_given(name.as_deref())?;
-            let tap = Tap::open(name.as_deref(), *host_ip)?;
+            let (tap, more_queues) = split(Tap::open_mq(name.as_deref(), *host_ip, queues)?);
             let given = keep_tun(given, &tap)?;
             set_mtu(tap.name(), spec.mtu)?;
             let description = format!(
@@ -228,6 +235,7 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             let mac = derived(tap.name());
             Ok(Opened {
                 given,
+                more_queues,
                 ..Opened::plain(tap, mac, description)
             })
         }
@@ -242,14 +250,14 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
             })
         }
         BackendSpec::Bridge { bridge, tap } => {
-            open_bridge_port(spec, bridge, tap.as_deref(), derived)
+            open_bridge_port(spec, bridge, tap.as_deref(), queues, derived)
         }
         BackendSpec::Macvtap {
             parent,
             mode,
             host_access,
         } => {
-            let mut o = open_macvtap(spec, parent, *mode, index)?;
+            let mut o = open_macvtap(spec, parent, *mode, index, queues)?;
             if let Some(cidr) = host_access {
                 let shim = crate::shim::acquire(parent, *cidr)?;
                 o.description.push_str(&format!(
@@ -262,34 +270,44 @@ pub fn open(spec: &NetSpec, index: usize) -> Result<Opened, BackendError> {
         }
         // A created tap each: it takes the guest's MTU as a plain one does.
         BackendSpec::Nat { host_ip, uplink } => {
-            let opened = open_nat(*host_ip, uplink.as_deref(), derived)?;
+            let opened = open_nat(*host_ip, uplink.as_deref(), queues, derived)?;
             set_mtu(opened.tap.name(), spec.mtu)?;
             Ok(opened)
         }
         BackendSpec::TcRedirect { nic } => {
-            let opened = open_tc(nic, derived)?;
+            let opened = open_tc(nic, queues, derived)?;
             set_mtu(opened.tap.name(), spec.mtu)?;
             Ok(opened)
         }
     }
 }
 
-/// A created tap, marked as netvmm's.
-fn created_tap(host_ip: Option<crate::spec::Ipv4Cidr>) -> Result<Tap, BackendError> {
-    let tap = Tap::open(None, host_ip)?;
+/// The first queue of a tap and the others.
+fn split(mut queues: Vec<Tap>) -> (Tap, Vec<Tap>) {
+    let first = queues.remove(0);
+    (first, queues)
+}
+
+/// A created tap of `queues` queues, marked as netvmm's.
+fn created_tap(
+    host_ip: Option<crate::spec::Ipv4Cidr>,
+    queues: usize,
+) -> Result<(Tap, Vec<Tap>), BackendError> {
+    let (tap, more) = split(Tap::open_mq(None, host_ip, queues)?);
     netlink::set_alias(tap.name(), &owner_alias())?;
-    Ok(tap)
+    Ok((tap, more))
 }
 
 fn open_nat(
     host_ip: Option<crate::spec::Ipv4Cidr>,
     uplink: Option<&str>,
+    queues: usize,
     derived: impl Fn(&str) -> MacAddr,
 ) -> Result<Opened, BackendError> {
-    let (tap, nat) = crate::nat::setup(uplink, host_ip, |host| {
-        let tap = created_tap(Some(host))?;
-        let name = tap.name().to_string();
-        Ok((tap, name))
+    let ((tap, more_queues), nat) = crate::nat::setup(uplink, host_ip, |host| {
+        let taps = created_tap(Some(host), queues)?;
+        let name = taps.0.name().to_string();
+        Ok((taps, name))
     })?;
     let (host, guest) = (nat.host, crate::nat::guest_addr(nat.host));
     let mac = derived(tap.name());
@@ -306,12 +324,17 @@ fn open_nat(
     );
     Ok(Opened {
         nat: Some(nat),
+        more_queues,
         ..Opened::plain(tap, mac, description)
     })
 }
 
-fn open_tc(nic: &str, derived: impl Fn(&str) -> MacAddr) -> Result<Opened, BackendError> {
-    let tap = created_tap(None)?;
+fn open_tc(
+    nic: &str,
+    queues: usize,
+    derived: impl Fn(&str) -> MacAddr,
+) -> Result<Opened, BackendError> {
+    let (tap, more_queues) = created_tap(None, queues)?;
     let index = netlink::link_index(tap.name())?.ok_or_else(|| NetlinkError::NoSuchDevice {
         action: "wire the new tap".into(),
         name: tap.name().into(),
@@ -328,6 +351,7 @@ fn open_tc(nic: &str, derived: impl Fn(&str) -> MacAddr) -> Result<Opened, Backe
     );
     Ok(Opened {
         tc: Some(wiring),
+        more_queues,
         ..Opened::plain(tap, mac, description)
     })
 }
@@ -415,12 +439,13 @@ fn open_bridge_port(
     spec: &NetSpec,
     bridge: &str,
     tap_name: Option<&str>,
+    queues: usize,
     derived: impl Fn(&str) -> MacAddr,
 ) -> Result<Opened, BackendError> {
     let bridge_index = check_bridge(bridge)?;
     // From here on, a failure puts a given tap back as it was.
     let given = record_given(tap_name)?;
-    let tap = Tap::open(tap_name, None)?;
+    let (tap, more_queues) = split(Tap::open_mq(tap_name, None, queues)?);
     let given = keep_tun(given, &tap)?;
     if tap.created() {
         let _ = netlink::set_alias(tap.name(), &owner_alias());
@@ -449,6 +474,7 @@ fn open_bridge_port(
         bridge_port: Some(port),
         given,
         notes,
+        more_queues,
         ..Opened::plain(tap, mac, description)
     })
 }
@@ -458,6 +484,7 @@ fn open_macvtap(
     parent: &str,
     mode: MacvtapMode,
     index: usize,
+    queues: usize,
 ) -> Result<Opened, BackendError> {
     let parent_info =
         netlink::link_info(parent)?.ok_or_else(|| BackendError::NoParent(parent.into()))?;
@@ -506,14 +533,24 @@ fn open_macvtap(
             .or(parent_info.mac)
             .unwrap_or_else(|| MacAddr::derived(&created.name)),
     };
+    // Each open of a macvtap's character device is one more queue of it.
     let fd = open_tap_device(&created.name, created.index)?;
     let tap = Tap::from_owned_fd(fd)?;
+    let more_queues = (1..queues)
+        .map(|_| {
+            Ok(Tap::from_owned_fd(open_tap_device(
+                &created.name,
+                created.index,
+            )?)?)
+        })
+        .collect::<Result<Vec<_>, BackendError>>()?;
     let description = format!(
         "macvtap {} on {parent} (mode {mode}, created, removed at exit)",
         created.name
     );
     Ok(Opened {
         owned: Some(owned),
+        more_queues,
         ..Opened::plain(tap, mac, description)
     })
 }

@@ -85,6 +85,27 @@ pub struct NetSpec {
     pub mtu: Option<u16>,
     /// Whether the kernel (vhost-net) serves the queues.
     pub vhost: VhostMode,
+    /// Queue pairs (`queues=`, VIRTIO_NET_F_MQ when above 1): the host side is opened
+    /// this many times (a multi-queue tap, a macvtap's /dev/tapN), one fd per pair.
+    pub queues: u8,
+}
+
+/// The queue pairs `queues=` takes. 8 is plenty for the guests netvmm boots (the guest
+/// uses min(pairs, vCPUs)), and bounds the fds and vhost instances a NIC holds.
+pub const QUEUES_RANGE: std::ops::RangeInclusive<u8> = 1..=8;
+
+fn parse_queues(v: &str) -> Result<u8, String> {
+    Some(v)
+        .filter(|v| !v.is_empty() && v.len() <= 3 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|n| QUEUES_RANGE.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "not a queue pair count: a whole number from {} to {}",
+                QUEUES_RANGE.start(),
+                QUEUES_RANGE.end()
+            )
+        })
 }
 
 /// `vhost=`: which data path carries the frames.
@@ -222,7 +243,7 @@ pub fn split_pairs(spec: &str) -> Result<Vec<(String, Option<String>)>, String> 
 }
 
 const KNOWN_KEYS: &str =
-    "tap, fd, bridge, macvtap, tc, nat, host-ip, host-access, mac, mode, mtu, vhost";
+    "tap, fd, bridge, macvtap, tc, nat, host-ip, host-access, mac, mode, mtu, vhost, queues";
 
 impl FromStr for NetSpec {
     type Err = SpecError;
@@ -306,6 +327,7 @@ impl FromStr for NetSpec {
         let mut mac = None;
         let mut mtu = None;
         let mut vhost = VhostMode::Off;
+        let mut queues = 1;
         let mut nat: Option<Option<String>> = None;
         for (key, value) in &pairs[1..] {
             let value_of = || {
@@ -325,6 +347,21 @@ impl FromStr for NetSpec {
                 "mtu" => {
                     let v = value_of()?;
                     mtu = Some(parse_mtu(&v).map_err(|r| bad(key, &v, r))?);
+                }
+                "queues" => {
+                    let v = value_of()?;
+                    queues = parse_queues(&v).map_err(|r| bad(key, &v, r))?;
+                    if let (BackendSpec::Fd(fd), true) = (&backend, queues > 1) {
+                        return Err(bad(
+                            key,
+                            &v,
+                            format!(
+                                "fd={fd} is one queue of a tap or macvtap: an inherited fd \
+                                 takes only queues=1 (let netvmm open the tap or macvtap \
+                                 for more)"
+                            ),
+                        ));
+                    }
                 }
                 "host-ip" => {
                     let v = value_of()?;
@@ -430,6 +467,7 @@ impl FromStr for NetSpec {
             mac,
             mtu,
             vhost,
+            queues,
         })
     }
 }
@@ -623,6 +661,40 @@ mod tests {
                 e.contains(&format!("vhost={bad}:")) && e.contains("on, off or auto"),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn queues_is_one_unless_asked_and_refused_out_of_range_or_on_an_fd() {
+        assert_eq!("tap".parse::<NetSpec>().unwrap().queues, 1);
+        for backend in [
+            "tap",
+            "bridge=br0",
+            "macvtap=eth1,mode=vepa",
+            "tap,nat",
+            "tc=veth0",
+        ] {
+            for n in [1, 2, 8] {
+                let s: NetSpec = format!("{backend},queues={n},vhost=on").parse().unwrap();
+                assert_eq!(s.queues, n, "{backend}");
+            }
+        }
+        assert_eq!("fd=3,queues=1".parse::<NetSpec>().unwrap().queues, 1);
+        let e = "fd=3,queues=2".parse::<NetSpec>().unwrap_err().to_string();
+        assert!(
+            e.contains("queues=2:") && e.contains("fd=3") && e.contains("only queues=1"),
+            "{e}"
+        );
+        for bad in ["0", "9", "256", "-1", "+2", "", "two", "0002"] {
+            let e = format!("tap,queues={bad}")
+                .parse::<NetSpec>()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("queues={bad}:")) && e.contains("from 1 to 8"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
         }
     }
 

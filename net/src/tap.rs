@@ -16,6 +16,12 @@ const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+/// _IOW('T', 217, int): attaches or detaches this queue of a multi-queue tap (or enables
+/// or disables a macvtap queue).
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO6: libc::c_uint = 0x04;
@@ -33,6 +39,15 @@ pub enum TapError {
     OpenTun { name: String, source: io::Error },
     #[error("cannot create or attach tap {name}: {source}")]
     SetIff { name: String, source: io::Error },
+    #[error(
+        "cannot open queue {queue} of tap {name}: {source} (queues= above 1 needs a tap made \
+         with multi_queue: ip tuntap add ... multi_queue vnet_hdr)"
+    )]
+    Queue {
+        name: String,
+        queue: usize,
+        source: io::Error,
+    },
     #[error(
         "tap={name}: {name} exists and is not a tap{}; name an existing tap, or a free name \
          for netvmm to create one",
@@ -93,6 +108,45 @@ impl Tap {
     /// Creates a tap (generated name when `name` is None) or attaches to an existing one,
     /// then optionally gives it `host_ip` and brings it up.
     pub fn open(name: Option<&str>, host_ip: Option<Ipv4Cidr>) -> Result<Self, TapError> {
+        Self::open_mq(name, host_ip, 1).map(|mut queues| queues.remove(0))
+    }
+
+    /// Like [`Tap::open`] with `queues` queues (1 to 8): above 1 the tap is created (or
+    /// attached) with IFF_MULTI_QUEUE and TUNSETIFF is repeated with its name for each
+    /// further queue; the kernel spreads received flows over them.
+    pub fn open_mq(
+        name: Option<&str>,
+        host_ip: Option<Ipv4Cidr>,
+        queues: usize,
+    ) -> Result<Vec<Self>, TapError> {
+        let multi = queues > 1;
+        let first = Self::open_one(name, host_ip, multi)?;
+        let mut all = vec![first];
+        for queue in 1..queues {
+            let name = all[0].name.clone();
+            let q = Self::open_one(Some(&name), None, true).map_err(|e| match e {
+                TapError::SetIff { source, .. }
+                | TapError::OpenTun { source, .. }
+                | TapError::Queue { source, .. } => TapError::Queue {
+                    name: name.clone(),
+                    queue,
+                    source,
+                },
+                other => other,
+            })?;
+            all.push(Tap {
+                created: false,
+                ..q
+            });
+        }
+        Ok(all)
+    }
+
+    fn open_one(
+        name: Option<&str>,
+        host_ip: Option<Ipv4Cidr>,
+        multi: bool,
+    ) -> Result<Self, TapError> {
         let wanted = name.unwrap_or(GENERATED_TAP_NAME);
         let existed = name.is_some_and(|n| iface::index_of(n).is_some());
         let path = c"/dev/net/tun";
@@ -116,7 +170,8 @@ impl Tap {
             source,
         };
         let mut req = iface::ifreq_for(wanted).map_err(set_err)?;
-        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        req.ifr_ifru.ifru_flags =
+            IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | if multi { IFF_MULTI_QUEUE } else { 0 };
         // SAFETY: TUNSETIFF reads and updates the ifreq we pass, which lives across the call.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut libc::ifreq) } < 0
         {
@@ -127,6 +182,16 @@ impl Tap {
                 .flatten()
                 .filter(|l| l.kind.as_deref() != Some("tun"))
                 .map(|l| l.kind);
+            if let (true, true, Some(libc::EINVAL)) = (multi, existed, e.raw_os_error()) {
+                // A tap made without multi_queue answers a multi-queue attach with EINVAL.
+                if kind.is_none() {
+                    return Err(TapError::Queue {
+                        name: wanted.to_string(),
+                        queue: 0,
+                        source: e,
+                    });
+                }
+            }
             if let (Some(kind), Some(libc::EINVAL)) = (kind, e.raw_os_error()) {
                 return Err(TapError::NotATapName {
                     name: wanted.to_string(),
@@ -215,6 +280,31 @@ impl Tap {
 
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// Attaches (`true`) or detaches this queue of a multi-queue tap, or enables or
+    /// disables a macvtap queue (TUNSETQUEUE): a detached queue gets no frames, so the
+    /// kernel steers flows only to the queues the guest uses.
+    pub fn set_queue_attached(&self, attached: bool) -> io::Result<()> {
+        // SAFETY: ifreq is plain data, zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_ifru.ifru_flags = if attached {
+            IFF_ATTACH_QUEUE
+        } else {
+            IFF_DETACH_QUEUE
+        };
+        // SAFETY: TUNSETQUEUE reads the flags of the ifreq we pass, live across the call.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETQUEUE as _,
+                &mut req as *mut libc::ifreq,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     fn ioctl_int(&self, request: libc::c_ulong, value: libc::c_uint) -> io::Result<()> {
@@ -441,6 +531,10 @@ impl NetBackend for Tap {
             flags |= TUN_F_TSO6;
         }
         self.ioctl_int(TUNSETOFFLOAD, flags)
+    }
+
+    fn set_queue_enabled(&mut self, enabled: bool) -> io::Result<()> {
+        self.set_queue_attached(enabled)
     }
 }
 

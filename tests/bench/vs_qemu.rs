@@ -7,7 +7,9 @@
 //! - QEMU `-M microvm` with virtio-net-device (virtio-mmio, `vhost=off`): the same transport
 //!   as netvmm and the guest image exactly as it is,
 //! - and the kernel data path: netvmm `--net tap,vhost=on` against QEMU pc's
-//!   virtio-net-pci on a `vhost=on` netdev.
+//!   virtio-net-pci on a `vhost=on` netdev,
+//! - and multiqueue: `--cpus 2` guests with two queue pairs and `iperf3 -P 2` (netvmm
+//!   `queues=2` on both paths, QEMU pc `queues=2,vhost=on` with `mq=on`).
 //!
 //! All in one boot of the emulated lab host, which gets the host's own qemu-system-x86_64,
 //! its shared libraries and the few firmware files it loads. Each round boots each VMM once
@@ -56,7 +58,13 @@ const VMMS: &[(&str, &str)] = &[
     ("qemu-microvm", "QEMU microvm, virtio-mmio"),
     ("netvmm-vhost", "netvmm vhost=on"),
     ("qemu-pc-vhost", "QEMU pc, vhost=on"),
+    ("netvmm-mq", "netvmm queues=2"),
+    ("netvmm-vhost-mq", "netvmm vhost=on queues=2"),
+    ("qemu-pc-vhost-mq", "QEMU pc, vhost=on queues=2"),
 ];
+
+/// The multiqueue rows (2 vCPUs, 2 queue pairs, -P 2), both with vhost-net.
+const MQ_PAIR: (&str, &str) = ("netvmm-vhost-mq", "qemu-pc-vhost-mq");
 
 /// The vhost rows: netvmm's against QEMU's, both with the kernel's vhost-net.
 const VHOST_PAIR: (&str, &str) = ("netvmm-vhost", "qemu-pc-vhost");
@@ -74,6 +82,10 @@ iperf3 -s -D >/dev/null 2>&1
 $IP tuntap add mode tap vnet_hdr name bt1
 $IP addr add 198.51.100.1/24 dev bt1
 $IP link set bt1 up
+# QEMU's multiqueue netdev needs a tap made multi-queue.
+$IP tuntap add mode tap vnet_hdr multi_queue name bt2
+$IP addr add 203.0.113.1/24 dev bt2
+$IP link set bt2 up
 : > /tmp/results
 
 # The guest's command; no `$` in it, so the guest init's eval leaves it alone. The lab's
@@ -86,6 +98,15 @@ gcmd() {
     "grep receiver /tmp/up | sed s/^/up:/;" \
     "for i in 1 2 3 4 5 6; do iperf3 -c $1 -t $T -f m -R > /tmp/down 2>&1 && break; sleep 2; done;" \
     "grep receiver /tmp/down | sed s/^/down:/"
+}
+# The same with two streams (-P 2), keeping iperf3's [SUM] receiver lines.
+gcmd_mq() {
+  echo "cat /sys/bus/virtio/devices/virtio*/features | sed s/^/feat:/;" \
+    "ping -c 10 -i 0.2 -W 3 $1 | grep round-trip | sed s/^/rtt:/;" \
+    "for i in 1 2 3 4 5 6; do iperf3 -c $1 -t $T -P 2 -f m > /tmp/up 2>&1 && break; sleep 2; done;" \
+    "grep receiver /tmp/up | grep SUM | sed s/^/up:/;" \
+    "for i in 1 2 3 4 5 6; do iperf3 -c $1 -t $T -P 2 -f m -R > /tmp/down 2>&1 && break; sleep 2; done;" \
+    "grep receiver /tmp/down | grep SUM | sed s/^/down:/"
 }
 # collect VMM ROUND STATUS LOG ERR
 collect() {
@@ -138,6 +159,26 @@ for r in $(seq $RUNS); do
   qemu on -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
     -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
   collect qemu-pc-vhost $r $? /tmp/q.log /tmp/q.err
+
+  for vh in off on; do
+    key=netvmm-mq; [ $vh = on ] && key=netvmm-vhost-mq
+    echo "vs_qemu: round $r of $RUNS: netvmm queues=2, 2 vCPUs, vhost=$vh"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
+      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=$vh \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect $key $r $? /tmp/n.log /tmp/n.err
+  done
+
+  echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on, queues=2, 2 vCPUs"
+  rm -f /tmp/q.log
+  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
+    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
+    -netdev tap,id=n0,ifname=bt2,script=no,downscript=no,vhost=on,queues=2 -kernel $K \
+    -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=6 \
+    -append "console=ttyS0 quiet panic=1 netvmm.ip=203.0.113.2/24 netvmm.run=\"$(gcmd_mq 203.0.113.1)\"" \
+    >/tmp/q.err 2>&1
+  collect qemu-pc-vhost-mq $r $? /tmp/q.log /tmp/q.err
 done
 "#;
 
@@ -543,7 +584,7 @@ fn bench() -> Result<(), String> {
 
     println!();
     println!(
-        "iperf3 over a tap, guest -smp 1 -m 512, same kernel and initrd, vhost where the row says so; {runs} round(s) of -t {IPERF_SECONDS} each way"
+        "iperf3 over a tap, guest -smp 1 -m 512 (queues=2 rows: -smp 2, -P 2), same kernel and initrd, vhost where the row says so; {runs} round(s) of -t {IPERF_SECONDS} each way"
     );
     println!("(emulated lab host: absolute figures are emulation-bound; compare the ratios)");
     println!();
@@ -579,7 +620,7 @@ fn bench() -> Result<(), String> {
     let nv = |kind| median(&values(&samples, "netvmm", kind));
     for (key, label) in VMMS[1..]
         .iter()
-        .filter(|(k, _)| k.starts_with("qemu") && !k.ends_with("vhost"))
+        .filter(|(k, _)| k.starts_with("qemu") && !k.contains("vhost"))
     {
         let q = |kind| median(&values(&samples, key, kind));
         let ratio = |kind| Some(nv(kind)? / q(kind)?);
@@ -595,14 +636,16 @@ fn bench() -> Result<(), String> {
             fmt(ratio("down"), 2)
         );
     }
-    {
-        let (ours, theirs) = VHOST_PAIR;
+    for ((ours, theirs), what) in [
+        (VHOST_PAIR, "pc, both vhost=on"),
+        (MQ_PAIR, "pc, vhost=on, 2 queues"),
+    ] {
         let m = |key, kind| median(&values(&samples, key, kind));
         let ratio = |kind| Some(m(ours, kind)? / m(theirs, kind)?);
         println!(
             "{:<8} {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "tap",
-            "pc, both vhost=on",
+            what,
             fmt(m(ours, "up"), 0),
             fmt(m(ours, "down"), 0),
             fmt(m(theirs, "up"), 0),

@@ -319,7 +319,7 @@ fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usize
         inj.inject(per_round);
         let before = net.stats().rx_frames;
         let t = Instant::now();
-        serve(&mut net, Wake::Backend, &mut queues);
+        serve(&mut net, Wake::Backend(0), &mut queues);
         elapsed += t.elapsed();
         frames += net.stats().rx_frames - before;
         // Anything the ring could not take this round is read and thrown away, so that the

@@ -59,16 +59,36 @@ pub struct NicInfo {
     pub notes: Vec<String>,
     /// "vhost" when the kernel carries the frames, "user" when netvmm's device does.
     pub datapath: &'static str,
+    /// Queue pairs (`queues=`).
+    pub queues: usize,
 }
 
 impl std::fmt::Display for NicInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} (mac {}) <-> {}{}",
+            "{} (mac {}) <-> {}{}{}",
             self.guest_name,
             self.mac,
             self.host,
+            if self.queues > 1 {
+                format!(
+                    "; {} queue pairs (one {} per pair{})",
+                    self.queues,
+                    if self.datapath == "vhost" {
+                        "vhost-net instance and tap queue"
+                    } else {
+                        "tap queue"
+                    },
+                    if self.datapath == "vhost" {
+                        ""
+                    } else {
+                        ", all served by netvmm's one device thread"
+                    }
+                )
+            } else {
+                String::new()
+            },
             if self.datapath == "vhost" {
                 "; data path: vhost-net (in the kernel)"
             } else {
@@ -147,21 +167,46 @@ pub struct NicReport {
     /// "vhost" or "user": which path carried the frames (with vhost the device counters
     /// stay 0, the kernel moved them).
     pub datapath: &'static str,
+    /// Queue pairs the NIC has, and those the driver uses (VQ_PAIRS_SET).
+    pub queues: usize,
+    pub active_pairs: usize,
+    /// All pairs together.
     pub stats: NetStats,
+    /// Each pair's counters (with more than one pair).
+    pub pairs: Vec<NetStats>,
     pub rings: RingState,
 }
 
-/// One report line per NIC: its counters, then, for each ready queue (`rx`, `tx`), the
-/// driver's avail index, the chains the device took and returned, the two EVENT_IDX
-/// fields, and the pending interrupt bits. A network that stopped says here whether the
-/// device waits for the guest or the guest for the device.
+/// One report line per NIC: its counters (with several queue pairs, the pairs in use and
+/// each pair's frames, `q1_rx_frames=`, and the control queue's commands), then, for each
+/// ready queue (`rx`, `tx`, then `rx1`, `tx1`, ..., `ctrl`), the driver's avail index,
+/// the chains the device took, the used ring's index (what the kernel returned too, under
+/// vhost), the two EVENT_IDX fields, and the pending interrupt bits. A network that
+/// stopped says here whether the device waits for the guest or the guest for the device.
 pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
     let s = &r.stats;
     let mut line = format!(
-        "netvmm-nic-report: {guest_name} datapath={} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
-        r.datapath, s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
+        "netvmm-nic-report: {guest_name} datapath={} queues={} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
+        r.datapath, r.queues, s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
     );
-    for (name, q) in ["rx", "tx"].iter().zip(&r.rings.queues) {
+    if r.queues > 1 {
+        line.push_str(&format!(
+            " active_pairs={} ctrl_ok={} ctrl_err={}",
+            r.active_pairs, s.ctrl_ok, s.ctrl_err
+        ));
+        for (i, p) in r.pairs.iter().enumerate() {
+            line.push_str(&format!(
+                " q{i}_rx_frames={} q{i}_tx_frames={}",
+                p.rx_frames, p.tx_frames
+            ));
+        }
+    }
+    let names = (0..r.queues).flat_map(|p| {
+        let n = if p == 0 { String::new() } else { p.to_string() };
+        [format!("rx{n}"), format!("tx{n}")]
+    });
+    let names: Vec<String> = names.chain(["ctrl".to_string()]).collect();
+    for (name, q) in names.iter().zip(&r.rings.queues) {
         let Some(q) = q else { continue };
         let fields = [
             ("avail", q.avail),
@@ -220,16 +265,21 @@ pub fn build(
             host: a.description,
             notes: a.notes,
             datapath: "user",
+            queues: 1 + a.more_queues.len(),
         });
-        let kernel = kernel_path(s.vhost, &a.tap, mem, index, &mut nics.infos[index])?;
-        opened.push((a.tap, a.mac, s.mtu, kernel));
+        let taps: Vec<&net::Tap> = std::iter::once(&a.tap).chain(&a.more_queues).collect();
+        let kernel = kernel_path(s.vhost, &taps, mem, index, &mut nics.infos[index])?;
+        opened.push((a.tap, a.more_queues, a.mac, s.mtu, kernel));
     }
     let mut em = NetEventManager::new().map_err(|e| NicError::EventLoop(format!("{e:?}")))?;
-    for (index, (tap, mac, mtu, kernel)) in opened.into_iter().enumerate() {
+    for (index, (tap, more, mac, mtu, kernel)) in opened.into_iter().enumerate() {
         let (transport, slot) = virtio_slot::wire(
             index,
             &format!("eth{index}"),
-            Net::new(tap, mac.0).with_mtu(mtu).with_kernel_path(kernel),
+            Net::new(tap, mac.0)
+                .with_more_pairs(more)
+                .with_mtu(mtu)
+                .with_kernel_path(kernel),
             vm,
             mem,
             mmio,
@@ -238,9 +288,13 @@ pub fn build(
         .map_err(|source| NicError::Wire { index, source })?;
         nics.counters.push(NicCounters(Box::new(move || {
             let t = devices::bus::lock(&transport);
+            let d = t.device();
             NicReport {
-                datapath: t.device().datapath(),
-                stats: t.device().stats(),
+                datapath: d.datapath(),
+                queues: d.pairs(),
+                active_pairs: d.active_pairs(),
+                stats: d.stats(),
+                pairs: d.pair_stats(),
                 rings: t.ring_state(),
             }
         })));
@@ -323,7 +377,7 @@ impl Drop for DeviceLoop {
 /// open devices. With vhost=auto a failure is a note in `info` and the userspace path.
 fn kernel_path(
     mode: VhostMode,
-    tap: &net::Tap,
+    taps: &[&net::Tap],
     mem: &GuestMemoryMmap,
     index: usize,
     info: &mut NicInfo,
@@ -331,11 +385,13 @@ fn kernel_path(
     if mode == VhostMode::Off {
         return Ok(None);
     }
-    let dup = tap
-        .as_fd()
-        .try_clone_to_owned()
+    // One vhost-net instance per queue pair, each over its own tap queue.
+    let dups = taps
+        .iter()
+        .map(|t| t.as_fd().try_clone_to_owned().map(std::fs::File::from))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|source| NicError::DupTap { index, source })?;
-    match KernelPath::open(mem, std::fs::File::from(dup), 2) {
+    match KernelPath::open(mem, dups) {
         Ok(k) => {
             info.datapath = "vhost";
             Ok(Some(k))
@@ -380,6 +436,9 @@ mod tests {
         use devices::virtio::mmio::QueueState;
         let r = NicReport {
             datapath: "user",
+            queues: 1,
+            active_pairs: 1,
+            pairs: Vec::new(),
             stats: NetStats {
                 rx_frames: 1,
                 rx_bytes: 2,
@@ -390,6 +449,7 @@ mod tests {
                 rx_dropped: 7,
                 rx_waiting: 8,
                 rx_window: 9,
+                ..NetStats::default()
             },
             rings: RingState {
                 queues: vec![
@@ -407,7 +467,7 @@ mod tests {
         };
         let line = counters_line("eth1", &r);
         let rest = line
-            .strip_prefix("netvmm-nic-report: eth1 datapath=user ")
+            .strip_prefix("netvmm-nic-report: eth1 datapath=user queues=1 ")
             .unwrap();
         let kv: Vec<(&str, u64)> = rest
             .split(' ')

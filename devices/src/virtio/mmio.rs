@@ -87,7 +87,8 @@ pub struct QueueState {
     pub avail: Option<u16>,
     /// The device's next avail position: chains it has taken.
     pub taken: u16,
-    /// The device's next used index: chains it has returned.
+    /// The used ring's index in guest memory: chains returned, by the device or (vhost)
+    /// the kernel; the device's own next index where memory cannot be read.
     pub used: u16,
     /// The driver wants an interrupt when `used` passes this (EVENT_IDX only).
     pub used_event: Option<u16>,
@@ -104,7 +105,9 @@ impl QueueState {
         Self {
             avail: q.avail_idx(mem, Ordering::Acquire).ok().map(|w| w.0),
             taken: q.next_avail(),
-            used: q.next_used(),
+            used: q
+                .used_idx(mem, Ordering::Acquire)
+                .map_or(q.next_used(), |w| w.0),
             used_event: event(super::used_event_addr(q)),
             avail_event: event(super::avail_event_addr(q)),
         }
@@ -243,7 +246,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// Features the driver may accept: VERSION_1 is mandatory (no legacy interface here).
     fn features_acceptable(&self) -> bool {
         let offered = self.device.features();
-        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+        self.driver_features & !offered == 0
+            && self.driver_features & VIRTIO_F_VERSION_1 != 0
+            && self.device.accepts(self.driver_features)
     }
 
     /// A status write (virtio 1.2, 2.1 and 3.1.1): the driver only ever adds bits, and
@@ -272,6 +277,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
             value &= !status::FEATURES_OK;
         }
         self.status = value;
+        if newly & status::FAILED != 0 {
+            // The driver gave up on the device: nothing serves its rings any more.
+            self.stop();
+            return;
+        }
         if newly & status::DRIVER_OK != 0 && !self.active {
             self.activate();
         }
@@ -280,10 +290,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// Stops the device until the driver resets it, and tells the driver (virtio 1.2,
     /// 2.1.2: DEVICE_NEEDS_RESET comes with a configuration change notification).
     fn needs_reset(&mut self) {
-        self.active = false;
+        self.stop();
         self.status |= status::DEVICE_NEEDS_RESET;
         self.config_generation = self.config_generation.wrapping_add(1);
         self.raise(INT_CONFIG);
+    }
+
+    /// Stops queue work short of a reset: no wake-up reaches the device, and a device
+    /// whose queues the kernel serves takes them back from it.
+    fn stop(&mut self) {
+        self.active = false;
+        self.device.stop();
     }
 
     fn activate(&mut self) {
@@ -467,12 +484,13 @@ impl<D: VirtioDevice> BusDevice for MmioFront<D> {
 /// readiness and activation.
 pub struct MmioEvents<D: VirtioDevice> {
     transport: Arc<Mutex<MmioTransport<D>>>,
-    /// Empty when the kernel serves the queues: it watches the notifiers itself.
-    queue_evts: Vec<EventFd>,
-    /// The kernel's used-buffer eventfds (vhost), if it serves the queues.
+    /// The notifiers of the queues this process serves (by queue index): not those the
+    /// kernel serves, which it watches itself.
+    queue_evts: Vec<(u32, EventFd)>,
+    /// The kernel's used-buffer eventfds (vhost), if it serves queues.
     used_evts: Vec<EventFd>,
     activate_evt: EventFd,
-    backend_fd: Option<std::os::fd::RawFd>,
+    backend_fds: Vec<std::os::fd::RawFd>,
     registration: Registration,
 }
 
@@ -498,8 +516,9 @@ impl Registration {
     }
 }
 
-const TOKEN_BACKEND: u32 = u32::MAX;
-const TOKEN_ACTIVATE: u32 = u32::MAX - 1;
+const TOKEN_ACTIVATE: u32 = u32::MAX;
+/// Token of backend N: this plus N.
+const TOKEN_BACKEND: u32 = 1 << 20;
 /// Token of the kernel's used-buffer eventfd of queue N: this plus N.
 const TOKEN_USED: u32 = 1 << 16;
 
@@ -513,23 +532,26 @@ impl<D: VirtioDevice> MmioEvents<D> {
                 .map_err(TransportError::EventFd)
         };
         let used_evts = clone_all(t.device.used_notifiers())?;
-        let queue_evts = if used_evts.is_empty() {
-            clone_all(&t.queue_evts)?
-        } else {
-            Vec::new()
-        };
+        let queue_evts = t
+            .queue_evts
+            .iter()
+            .enumerate()
+            .skip(used_evts.len())
+            .map(|(i, e)| Ok((i as u32, e.try_clone()?)))
+            .collect::<Result<Vec<_>, std::io::Error>>()
+            .map_err(TransportError::EventFd)?;
         let activate_evt = t
             .activate_evt
             .try_clone()
             .map_err(TransportError::EventFd)?;
-        let backend_fd = t.device.backend_fd();
+        let backend_fds = t.device.backend_fds();
         drop(t);
         Ok(Self {
             transport,
             queue_evts,
             used_evts,
             activate_evt,
-            backend_fd,
+            backend_fds,
             registration: Registration::default(),
         })
     }
@@ -543,8 +565,8 @@ impl<D: VirtioDevice> MmioEvents<D> {
 impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
     fn init(&mut self, ops: &mut EventOps) {
         let r = &self.registration;
-        for (i, evt) in self.queue_evts.iter().enumerate() {
-            let added = ops.add(Events::with_data(evt, i as u32, EventSet::IN));
+        for (i, evt) in &self.queue_evts {
+            let added = ops.add(Events::with_data(evt, *i, EventSet::IN));
             r.note(|| format!("queue {i} notifier"), added);
         }
         let added = ops.add(Events::with_data(
@@ -557,13 +579,13 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
             let added = ops.add(Events::with_data(evt, TOKEN_USED + i as u32, EventSet::IN));
             r.note(|| format!("queue {i} used-buffer eventfd (vhost)"), added);
         }
-        if let Some(fd) = self.backend_fd {
+        for (i, &fd) in self.backend_fds.iter().enumerate() {
             // Edge-triggered: the device reads until the backend is empty or the guest has
             // no buffers, and a queue notification resumes it; level-triggered would spin
             // while the guest's RX ring is full.
             let added = ops.add(Events::with_data_raw(
                 fd,
-                TOKEN_BACKEND,
+                TOKEN_BACKEND + i as u32,
                 EventSet::IN | EventSet::EDGE_TRIGGERED,
             ));
             r.note(|| format!("backend fd {fd}"), added);
@@ -572,11 +594,11 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let wake = match events.data() {
-            TOKEN_BACKEND => Wake::Backend,
             TOKEN_ACTIVATE => {
                 let _ = self.activate_evt.read();
                 Wake::Activated
             }
+            t if t >= TOKEN_BACKEND => Wake::Backend((t - TOKEN_BACKEND) as u16),
             t if t >= TOKEN_USED => {
                 if let Some(evt) = self.used_evts.get((t - TOKEN_USED) as usize) {
                     let _ = evt.read();
@@ -585,7 +607,7 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
                 return;
             }
             i => {
-                if let Some(evt) = self.queue_evts.get(i as usize) {
+                if let Some((_, evt)) = self.queue_evts.iter().find(|(q, _)| *q == i) {
                     let _ = evt.read();
                 }
                 Wake::Queue(i as u16)

@@ -598,7 +598,7 @@ fn receive_through_the_transport() {
     let frame: Vec<u8> = (0..300).map(|b| b as u8).collect();
     rig.shared.lock().unwrap().incoming.push_back(frame.clone());
     // No buffers yet: the backend wake-up does nothing visible.
-    rig.t.wake(Wake::Backend);
+    rig.t.wake(Wake::Backend(0));
     assert_eq!(rig.used_idx(RXQ_AT), 0);
     assert!(!rig.irq_fired());
     rig.queue_rx(0);
@@ -864,7 +864,7 @@ fn ring_state_says_who_waits_for_whom() {
         .unwrap()
         .incoming
         .push_back(vec![0; 12 + 100]);
-    rig.t.wake(Wake::Backend);
+    rig.t.wake(Wake::Backend(0));
     rig.queue_tx(0, 20);
     rig.t.wake(Wake::Queue(1));
     let state = rig.t.ring_state();
@@ -1107,13 +1107,18 @@ struct Handed {
     /// The kick eventfds (raw numbers) and queue sizes of each start_queues call.
     starts: Vec<(Vec<RawFd>, Vec<u16>)>,
     resets: usize,
+    /// Stops short of a reset (the kernel must let go of the rings).
+    stops: usize,
     processed: usize,
+    wakes: Vec<Wake>,
     refuse: bool,
 }
 
 struct KernelServed {
     used: Vec<EventFd>,
     handed: Arc<Mutex<Handed>>,
+    /// The queues: the kernel serves the first `used.len()`, the rest are the device's.
+    sizes: Vec<u16>,
 }
 
 impl VirtioDevice for KernelServed {
@@ -1121,7 +1126,7 @@ impl VirtioDevice for KernelServed {
         1
     }
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QSIZE, QSIZE]
+        &self.sizes
     }
     fn features(&self) -> u64 {
         BASIC
@@ -1135,12 +1140,14 @@ impl VirtioDevice for KernelServed {
     fn reset(&mut self) {
         self.handed.lock().unwrap().resets += 1;
     }
-    fn process(&mut self, _wake: Wake, _queues: &mut [Queue]) -> crate::virtio::Processed {
-        self.handed.lock().unwrap().processed += 1;
-        crate::virtio::Processed::default()
+    fn stop(&mut self) {
+        self.handed.lock().unwrap().stops += 1;
     }
-    fn backend_fd(&self) -> Option<RawFd> {
-        None
+    fn process(&mut self, wake: Wake, _queues: &mut [Queue]) -> crate::virtio::Processed {
+        let mut h = self.handed.lock().unwrap();
+        h.processed += 1;
+        h.wakes.push(wake);
+        crate::virtio::Processed::default()
     }
     fn start_queues(&mut self, queues: &[Queue], kicks: &[EventFd]) -> Result<(), String> {
         let mut h = self.handed.lock().unwrap();
@@ -1171,6 +1178,7 @@ fn a_kernel_served_device_gets_the_queues_and_its_used_eventfds_raise_the_interr
     let device = KernelServed {
         used,
         handed: handed.clone(),
+        sizes: vec![QSIZE, QSIZE],
     };
     let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let t = MmioTransport::new(device, mem.clone(), irq.try_clone().unwrap()).unwrap();
@@ -1227,4 +1235,152 @@ fn a_kernel_served_device_gets_the_queues_and_its_used_eventfds_raise_the_interr
     used_ours[0].write(1).unwrap();
     em.run_with_timeout(1000).unwrap();
     assert!(irq.read().is_err());
+}
+
+/// A kernel-served device of three queues (the kernel serves 0 and 1, the device 2),
+/// brought up through the registers, with its event loop.
+type KernelServedRig = (
+    Arc<Mutex<MmioTransport<KernelServed>>>,
+    Arc<Mutex<Handed>>,
+    event_manager::EventManager<MmioEvents<KernelServed>>,
+);
+
+fn kernel_served_rig() -> KernelServedRig {
+    use event_manager::{EventManager, SubscriberOps};
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let handed = Arc::new(Mutex::new(Handed::default()));
+    let used: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .collect();
+    let device = KernelServed {
+        used,
+        handed: handed.clone(),
+        sizes: vec![QSIZE, QSIZE, QSIZE],
+    };
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let t = MmioTransport::new(device, mem, irq).unwrap();
+    let transport = Arc::new(Mutex::new(t));
+    let mut em = EventManager::<MmioEvents<KernelServed>>::new().unwrap();
+    em.add_subscriber(MmioEvents::new(transport.clone()).unwrap());
+    {
+        let regs = |offset: u64, v: u32| transport.lock().unwrap().write(offset, &v.to_le_bytes());
+        features_and_queues(&regs);
+        regs(STATUS, 0xf);
+    }
+    assert!(transport.lock().unwrap().is_active());
+    em.run_with_timeout(100).unwrap();
+    (transport, handed, em)
+}
+
+#[test]
+fn the_queues_past_the_kernel_served_ones_are_woken_for_the_device() {
+    let (transport, handed, mut em) = kernel_served_rig();
+    handed.lock().unwrap().wakes.clear();
+    let regs = |offset: u64, v: u32| transport.lock().unwrap().write(offset, &v.to_le_bytes());
+    // The kernel's queues: no wake-up. The control queue (2): the device's.
+    regs(QUEUE_NOTIFY, 0);
+    regs(QUEUE_NOTIFY, 1);
+    assert_eq!(em.run_with_timeout(100).unwrap(), 0);
+    regs(QUEUE_NOTIFY, 2);
+    assert_eq!(em.run_with_timeout(1000).unwrap(), 1);
+    assert_eq!(handed.lock().unwrap().wakes, vec![Wake::Queue(2)]);
+}
+
+#[test]
+fn a_driver_that_drops_driver_ok_or_fails_stops_the_kernel_without_a_reset() {
+    // DRIVER_OK cleared, everything else kept (issue 14's vhost defect: the kernel went
+    // on serving the rings until a real reset).
+    let (transport, handed, _em) = kernel_served_rig();
+    let regs = |offset: u64, v: u32| transport.lock().unwrap().write(offset, &v.to_le_bytes());
+    regs(
+        STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
+    assert_eq!(handed.lock().unwrap().stops, 1);
+    assert_eq!(handed.lock().unwrap().resets, 0);
+    assert!(!transport.lock().unwrap().is_active());
+    // FAILED afterwards, and the reset, are fine (the device is stopped already).
+    regs(STATUS, 0xf | status::FAILED);
+    regs(STATUS, 0);
+    assert_eq!(handed.lock().unwrap().resets, 1);
+
+    // The driver gives up on a running device: FAILED added to DRIVER_OK.
+    let (transport, handed, _em) = kernel_served_rig();
+    let regs = |offset: u64, v: u32| transport.lock().unwrap().write(offset, &v.to_le_bytes());
+    regs(STATUS, 0xf | status::FAILED);
+    assert_eq!(handed.lock().unwrap().stops, 1);
+    assert!(!transport.lock().unwrap().is_active());
+    let mut d = [0u8; 4];
+    transport.lock().unwrap().read(STATUS, &mut d);
+    assert_ne!(u32::from_le_bytes(d) & status::FAILED, 0);
+    // A notify now reaches nobody; a reset and a new DRIVER_OK start the queues again.
+    regs(QUEUE_NOTIFY, 2);
+    regs(STATUS, 0);
+    let regs = |offset: u64, v: u32| transport.lock().unwrap().write(offset, &v.to_le_bytes());
+    features_and_queues(&regs);
+    regs(STATUS, 0xf);
+    assert!(transport.lock().unwrap().is_active());
+    assert_eq!(handed.lock().unwrap().starts.len(), 2);
+
+    // A device that refuses DRIVER_OK's queues is stopped too (needs reset).
+    let (transport, handed, _em) = kernel_served_rig();
+    let regs = |offset: u64, v: u32| transport.lock().unwrap().write(offset, &v.to_le_bytes());
+    regs(STATUS, 0);
+    handed.lock().unwrap().refuse = true;
+    features_and_queues(&regs);
+    regs(STATUS, 0xf);
+    assert!(!transport.lock().unwrap().is_active());
+    assert_eq!(handed.lock().unwrap().stops, 1);
+}
+
+/// A device that takes only some feature combinations.
+struct Picky;
+
+impl VirtioDevice for Picky {
+    fn device_type(&self) -> u32 {
+        1
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QSIZE, QSIZE]
+    }
+    fn features(&self) -> u64 {
+        BASIC | 1 << 22
+    }
+    fn accepts(&self, features: u64) -> bool {
+        features & 1 << 22 == 0
+    }
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn activate(&mut self, _features: u64, _mem: &GuestMemoryMmap) -> Result<(), String> {
+        Ok(())
+    }
+    fn reset(&mut self) {}
+    fn process(&mut self, _wake: Wake, _queues: &mut [Queue]) -> crate::virtio::Processed {
+        crate::virtio::Processed::default()
+    }
+}
+
+#[test]
+fn features_the_device_cannot_serve_together_are_refused_at_features_ok() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut t = MmioTransport::new(Picky, mem, irq).unwrap();
+    for (features, taken) in [(BASIC | 1 << 22, false), (BASIC, true)] {
+        let mut regs = |offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+        regs(STATUS, 0);
+        regs(STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        regs(DRIVER_FEATURES_SEL, 1);
+        regs(DRIVER_FEATURES, (features >> 32) as u32);
+        regs(DRIVER_FEATURES_SEL, 0);
+        regs(DRIVER_FEATURES, features as u32);
+        regs(
+            STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        let mut d = [0u8; 4];
+        t.read(STATUS, &mut d);
+        let now = u32::from_le_bytes(d);
+        assert_eq!(now & status::FEATURES_OK != 0, taken, "{features:#x}");
+    }
 }

@@ -49,8 +49,8 @@ pub fn avail_event_addr(q: &Queue) -> Option<GuestAddress> {
 pub enum Wake {
     /// The driver notified queue N.
     Queue(u16),
-    /// The backend has something (an incoming frame).
-    Backend,
+    /// Backend N (queue pair N's) has something (an incoming frame).
+    Backend(u16),
     /// The device was just activated: catch up on whatever is pending.
     Activated,
 }
@@ -77,6 +77,11 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads the device configuration space; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Whether the device can work with the `features` the driver accepted (already a
+    /// subset of those offered): a combination it cannot serve is refused at FEATURES_OK.
+    fn accepts(&self, _features: u64) -> bool {
+        true
+    }
     /// The driver accepted `features` and set DRIVER_OK. The device keeps `mem` (a
     /// handle that keeps the mapping alive) and works only in it until the next reset, so
     /// that what it holds across wake-ups (pointers into receive buffers) always points
@@ -85,11 +90,18 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, features: u64, mem: &GuestMemoryMmap) -> Result<(), String>;
     /// The driver reset the device.
     fn reset(&mut self);
+    /// The device stopped short of a reset (the driver cleared DRIVER_OK, set FAILED, or
+    /// the device needs a reset): nothing may touch the guest's rings any more, not even
+    /// the kernel (vhost), until the reset. The transport stops waking the device itself.
+    fn stop(&mut self) {}
     /// Does the queue work `wake` calls for, at most a wake-up's budget of it, in the
     /// memory given at activation (nothing before it).
     fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed;
-    /// The backend descriptor the event loop should watch, if any.
-    fn backend_fd(&self) -> Option<std::os::fd::RawFd>;
+    /// The backend descriptors the event loop should watch: number N wakes the device
+    /// with [`Wake::Backend`]`(N)`.
+    fn backend_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
     /// Called right after a successful `activate`, with the queues as the driver set them
     /// up and their notification eventfds (those KVM signals): a device whose queues the
     /// kernel serves hands them over here. An error refuses activation.
@@ -100,9 +112,10 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), String> {
         Ok(())
     }
-    /// Not empty when the kernel serves the queues (vhost): the eventfds it signals when it
-    /// used buffers. The event loop then watches these, and neither the queue notifiers
-    /// nor the backend, and raises the used-buffer interrupt for them.
+    /// Not empty when the kernel serves queues (vhost): the eventfds it signals when it
+    /// used buffers of queues 0, 1, ... The event loop then watches these, and neither
+    /// those queues' notifiers nor the backend, and raises the used-buffer interrupt for
+    /// them; queues past them (a control queue) stay the device's.
     fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
         &[]
     }

@@ -18,6 +18,8 @@ pub const KVM_RUN: u64 = 0xae80;
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 /// <linux/if_tun.h>: _IOW('T', 216, int).
 pub const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
+/// <linux/if_tun.h>: _IOW('T', 217, int).
+pub const TUNSETQUEUE: u64 = 0x4004_54d9;
 
 /// <linux/vhost.h>, the per-ring ioctls a vCPU makes when the driver activates or resets
 /// a vhost=on NIC (STATUS writes run on the vCPU thread). Opening /dev/vhost-net,
@@ -168,6 +170,9 @@ pub fn vcpu() -> Rules {
         // gets the vnet header size and offloads the guest negotiated.
         .ioctl(TUNSETOFFLOAD)
         .ioctl(TUNSETVNETHDRSZ)
+        // A NIC of several queue pairs detaches the tap queues of the pairs the driver
+        // does not use yet (it uses pair 0 until its VQ_PAIRS_SET).
+        .ioctl(TUNSETQUEUE)
         // With vhost=on the same DRIVER_OK hands the rings to the kernel (features, each
         // ring's size, addresses, base, call and kick eventfds, then the tap), and a
         // reset (status 0) takes the tap away again (SET_BACKEND with fd -1).
@@ -198,6 +203,9 @@ pub fn device(needs: Needs) -> Rules {
         .any(libc::SYS_read)
         .any(libc::SYS_readv)
         .any(libc::SYS_writev)
+        // virtio-net's control queue: VQ_PAIRS_SET attaches the tap queues of the pairs
+        // the driver uses and detaches the others (TUNSETQUEUE), and nothing else.
+        .ioctl(TUNSETQUEUE)
         // Stopped at the VM's end, the loop closes its epoll and stop eventfd (and, when
         // it holds the last reference, a device's eventfds and backend).
         .any(libc::SYS_close);
@@ -285,7 +293,12 @@ mod tests {
             assert!(!rules.contains_key(&libc::SYS_execve), "{name}");
             assert!(!rules.contains_key(&libc::SYS_clone), "{name}");
             let ioctls = rules.get(&libc::SYS_ioctl).map_or(0, Vec::len);
-            assert!(name == "vcpu" || name == "main" || ioctls == 0, "{name}");
+            // The device thread's one ioctl is TUNSETQUEUE.
+            let ioctls_allowed = usize::from(name.starts_with("device"));
+            assert!(
+                name == "vcpu" || name == "main" || ioctls == ioctls_allowed,
+                "{name}"
+            );
             let disk_io = DISK_SYSCALLS.iter().filter(|nr| rules.contains_key(nr));
             let want = if name == "device with disks" { 3 } else { 0 };
             assert_eq!(disk_io.count(), want, "{name}: the disk syscalls");

@@ -8,7 +8,6 @@
 //! vm-memory's checked copies.
 
 use std::fs::File;
-use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
 
 use virtio_queue::desc::split::Descriptor;
@@ -377,7 +376,7 @@ impl VirtioDevice for Block {
         let [q] = queues else {
             return Processed::default();
         };
-        if matches!(wake, Wake::Backend) || !q.ready() {
+        if matches!(wake, Wake::Backend(_)) || !q.ready() {
             return Processed::default();
         }
         let Some(mem) = self.mem.take() else {
@@ -392,10 +391,6 @@ impl VirtioDevice for Block {
             interrupt: served.interrupt,
             unfinished: u32::from(served.unfinished),
         }
-    }
-
-    fn backend_fd(&self) -> Option<RawFd> {
-        None
     }
 }
 

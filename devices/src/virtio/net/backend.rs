@@ -55,4 +55,10 @@ pub trait NetBackend: AsRawFd + Send {
 
     /// What the guest accepts on receive.
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()>;
+
+    /// Attaches or detaches this queue of a multi-queue backend (a tap's TUNSETQUEUE): a
+    /// detached queue is given no frames. Called only on NICs of more than one queue pair.
+    fn set_queue_enabled(&mut self, _enabled: bool) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,5 +1,9 @@
-//! virtio-net (virtio 1.2, 5.1): one RX and one TX queue, mergeable receive buffers,
-//! checksum and TSO offloads passed straight through to the backend.
+//! virtio-net (virtio 1.2, 5.1): one RX and one TX queue per queue pair (with more than
+//! one pair, VIRTIO_NET_F_MQ and a control queue for VQ_PAIRS_SET), mergeable receive
+//! buffers, checksum and TSO offloads passed straight through to the backend.
+//!
+//! Every pair has a backend of its own (one queue fd of a multi-queue tap or macvtap) and
+//! the receive state of its own; all pairs are served by the one device thread.
 
 pub mod backend;
 pub mod vhost;
@@ -32,6 +36,24 @@ pub const F_HOST_TSO4: u64 = 1 << 11;
 pub const F_HOST_TSO6: u64 = 1 << 12;
 pub const F_MRG_RXBUF: u64 = 1 << 15;
 pub const F_STATUS: u64 = 1 << 16;
+/// A control queue (the last queue) carries commands; offered with more than one pair.
+pub const F_CTRL_VQ: u64 = 1 << 17;
+/// More than one queue pair (`max_virtqueue_pairs` in the config space).
+pub const F_MQ: u64 = 1 << 22;
+
+// Control queue (virtio 1.2, 5.1.6.5): `struct virtio_net_ctrl` is class, command, data,
+// then one device-writable ack byte.
+pub const CTRL_CLASS_MQ: u8 = 4;
+pub const CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
+pub const CTRL_OK: u8 = 0;
+pub const CTRL_ERR: u8 = 1;
+/// The longest command (class, command and data) the device reads: VQ_PAIRS_SET has 4
+/// bytes; a longer one is answered VIRTIO_NET_ERR without being read.
+const CTRL_MAX_COMMAND: usize = 64;
+/// Size of the control queue (QEMU's too): commands are rare and one at a time.
+pub const CTRL_QUEUE_SIZE: u16 = 64;
+/// The most queue pairs a device takes.
+pub const MAX_PAIRS: usize = 8;
 
 /// What this device offers.
 pub const OFFERED_FEATURES: u64 = VIRTIO_F_VERSION_1
@@ -79,15 +101,53 @@ pub struct NetStats {
     pub rx_waiting: u64,
     /// Now, not a count: receive chains the device holds for the next frames.
     pub rx_window: u64,
+    /// Control queue commands carried out (VIRTIO_NET_OK).
+    pub ctrl_ok: u64,
+    /// Control queue commands refused (VIRTIO_NET_ERR, or a chain with no room for the
+    /// answer).
+    pub ctrl_err: u64,
+}
+
+impl NetStats {
+    fn add(&mut self, o: &NetStats) {
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_invalid += o.tx_invalid;
+        self.tx_backend_errors += o.tx_backend_errors;
+        self.rx_dropped += o.rx_dropped;
+        self.rx_waiting += o.rx_waiting;
+        self.rx_window += o.rx_window;
+        self.ctrl_ok += o.ctrl_ok;
+        self.ctrl_err += o.ctrl_err;
+    }
 }
 
 pub struct Net<B: NetBackend> {
-    backend: B,
+    pairs: Vec<Pair<B>>,
     mac: [u8; 6],
     mtu: Option<u16>,
     /// vhost-net, when the kernel serves the queues instead of this device.
     kernel: Option<KernelPath>,
     acked: u64,
+    /// The guest memory given at activation; the pairs' window iovecs point into it.
+    mem: Option<GuestMemoryMmap>,
+    /// rx0, tx0, rx1, tx1, ..., then the control queue when there is more than one pair.
+    queue_sizes: Vec<u16>,
+    /// Pairs the driver uses: 1 until it sets more with VQ_PAIRS_SET.
+    active_pairs: usize,
+    /// The control queue's counters.
+    ctrl: NetStats,
+}
+
+/// One queue pair: its backend queue and its receive and transmit state.
+struct Pair<B: NetBackend> {
+    backend: B,
+    /// The features the driver accepted (a copy of the device's).
+    acked: u64,
+    /// Whether the backend queue is attached (only NICs of several pairs detach any).
+    attached: bool,
     rx_buf: Vec<u8>,
     rx_pending: usize,
     rx_used: Vec<(u16, u32)>,
@@ -97,8 +157,6 @@ pub struct Net<B: NetBackend> {
     /// Length of the last frame received, to pick the receive path for the next.
     rx_last_len: usize,
     tx_iovs: Vec<libc::iovec>,
-    /// The guest memory given at activation; `win_iovs` point into it.
-    mem: Option<GuestMemoryMmap>,
     stats: NetStats,
 }
 
@@ -108,14 +166,12 @@ pub struct Net<B: NetBackend> {
 // their pointers valid for the same reason; a device reset drops them.
 unsafe impl<B: NetBackend> Send for Net<B> {}
 
-impl<B: NetBackend> Net<B> {
-    pub fn new(backend: B, mac: [u8; 6]) -> Self {
+impl<B: NetBackend> Pair<B> {
+    fn new(backend: B) -> Self {
         Self {
             backend,
-            mac,
-            mtu: None,
-            kernel: None,
             acked: 0,
+            attached: true,
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
             rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
@@ -124,9 +180,99 @@ impl<B: NetBackend> Net<B> {
             win_capacity: 0,
             rx_last_len: 0,
             tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
-            mem: None,
             stats: NetStats::default(),
         }
+    }
+
+    fn stats(&self) -> NetStats {
+        NetStats {
+            rx_waiting: self.rx_pending as u64,
+            rx_window: self.win_chains.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Forgets what the driver's rings gave: the window's iovecs point into the memory
+    /// the device is about to drop.
+    fn reset(&mut self) {
+        self.acked = 0;
+        self.rx_pending = 0;
+        self.rx_used.clear();
+        self.win_chains.clear();
+        self.win_iovs.clear();
+        self.win_capacity = 0;
+        self.tx_iovs.clear();
+    }
+
+    fn set_attached(&mut self, attached: bool) -> io::Result<()> {
+        if self.attached != attached {
+            self.backend.set_queue_enabled(attached)?;
+            self.attached = attached;
+        }
+        Ok(())
+    }
+}
+
+impl<B: NetBackend> Net<B> {
+    pub fn new(backend: B, mac: [u8; 6]) -> Self {
+        Self {
+            pairs: vec![Pair::new(backend)],
+            mac,
+            mtu: None,
+            kernel: None,
+            acked: 0,
+            mem: None,
+            queue_sizes: vec![QUEUE_SIZE, QUEUE_SIZE],
+            active_pairs: 1,
+            ctrl: NetStats::default(),
+        }
+    }
+
+    /// Adds queue pairs 1, 2, ... over `more` backends (further queues of the same tap or
+    /// macvtap): the device then offers VIRTIO_NET_F_MQ with a control queue. At most
+    /// [`MAX_PAIRS`] in all; the caller checks (more are ignored).
+    pub fn with_more_pairs(mut self, more: Vec<B>) -> Self {
+        let room = MAX_PAIRS - self.pairs.len();
+        self.pairs
+            .extend(more.into_iter().take(room).map(Pair::new));
+        let n = self.pairs.len();
+        self.queue_sizes = vec![QUEUE_SIZE; 2 * n];
+        if n > 1 {
+            self.queue_sizes.push(CTRL_QUEUE_SIZE);
+        }
+        self
+    }
+
+    /// The queue pairs this device has (`max_virtqueue_pairs`).
+    pub fn pairs(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The pairs the driver uses now (VQ_PAIRS_SET; 1 before it).
+    pub fn active_pairs(&self) -> usize {
+        self.active_pairs
+    }
+
+    /// Each pair's counters, in pair order.
+    pub fn pair_stats(&self) -> Vec<NetStats> {
+        self.pairs.iter().map(Pair::stats).collect()
+    }
+
+    /// The control queue's index, if the driver took one.
+    fn ctrl_index(&self) -> Option<usize> {
+        (self.pairs.len() > 1 && self.acked & F_CTRL_VQ != 0).then(|| 2 * self.pairs.len())
+    }
+
+    /// Attaches the backend queues of the first `n` pairs and detaches the others, so that
+    /// the host steers frames only to queues the guest reads.
+    fn set_active_pairs(&mut self, n: usize) -> io::Result<()> {
+        if self.pairs.len() > 1 {
+            for (i, pair) in self.pairs.iter_mut().enumerate() {
+                pair.set_attached(i < n)?;
+            }
+        }
+        self.active_pairs = n;
+        Ok(())
     }
 
     /// Tells the driver to use `mtu` (VIRTIO_NET_F_MTU); the backend must carry frames of
@@ -151,22 +297,122 @@ impl<B: NetBackend> Net<B> {
         }
     }
 
+    /// The counters of all pairs and the control queue together.
     pub fn stats(&self) -> NetStats {
-        NetStats {
-            rx_waiting: self.rx_pending as u64,
-            rx_window: self.win_chains.len() as u64,
-            ..self.stats
+        let mut all = self.ctrl;
+        for p in &self.pairs {
+            all.add(&p.stats());
         }
+        all
     }
 
+    /// Pair 0's backend.
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.pairs[0].backend
     }
 
     pub fn mac(&self) -> [u8; 6] {
         self.mac
     }
 
+    /// Serves the control queue: each chain is one command, answered in its ack byte.
+    fn process_ctrl(
+        &mut self,
+        q: &mut Queue,
+        mem: &GuestMemoryMmap,
+        budget: &mut Budget,
+    ) -> (bool, bool) {
+        let indirect = self.acked & VIRTIO_RING_F_INDIRECT_DESC != 0;
+        let served = serve_chains(q, mem, budget, |q, head, budget| {
+            self.ctrl_command(q, mem, head, indirect, budget)
+        });
+        (served.interrupt, served.unfinished)
+    }
+
+    /// Reads and carries out the command in the chain at `head`; returns the bytes written
+    /// (1, the ack, or 0 when the chain has no device-writable byte to take it). The chain
+    /// is the guest's: device-readable descriptors (class, command, data; at most
+    /// [`CTRL_MAX_COMMAND`] bytes are read) and then device-writable ones, the first byte
+    /// of which takes the ack. Anything else is answered VIRTIO_NET_ERR where it can be.
+    fn ctrl_command(
+        &mut self,
+        q: &Queue,
+        mem: &GuestMemoryMmap,
+        head: u16,
+        indirect: bool,
+        budget: &mut Budget,
+    ) -> u32 {
+        let mut cmd = [0u8; CTRL_MAX_COMMAND];
+        let mut len = 0usize;
+        let mut well_formed = true;
+        let mut ack: Option<GuestAddress> = None;
+        let mut chain = Chain::new(mem, q, head, indirect);
+        for desc in chain.by_ref() {
+            let Ok(desc) = desc else {
+                well_formed = false;
+                break;
+            };
+            let dlen = desc.len() as usize;
+            if desc.is_write_only() {
+                if ack.is_none() && dlen > 0 {
+                    ack = Some(desc.addr());
+                }
+                continue;
+            }
+            // The command must come before the answer (virtio 1.2, 2.7.4.2).
+            if ack.is_some() {
+                well_formed = false;
+                break;
+            }
+            let read = cmd
+                .get_mut(len..len.saturating_add(dlen))
+                .is_some_and(|into| mem.read_slice(into, desc.addr()).is_ok());
+            if read {
+                len += dlen;
+            } else {
+                // Too long for any command, or not in guest memory.
+                well_formed = false;
+            }
+        }
+        budget.charge(chain.read());
+        // A command that cannot be answered is not carried out: its driver cannot know.
+        let ack = ack.filter(|at| mem.address_in_range(*at));
+        let status = match (well_formed && ack.is_some(), &cmd[..len]) {
+            (true, [class, command, data @ ..]) => self.ctrl_execute(*class, *command, data),
+            _ => CTRL_ERR,
+        };
+        let answered = ack.is_some_and(|at| mem.write_obj(status, at).is_ok());
+        if answered && status == CTRL_OK {
+            self.ctrl.ctrl_ok += 1;
+        } else {
+            self.ctrl.ctrl_err += 1;
+        }
+        u32::from(answered)
+    }
+
+    /// Carries out one command; the ack it gets.
+    fn ctrl_execute(&mut self, class: u8, command: u8, data: &[u8]) -> u8 {
+        match (class, command) {
+            (CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET) if self.acked & F_MQ != 0 => {
+                let Ok(pairs) = <[u8; 2]>::try_from(data).map(u16::from_le_bytes) else {
+                    return CTRL_ERR;
+                };
+                let pairs = usize::from(pairs);
+                if !(1..=self.pairs.len()).contains(&pairs) {
+                    return CTRL_ERR;
+                }
+                match self.set_active_pairs(pairs) {
+                    Ok(()) => CTRL_OK,
+                    Err(_) => CTRL_ERR,
+                }
+            }
+            // No other class is offered (CTRL_RX, CTRL_VLAN, MAC_ADDR, ... are not).
+            _ => CTRL_ERR,
+        }
+    }
+}
+
+impl<B: NetBackend> Pair<B> {
     /// Whether the driver may put a chain in an indirect table: a 64 KiB TSO frame of
     /// ~18 buffers then takes one ring slot, not 18.
     fn indirect(&self) -> bool {
@@ -582,11 +828,16 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &self.queue_sizes
     }
 
     fn features(&self) -> u64 {
-        let offered = OFFERED_FEATURES | if self.mtu.is_some() { F_MTU } else { 0 };
+        let mq = if self.pairs.len() > 1 {
+            F_MQ | F_CTRL_VQ
+        } else {
+            0
+        };
+        let offered = OFFERED_FEATURES | mq | if self.mtu.is_some() { F_MTU } else { 0 };
         match &self.kernel {
             Some(k) => k.offerable(offered),
             None => offered,
@@ -594,10 +845,14 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // mac, status, max_virtqueue_pairs (0: MQ is not offered), mtu (virtio 1.2, 5.1.4).
+        // mac, status, max_virtqueue_pairs (0 when MQ is not offered), mtu (virtio 1.2,
+        // 5.1.4).
         let mut config = [0u8; 12];
         config[..6].copy_from_slice(&self.mac);
         config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+        if self.pairs.len() > 1 {
+            config[8..10].copy_from_slice(&(self.pairs.len() as u16).to_le_bytes());
+        }
         if let Some(mtu) = self.mtu {
             config[10..12].copy_from_slice(&mtu.to_le_bytes());
         }
@@ -612,42 +867,53 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         }
     }
 
+    fn accepts(&self, features: u64) -> bool {
+        // MQ needs the control queue (5.1.3.1), and a control queue without MQ would be
+        // queue 2, where this device has rx1: the two come together or not at all.
+        (features & F_MQ != 0) == (features & F_CTRL_VQ != 0)
+    }
+
     fn activate(&mut self, features: u64, mem: &GuestMemoryMmap) -> Result<(), String> {
         self.acked = features;
         self.mem = Some(mem.clone());
-        self.backend
-            .set_vnet_hdr_len(VNET_HDR_LEN)
-            .map_err(|e| format!("cannot set the vnet header length: {e}"))?;
         let offloads = Offloads {
             csum: features & F_GUEST_CSUM != 0,
             tso4: features & F_GUEST_CSUM != 0 && features & F_GUEST_TSO4 != 0,
             tso6: features & F_GUEST_CSUM != 0 && features & F_GUEST_TSO6 != 0,
         };
-        self.backend
-            .set_offloads(offloads)
-            .map_err(|e| format!("cannot set offloads: {e}"))
+        // A macvtap keeps the header size and offloads per queue: every queue gets them.
+        for (i, pair) in self.pairs.iter_mut().enumerate() {
+            pair.acked = features;
+            pair.backend
+                .set_vnet_hdr_len(VNET_HDR_LEN)
+                .map_err(|e| format!("queue pair {i}: cannot set the vnet header length: {e}"))?;
+            pair.backend
+                .set_offloads(offloads)
+                .map_err(|e| format!("queue pair {i}: cannot set offloads: {e}"))?;
+        }
+        // Until VQ_PAIRS_SET the driver uses pair 0 only (5.1.6.5.5).
+        self.set_active_pairs(1)
+            .map_err(|e| format!("cannot detach the unused backend queues: {e}"))
     }
 
     fn reset(&mut self) {
+        self.stop();
+        self.acked = 0;
+        // The window's iovecs point into this memory: they go first, then the memory.
+        for pair in &mut self.pairs {
+            pair.reset();
+        }
+        self.mem = None;
+        self.active_pairs = 1;
+    }
+
+    fn stop(&mut self) {
         if let Some(k) = &mut self.kernel {
             k.stop();
         }
-        self.acked = 0;
-        // The window's iovecs point into this memory: they go first, then the memory.
-        self.win_iovs.clear();
-        self.mem = None;
-        self.rx_pending = 0;
-        self.rx_used.clear();
-        self.win_chains.clear();
-        self.win_iovs.clear();
-        self.win_capacity = 0;
-        self.tx_iovs.clear();
     }
 
     fn process(&mut self, wake: Wake, queues: &mut [Queue]) -> Processed {
-        if self.kernel.is_some() {
-            return Processed::default();
-        }
         // Taken out for the call (not cloned: no allocation per wake-up) and put back.
         let Some(mem) = self.mem.take() else {
             return Processed::default();
@@ -657,10 +923,10 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         done
     }
 
-    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+    fn backend_fds(&self) -> Vec<std::os::fd::RawFd> {
         match self.kernel {
-            Some(_) => None,
-            None => Some(self.backend.as_raw_fd()),
+            Some(_) => Vec::new(),
+            None => self.pairs.iter().map(|p| p.backend.as_raw_fd()).collect(),
         }
     }
 
@@ -669,8 +935,14 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         queues: &[Queue],
         kicks: &[vmm_sys_util::eventfd::EventFd],
     ) -> Result<(), String> {
+        // Without MQ the driver sets up pair 0 only.
+        let pairs = if self.acked & F_MQ != 0 {
+            self.pairs.len()
+        } else {
+            1
+        };
         match &mut self.kernel {
-            Some(k) => k.start(self.acked, queues, kicks),
+            Some(k) => k.start(self.acked, queues, kicks, pairs),
             None => Ok(()),
         }
     }
@@ -684,13 +956,23 @@ impl<B: NetBackend> Net<B> {
     /// [`VirtioDevice::process`] in the activation memory.
     fn process_in(&mut self, wake: Wake, queues: &mut [Queue], mem: &GuestMemoryMmap) -> Processed {
         let mut done = Processed::default();
-        let [rxq, txq] = queues else {
+        if queues.len() != self.queue_sizes.len() {
             return done;
-        };
-        let (tx, rx) = match wake {
-            Wake::Queue(i) => (usize::from(i) == TX, usize::from(i) == RX),
-            Wake::Backend => (false, true),
-            Wake::Activated => (true, true),
+        }
+        let n = self.pairs.len();
+        let ctrl = self.ctrl_index();
+        // Which pairs' TX and RX queues to serve, and whether the control queue.
+        let (pairs, tx, rx, serve_ctrl) = match wake {
+            Wake::Queue(i) if Some(usize::from(i)) == ctrl => (0..0, false, false, true),
+            Wake::Queue(i) => {
+                let (p, which) = (usize::from(i) / 2, usize::from(i) % 2);
+                (p..(p + 1).min(n), which == TX, which == RX, false)
+            }
+            Wake::Backend(p) => {
+                let p = usize::from(p);
+                (p..(p + 1).min(n), false, true, false)
+            }
+            Wake::Activated => (0..n, true, true, ctrl.is_some()),
         };
         // One budget for the whole wake-up, whichever queues it serves.
         let mut budget = Budget::default();
@@ -700,11 +982,25 @@ impl<B: NetBackend> Net<B> {
                 done.unfinished |= 1 << queue;
             }
         };
-        if tx && txq.ready() {
-            note(self.process_tx(txq, mem, &mut budget), TX);
+        // The kernel (vhost) serves the pairs; the control queue is always this device's.
+        let user_pairs = if self.kernel.is_some() { 0..0 } else { pairs };
+        for p in user_pairs {
+            let [rxq, txq] = &mut queues[2 * p..2 * p + 2] else {
+                continue;
+            };
+            let pair = &mut self.pairs[p];
+            if tx && txq.ready() {
+                note(pair.process_tx(txq, mem, &mut budget), 2 * p + TX);
+            }
+            // Frames only for the pairs the driver uses (5.1.6.5.5).
+            if rx && rxq.ready() && p < self.active_pairs {
+                note(pair.process_rx(rxq, mem, &mut budget), 2 * p + RX);
+            }
         }
-        if rx && rxq.ready() {
-            note(self.process_rx(rxq, mem, &mut budget), RX);
+        if let (true, Some(c)) = (serve_ctrl, ctrl) {
+            if let Some(cq) = queues.get_mut(c).filter(|q| q.ready()) {
+                note(self.process_ctrl(cq, mem, &mut budget), c);
+            }
         }
         done
     }

@@ -50,6 +50,9 @@ struct Shared {
     offloads: Option<Offloads>,
     fail_send: bool,
     fail_config: bool,
+    /// The last TUNSETQUEUE-like call: Some(true) attached, Some(false) detached.
+    queue_enabled: Option<bool>,
+    fail_queue: bool,
 }
 
 struct MockBackend {
@@ -121,6 +124,15 @@ impl NetBackend for MockBackend {
 
     fn set_offloads(&mut self, offloads: Offloads) -> io::Result<()> {
         self.lock().offloads = Some(offloads);
+        Ok(())
+    }
+
+    fn set_queue_enabled(&mut self, enabled: bool) -> io::Result<()> {
+        let mut shared = self.lock();
+        if shared.fail_queue {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        shared.queue_enabled = Some(enabled);
         Ok(())
     }
 }
@@ -606,7 +618,10 @@ fn rx_without_mrg_rxbuf_fills_one_writable_chain() {
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
 
-    assert!(rig.wake(Wake::Backend), "no interrupt for a received frame");
+    assert!(
+        rig.wake(Wake::Backend(0)),
+        "no interrupt for a received frame"
+    );
 
     assert_eq!(rig.rx.used_idx(&rig.mem), 1);
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, frame.len() as u32));
@@ -636,7 +651,7 @@ fn rx_header_in_its_own_descriptor_then_payload_descriptors() {
         ],
     );
     rig.rx.publish(&rig.mem, head);
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, frame.len() as u32));
     let expected = with_num_buffers(&frame, 1);
     assert_eq!(rig.read(BUFS, VNET_HDR_LEN), &expected[..VNET_HDR_LEN]);
@@ -661,7 +676,7 @@ fn rx_with_mrg_rxbuf_spreads_a_large_frame_over_several_chains() {
     }
     let before = rig.snapshot();
 
-    assert!(rig.wake(Wake::Backend));
+    assert!(rig.wake(Wake::Backend(0)));
 
     assert_eq!(rig.rx.used_idx(&rig.mem), 4);
     let used: Vec<_> = (0..4).map(|i| rig.rx.used(&rig.mem, i)).collect();
@@ -700,7 +715,10 @@ fn rx_without_buffers_keeps_the_frame_until_the_guest_adds_some() {
     rig.push_frame(first.clone());
     rig.push_frame(second.clone());
 
-    assert!(!rig.wake(Wake::Backend), "interrupt without anything used");
+    assert!(
+        !rig.wake(Wake::Backend(0)),
+        "interrupt without anything used"
+    );
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     // The device took one frame and holds it; the other waits in the backend.
     let held = NetStats {
@@ -734,7 +752,7 @@ fn rx_without_mergeable_buffers_keeps_frame_pending_with_mrg_rxbuf_too() {
     let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
     let f = frame(100, 1);
     rig.push_frame(f.clone());
-    assert!(!rig.wake(Wake::Backend));
+    assert!(!rig.wake(Wake::Backend(0)));
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
@@ -751,7 +769,7 @@ fn rx_mergeable_buffers_too_few_for_the_frame_wait_for_more() {
     let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 1024, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
 
-    assert!(!rig.wake(Wake::Backend));
+    assert!(!rig.wake(Wake::Backend(0)));
     assert_eq!(
         rig.rx.used_idx(&rig.mem),
         0,
@@ -792,7 +810,7 @@ fn rx_mergeable_short_of_buffers_asks_for_a_notification_past_the_offered_ones()
         );
         rig.rx.publish(&rig.mem, head);
     }
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     // Linux notifies iff avail_event lies in [old avail idx, new avail idx): it must be 2
     // (the next buffer the driver will add), not 0.
@@ -811,7 +829,7 @@ fn rx_frame_larger_than_a_non_mergeable_buffer_is_dropped() {
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
 
-    assert!(rig.wake(Wake::Backend));
+    assert!(rig.wake(Wake::Backend(0)));
 
     assert_eq!(
         rig.rx.used(&rig.mem, 0),
@@ -849,7 +867,7 @@ fn rx_largest_frame_fits_mergeable_buffers() {
         );
         rig.rx.publish(&rig.mem, head);
     }
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     let chains = big.len().div_ceil(0x2000) as u16;
     assert_eq!(rig.rx.used_idx(&rig.mem), chains);
     let got = rig.read(BUFS, big.len());
@@ -869,7 +887,7 @@ fn rx_frame_larger_than_the_whole_ring_is_dropped_not_waited_for() {
         );
         rig.rx.publish(&rig.mem, head);
     }
-    assert!(rig.wake(Wake::Backend));
+    assert!(rig.wake(Wake::Backend(0)));
     assert_eq!(rig.rx.used_idx(&rig.mem), QSIZE);
     for i in 0..QSIZE {
         assert_eq!(rig.rx.used(&rig.mem, i), (u32::from(i), 0));
@@ -934,7 +952,7 @@ fn rx_descriptor_outside_or_crossing_the_end_of_memory() {
     let head = rig.rx.chain(&rig.mem, 1, &[(MEM_SIZE - 40, 2048, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used_idx(&rig.mem), 2);
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
     assert_eq!(rig.rx.used(&rig.mem, 1), (1, 0));
@@ -979,7 +997,7 @@ fn rx_descriptor_not_write_only_is_never_written() {
     );
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
     assert_eq!(rig.rx.used(&rig.mem, 1), (1, 0));
     assert_eq!(rig.stats().rx_dropped, 2);
@@ -1030,7 +1048,7 @@ fn rx_chain_that_loops_terminates_and_writes_only_its_buffer() {
         .set_desc(&rig.mem, 2, BUFS + 0x2000, 16, F_WRITE | F_NEXT, 1);
     rig.rx.publish(&rig.mem, 1);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used_idx(&rig.mem), 2);
     rig.assert_changes_within(
         &before,
@@ -1064,7 +1082,7 @@ fn absurd_descriptor_lengths() {
         .chain(&rig.mem, 0, &[(BUFS + 0x4_0000, u32::MAX, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, f.len() as u32));
     rig.assert_changes_within(&before, &[(BUFS + 0x4_0000, f.len() as u64)]);
 }
@@ -1122,7 +1140,7 @@ fn head_index_beyond_the_queue_size() {
     rig.push_frame(frame(10, 0));
     rig.rx.publish(&rig.mem, QSIZE + 3);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     rig.assert_changes_within(&before, &[]);
 }
 
@@ -1147,7 +1165,7 @@ fn rx_avail_index_far_ahead_of_the_queue() {
     rig.push_frame(f.clone());
     rig.rx.set_avail_idx(&rig.mem, 1000);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     rig.assert_changes_within(&before, &[]);
     // A driver that repairs its index gets the frame that waited.
@@ -1170,7 +1188,7 @@ fn rx_avail_ring_crossing_the_end_of_memory() {
         .unwrap();
     rig.push_frame(frame(100, 0));
     let before = rig.snapshot();
-    assert!(!rig.wake(Wake::Backend));
+    assert!(!rig.wake(Wake::Backend(0)));
     rig.assert_changes_within(&before, &[]);
 }
 
@@ -1187,7 +1205,7 @@ fn rings_at_garbage_addresses() {
     let before = rig.snapshot();
     assert!(!rig.wake(Wake::Queue(1)));
     assert!(!rig.wake(Wake::Queue(0)));
-    assert!(!rig.wake(Wake::Backend));
+    assert!(!rig.wake(Wake::Backend(0)));
     assert!(!rig.wake(Wake::Activated));
     assert_eq!(rig.snapshot(), before);
     assert!(rig.sent().is_empty());
@@ -1224,7 +1242,7 @@ fn descriptor_table_crossing_the_end_of_memory() {
     rig.push_frame(frame(20, 1));
     rig.rx.publish(&rig.mem, 12);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used(&rig.mem, 0), (12, 0));
     rig.assert_changes_within(&before, &[]);
 }
@@ -1283,9 +1301,12 @@ fn process_with_odd_queues_or_wakes_does_nothing() {
     rig.push_frame(frame(10, 0));
 
     let net = rig.net_mut();
-    assert_eq!(net.process(Wake::Backend, &mut []), Processed::default());
+    assert_eq!(net.process(Wake::Backend(0), &mut []), Processed::default());
     let mut one = vec![Queue::new(16).unwrap()];
-    assert_eq!(net.process(Wake::Backend, &mut one), Processed::default());
+    assert_eq!(
+        net.process(Wake::Backend(0), &mut one),
+        Processed::default()
+    );
     let mut three: Vec<Queue> = (0..3).map(|_| Queue::new(16).unwrap()).collect();
     assert_eq!(
         net.process(Wake::Queue(0), &mut three),
@@ -1297,7 +1318,7 @@ fn process_with_odd_queues_or_wakes_does_nothing() {
     rig.queue_mut(0).set_ready(false);
     let head = rig.rx.chain(&rig.mem, 0, &[(BUFS, 2048, F_WRITE)]);
     rig.rx.publish(&rig.mem, head);
-    assert!(!rig.wake(Wake::Backend));
+    assert!(!rig.wake(Wake::Backend(0)));
     assert_eq!(rig.rx.used_idx(&rig.mem), 0);
     assert_eq!(rig.incoming_len(), 1);
 }
@@ -1391,7 +1412,7 @@ fn hostile_rx_ring_is_served_a_budget_at_a_time() {
     }
     let most = most_hostile_chains_per_wake();
     let before = rig.snapshot();
-    let mut done = rig.wake_processed(Wake::Backend);
+    let mut done = rig.wake_processed(Wake::Backend(0));
     let mut used = rig.rx.used_idx(&rig.mem);
     assert!(
         (1..=most).contains(&used),
@@ -1438,7 +1459,7 @@ fn rx_chain_through_an_indirect_table_is_refused() {
 fn assert_first_rx_chain_refused(rig: &mut Rig, allowed: &[(u64, u64)]) {
     rig.push_frame(frame(100, 1));
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.rx.used(&rig.mem, 0), (0, 0));
     assert_eq!(rig.stats().rx_dropped, 1);
     rig.assert_changes_within(&before, allowed);
@@ -1581,23 +1602,23 @@ fn activate_fails_when_the_backend_refuses() {
 fn reset_forgets_features_and_the_pending_frame() {
     let mut rig = Rig::new(VIRTIO_F_VERSION_1 | F_MRG_RXBUF);
     rig.push_frame(frame(100, 0));
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_ne!(
-        rig.net().rx_pending,
+        rig.net().pairs[0].rx_pending,
         0,
         "frame not held while the guest has no buffers"
     );
     rig.net_mut().reset();
     assert_eq!(rig.net().acked, 0);
-    assert_eq!(rig.net().rx_pending, 0);
+    assert_eq!(rig.net().pairs[0].rx_pending, 0);
     // Re-activation works like the first.
     let mem = rig.mem.clone();
     rig.net_mut().activate(VIRTIO_F_VERSION_1, &mem).unwrap();
     rig.assert_rx_works(0);
     rig.assert_tx_works(2);
     assert_eq!(
-        rig.net().backend_fd(),
-        Some(rig.net().backend().as_raw_fd())
+        rig.net().backend_fds(),
+        vec![rig.net().backend().as_raw_fd()]
     );
     assert_eq!(rig.net().mac(), MAC);
 }
@@ -1735,7 +1756,7 @@ fn fuzz_one(rng: &mut XorShift, noise: &[u8], avoid_tx_spin: bool) {
         let wake = match rng.below(5) {
             0 => Wake::Queue(0),
             1 => Wake::Queue(1),
-            2 => Wake::Backend,
+            2 => Wake::Backend(0),
             3 => Wake::Activated,
             _ => Wake::Queue(rng.below(4) as u16),
         };
@@ -1857,7 +1878,7 @@ fn rx_direct_and_bounce_paths_alternate_with_frame_sizes_and_agree() {
         rig.rx.publish(&rig.mem, head);
     }
     let before = rig.snapshot();
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     let mut chain = 0u16;
     for f in &frames[..4] {
         let n = f.len().div_ceil(0x2000) as u16;
@@ -1905,7 +1926,7 @@ fn rx_window_held_between_passes_keeps_frames_in_order() {
     let mut chain = 0u16;
     for f in &frames {
         rig.push_frame(f.clone());
-        rig.wake(Wake::Backend);
+        rig.wake(Wake::Backend(0));
         assert_eq!(rig.incoming_len(), 0);
         let n = f.len().div_ceil(0x2000) as u16;
         let mut got = Vec::new();
@@ -2019,7 +2040,7 @@ fn rx_frames_land_in_indirect_tables_on_both_receive_paths() {
         rig.rx.set_desc(&rig.mem, i, table, len, F_INDIRECT, 0);
         rig.rx.publish(&rig.mem, i);
     }
-    rig.wake(Wake::Backend);
+    rig.wake(Wake::Backend(0));
     assert_eq!(rig.stats().rx_frames, 2, "{:?}", rig.stats());
     for (i, f) in frames.iter().enumerate() {
         let base = BUFS + 0x1_0000 * i as u64;
@@ -2095,4 +2116,465 @@ fn hostile_indirect_tx_ring_is_served_a_budget_at_a_time() {
         rig.tx.publish(&rig.mem, 0);
     }
     drain_hostile_tx(&mut rig, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Several queue pairs (VIRTIO_NET_F_MQ) and the control queue
+// ---------------------------------------------------------------------------------------
+
+use super::{
+    CTRL_CLASS_MQ, CTRL_ERR, CTRL_MQ_VQ_PAIRS_SET, CTRL_OK, CTRL_QUEUE_SIZE, F_CTRL_VQ, F_MQ,
+    MAX_PAIRS, QUEUE_SIZE,
+};
+
+const MQ: u64 = VIRTIO_F_VERSION_1 | F_MQ | F_CTRL_VQ;
+/// Where the control queue's command and ack buffers go.
+const CMD_AT: u64 = BUFS + 0x4_0000;
+const ACK_AT: u64 = BUFS + 0x4_1000;
+
+/// A device of `pairs` pairs over mock backends, its queues rx0, tx0, rx1, tx1, ..., ctrl
+/// (each `QSIZE` entries, 0x1000 apart) in guest memory.
+struct MqRig {
+    mem: GuestMemoryMmap,
+    rings: Vec<Ring>,
+    dev: Option<Device>,
+    shared: Vec<Arc<Mutex<Shared>>>,
+}
+
+impl MqRig {
+    fn inactive(pairs: usize) -> Self {
+        let mem = guest_memory();
+        mem.write_slice(&vec![PAINT; MEM_SIZE as usize], GuestAddress(0))
+            .unwrap();
+        let (mut backends, mut shared) = (Vec::new(), Vec::new());
+        for _ in 0..pairs {
+            let (b, s) = MockBackend::new();
+            backends.push(b);
+            shared.push(s);
+        }
+        let first = backends.remove(0);
+        let net = Net::new(first, MAC).with_more_pairs(backends);
+        let count = net.queue_max_sizes().len();
+        // The control queue at its full size: a hostile ring of it costs more than a budget.
+        let (rings, queues): (Vec<Ring>, Vec<Queue>) = (0..count)
+            .map(|i| {
+                let size = if i + 1 == count && pairs > 1 {
+                    CTRL_QUEUE_SIZE
+                } else {
+                    QSIZE
+                };
+                Ring::create(&mem, 0x1000 * i as u64, size)
+            })
+            .unzip();
+        Self {
+            mem,
+            rings,
+            dev: Some(Device { net, queues }),
+            shared,
+        }
+    }
+
+    fn new(pairs: usize, features: u64) -> Self {
+        let mut rig = Self::inactive(pairs);
+        let mem = rig.mem.clone();
+        rig.net_mut().activate(features, &mem).unwrap();
+        rig
+    }
+
+    fn net(&self) -> &Net {
+        &self.dev.as_ref().unwrap().net
+    }
+
+    fn net_mut(&mut self) -> &mut Net {
+        &mut self.dev.as_mut().unwrap().net
+    }
+
+    fn wake(&mut self, wake: Wake) -> Processed {
+        let dev = self.dev.take().expect("device lost to an earlier hang");
+        let (dev, processed) = process_with_deadline(dev, wake);
+        self.dev = Some(dev);
+        processed
+    }
+
+    fn ctrl(&self) -> Ring {
+        *self.rings.last().unwrap()
+    }
+
+    fn ctrl_index(&self) -> u16 {
+        (self.rings.len() - 1) as u16
+    }
+
+    fn enabled(&self, pair: usize) -> Option<bool> {
+        self.shared[pair].lock().unwrap().queue_enabled
+    }
+
+    /// Offers `descs` (addr, len, flags) as one control chain at descriptor 0 and serves
+    /// the control queue; returns the used entry's length and the ack byte at ACK_AT.
+    fn command_chain(&mut self, descs: &[(u64, u32, u16)]) -> (u32, u8) {
+        let ctrl = self.ctrl();
+        self.mem.write_obj(0xeeu8, GuestAddress(ACK_AT)).unwrap();
+        let used_before = ctrl.used_idx(&self.mem);
+        let head = ctrl.chain(&self.mem, 0, descs);
+        ctrl.publish(&self.mem, head);
+        let p = self.wake(Wake::Queue(self.ctrl_index()));
+        assert_eq!(p.unfinished, 0);
+        assert_eq!(
+            ctrl.used_idx(&self.mem),
+            used_before.wrapping_add(1),
+            "the command was not returned"
+        );
+        let (id, len) = ctrl.used(&self.mem, used_before);
+        assert_eq!(id, u32::from(head));
+        (len, self.mem.read_obj(GuestAddress(ACK_AT)).unwrap())
+    }
+
+    /// Sends `command` (class, command, data) in one readable descriptor with a 1-byte ack.
+    fn command(&mut self, command: &[u8]) -> u8 {
+        self.mem.write_slice(command, GuestAddress(CMD_AT)).unwrap();
+        let (len, ack) =
+            self.command_chain(&[(CMD_AT, command.len() as u32, 0), (ACK_AT, 1, F_WRITE)]);
+        assert_eq!(len, 1, "the ack byte is the only one written");
+        ack
+    }
+
+    fn pairs_set(&mut self, pairs: u16) -> u8 {
+        let p = pairs.to_le_bytes();
+        self.command(&[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, p[0], p[1]])
+    }
+
+    /// Offers a 2 KiB receive buffer on pair `p`'s RX queue and a frame on its backend,
+    /// wakes the backend; whether the frame landed.
+    fn rx_on(&mut self, p: usize, at: u64) -> bool {
+        let rx = self.rings[2 * p];
+        let before = rx.used_idx(&self.mem);
+        let head = rx.chain(&self.mem, 0, &[(at, 2048, F_WRITE)]);
+        rx.publish(&self.mem, head);
+        self.shared[p]
+            .lock()
+            .unwrap()
+            .incoming
+            .push_back(frame(60, p as u8));
+        self.wake(Wake::Backend(p as u16));
+        rx.used_idx(&self.mem) != before
+    }
+
+    /// Queues one frame on pair `p`'s TX queue and notifies it; what backend `p` sent.
+    fn tx_on(&mut self, p: usize, at: u64) -> Vec<Vec<u8>> {
+        let tx = self.rings[2 * p + 1];
+        let f = frame(30, 0x40 + p as u8);
+        self.mem.write_slice(&f, GuestAddress(at)).unwrap();
+        let head = tx.chain(&self.mem, 0, &[(at, f.len() as u32, 0)]);
+        tx.publish(&self.mem, head);
+        self.wake(Wake::Queue((2 * p + 1) as u16));
+        self.shared[p].lock().unwrap().sent.clone()
+    }
+}
+
+#[test]
+fn one_pair_offers_no_mq_and_has_two_queues() {
+    let (backend, _) = MockBackend::new();
+    let net = Net::new(backend, MAC);
+    assert_eq!(net.features() & (F_MQ | F_CTRL_VQ), 0);
+    assert_eq!(net.queue_max_sizes(), [QUEUE_SIZE, QUEUE_SIZE]);
+    assert_eq!(net.pairs(), 1);
+    let mut pairs = [0xffu8; 2];
+    net.read_config(8, &mut pairs);
+    assert_eq!(pairs, [0, 0], "max_virtqueue_pairs without MQ");
+    // Adding no pairs changes nothing.
+    let (backend, _) = MockBackend::new();
+    let net = Net::new(backend, MAC).with_more_pairs(Vec::new());
+    assert_eq!(net.features() & (F_MQ | F_CTRL_VQ), 0);
+    assert_eq!(net.queue_max_sizes().len(), 2);
+}
+
+#[test]
+fn several_pairs_offer_mq_and_ctrl_vq_with_the_queues_in_spec_order() {
+    for pairs in [2usize, 3, 8] {
+        let rig = MqRig::inactive(pairs);
+        let net = rig.net();
+        assert_eq!(net.features() & (F_MQ | F_CTRL_VQ), F_MQ | F_CTRL_VQ);
+        assert_eq!(net.pairs(), pairs);
+        // rx0, tx0, ..., rxN-1, txN-1, then the control queue.
+        let mut want = vec![QUEUE_SIZE; 2 * pairs];
+        want.push(CTRL_QUEUE_SIZE);
+        assert_eq!(net.queue_max_sizes(), want);
+        let mut config = [0u8; 12];
+        net.read_config(0, &mut config);
+        assert_eq!(&config[..6], &MAC);
+        assert_eq!(u16::from_le_bytes([config[8], config[9]]), pairs as u16);
+        let mut one = [0u8; 1];
+        net.read_config(9, &mut one);
+        assert_eq!(one, [0]);
+        // MQ and the control queue come together or not at all.
+        assert!(net.accepts(MQ));
+        assert!(net.accepts(VIRTIO_F_VERSION_1));
+        assert!(!net.accepts(VIRTIO_F_VERSION_1 | F_MQ));
+        assert!(!net.accepts(VIRTIO_F_VERSION_1 | F_CTRL_VQ));
+        assert_eq!(net.backend_fds().len(), pairs);
+    }
+    // More than MAX_PAIRS backends: the rest are not used.
+    let (first, _) = MockBackend::new();
+    let more: Vec<MockBackend> = (0..MAX_PAIRS + 3).map(|_| MockBackend::new().0).collect();
+    let net = Net::new(first, MAC).with_more_pairs(more);
+    assert_eq!(net.pairs(), MAX_PAIRS);
+    assert_eq!(net.queue_max_sizes().len(), 2 * MAX_PAIRS + 1);
+}
+
+#[test]
+fn until_vq_pairs_set_only_pair_0_receives_then_every_pair_set_does() {
+    let mut rig = MqRig::new(2, MQ);
+    assert_eq!(rig.net().active_pairs(), 1);
+    // The unused pair's backend queue is detached at activation; pair 0's never was.
+    assert_eq!(rig.enabled(1), Some(false));
+    assert_eq!(rig.enabled(0), None);
+    assert!(rig.rx_on(0, BUFS));
+    assert!(!rig.rx_on(1, BUFS + 0x1000), "a frame for an unused pair");
+    // TX on pair 1 goes to pair 1's backend (a driver may still flush it).
+    assert_eq!(rig.tx_on(1, BUFS + 0x2000).len(), 1);
+    assert!(rig.shared[0].lock().unwrap().sent.is_empty());
+
+    assert_eq!(rig.pairs_set(2), CTRL_OK);
+    assert_eq!(rig.net().active_pairs(), 2);
+    assert_eq!(rig.enabled(1), Some(true));
+    // The frame that waited on pair 1 lands with the next wake-up.
+    rig.wake(Wake::Backend(1));
+    assert_eq!(rig.rings[2].used_idx(&rig.mem), 1);
+    assert!(rig.rx_on(1, BUFS + 0x3000));
+    let per_pair = rig.net().pair_stats();
+    assert_eq!(per_pair.len(), 2);
+    assert_eq!((per_pair[0].rx_frames, per_pair[1].rx_frames), (1, 2));
+    assert_eq!(per_pair[1].tx_frames, 1);
+    let all = rig.net().stats();
+    assert_eq!((all.rx_frames, all.tx_frames, all.ctrl_ok), (3, 1, 1));
+
+    // Back to one pair: pair 1 detached again.
+    assert_eq!(rig.pairs_set(1), CTRL_OK);
+    assert_eq!(rig.enabled(1), Some(false));
+    assert!(!rig.rx_on(1, BUFS + 0x4000));
+    // A reset forgets the pairs; the next activation starts with one.
+    rig.net_mut().reset();
+    assert_eq!(rig.net().active_pairs(), 1);
+}
+
+#[test]
+fn vq_pairs_set_out_of_range_or_malformed_is_refused_and_changes_nothing() {
+    let mut rig = MqRig::new(2, MQ);
+    let bad: &[&[u8]] = &[
+        // 0 pairs, one more than the device has, the largest u16.
+        &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 0, 0],
+        &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 3, 0],
+        &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 0xff, 0xff],
+        // The data one byte short or long.
+        &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 2],
+        &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 2, 0, 0],
+        // No data, no command, nothing at all.
+        &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET],
+        &[CTRL_CLASS_MQ],
+        &[],
+        // Another MQ command (RSS_CONFIG), and classes never offered: RX (promisc), MAC,
+        // VLAN, ANNOUNCE, GUEST_OFFLOADS, and nonsense.
+        &[CTRL_CLASS_MQ, 1, 2, 0],
+        &[0, 0, 1],
+        &[1, 1, 0, 0, 0, 0, 0, 0],
+        &[2, 0, 0, 0],
+        &[3, 0],
+        &[5, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[0xff, 0xff, 2, 0],
+    ];
+    for command in bad {
+        assert_eq!(rig.pairs_set(2), CTRL_OK);
+        assert_eq!(rig.command(command), CTRL_ERR, "{command:?}");
+        assert_eq!(rig.net().active_pairs(), 2, "{command:?}");
+        assert_eq!(rig.enabled(1), Some(true), "{command:?}");
+    }
+    // A command longer than any the device reads is refused, not read.
+    let long = vec![CTRL_CLASS_MQ; 65];
+    assert_eq!(rig.command(&long), CTRL_ERR);
+    let huge = rig.command_chain(&[(CMD_AT, u32::MAX, 0), (ACK_AT, 1, F_WRITE)]);
+    assert_eq!(huge, (1, CTRL_ERR));
+    // A backend that refuses to attach its queue: VIRTIO_NET_ERR, not a crash.
+    assert_eq!(rig.pairs_set(1), CTRL_OK);
+    rig.shared[1].lock().unwrap().fail_queue = true;
+    assert_eq!(rig.pairs_set(2), CTRL_ERR);
+    assert_eq!(rig.net().active_pairs(), 1);
+    let s = rig.net().stats();
+    assert!(s.ctrl_err >= bad.len() as u64 + 3, "{s:?}");
+}
+
+#[test]
+fn a_command_split_over_descriptors_is_read_whole() {
+    let mut rig = MqRig::new(2, MQ);
+    rig.mem
+        .write_slice(
+            &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 2, 0],
+            GuestAddress(CMD_AT),
+        )
+        .unwrap();
+    // class | command | pairs, as Linux sends it (header and data apart), with a
+    // zero-length descriptor in between and the ack after a zero-length writable one.
+    let chain = [
+        (CMD_AT, 1, 0),
+        (CMD_AT + 1, 1, 0),
+        (CMD_AT + 0x100, 0, 0),
+        (CMD_AT + 2, 2, 0),
+        (ACK_AT + 0x10, 0, F_WRITE),
+        (ACK_AT, 1, F_WRITE),
+    ];
+    assert_eq!(rig.command_chain(&chain), (1, CTRL_OK));
+    assert_eq!(rig.net().active_pairs(), 2);
+}
+
+#[test]
+fn hostile_control_chains_are_answered_err_or_not_at_all_and_write_only_the_ack() {
+    let mut rig = MqRig::new(2, MQ);
+    let ok = [CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 2, 0];
+    rig.mem.write_slice(&ok, GuestAddress(CMD_AT)).unwrap();
+    let cmd = (CMD_AT, 4, 0);
+    let ack = (ACK_AT, 1, F_WRITE);
+    // A readable descriptor after the ack: the chain is out of order, ERR.
+    assert_eq!(rig.command_chain(&[cmd, ack, cmd]), (1, CTRL_ERR));
+    // The command outside guest memory, or crossing its end.
+    assert_eq!(
+        rig.command_chain(&[(MEM_SIZE + 0x1000, 4, 0), ack]),
+        (1, CTRL_ERR)
+    );
+    assert_eq!(
+        rig.command_chain(&[(MEM_SIZE - 2, 4, 0), ack]),
+        (1, CTRL_ERR)
+    );
+    // The command in a device-writable buffer only: nothing to read, ERR in its first byte.
+    assert_eq!(rig.command_chain(&[(CMD_AT, 4, F_WRITE)]).0, 1);
+    assert_eq!(
+        rig.mem.read_obj::<u8>(GuestAddress(CMD_AT)).unwrap(),
+        CTRL_ERR
+    );
+    rig.mem.write_slice(&ok, GuestAddress(CMD_AT)).unwrap();
+    assert_eq!(
+        rig.net().active_pairs(),
+        1,
+        "a refused command changed the pairs"
+    );
+    // No writable byte at all, or the ack outside memory: returned unanswered.
+    let before = rig.mem.read_obj::<u8>(GuestAddress(ACK_AT)).unwrap();
+    assert_eq!(rig.command_chain(&[cmd]).0, 0);
+    assert_eq!(rig.command_chain(&[cmd, (ACK_AT, 0, F_WRITE)]).0, 0);
+    assert_eq!(rig.command_chain(&[cmd, (MEM_SIZE + 8, 1, F_WRITE)]).0, 0);
+    let _ = before;
+    // A chain that loops (zero-length readable descriptors): it ends, unanswered.
+    let ctrl = rig.ctrl();
+    ctrl.set_desc(&rig.mem, 0, CMD_AT, 0, F_NEXT, 0);
+    let used = ctrl.used_idx(&rig.mem);
+    ctrl.publish(&rig.mem, 0);
+    rig.wake(Wake::Queue(rig.ctrl_index()));
+    assert_eq!(ctrl.used_idx(&rig.mem), used.wrapping_add(1));
+    assert_eq!(ctrl.used(&rig.mem, used).1, 0);
+    // An indirect table, not negotiated here: refused.
+    let table = CMD_AT + 0x800;
+    for (i, &(addr, len, flags)) in [cmd, ack].iter().enumerate() {
+        let (flags, next) = if i == 0 {
+            (flags | F_NEXT, 1)
+        } else {
+            (flags, 0)
+        };
+        let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
+        rig.mem
+            .write_obj(d, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    assert_eq!(rig.command_chain(&[(table, 32, F_INDIRECT)]).0, 0);
+    assert_eq!(rig.net().active_pairs(), 1);
+    // Only the ack byte and the used ring were written: a good command still works.
+    let snapshot = {
+        let mut v = vec![0; MEM_SIZE as usize];
+        rig.mem.read_slice(&mut v, GuestAddress(0)).unwrap();
+        v
+    };
+    assert_eq!(rig.command(&ok), CTRL_OK);
+    let mut after = vec![0; MEM_SIZE as usize];
+    rig.mem.read_slice(&mut after, GuestAddress(0)).unwrap();
+    let (used_at, used_len) = ctrl.used_range();
+    for (at, (b, a)) in snapshot.iter().zip(&after).enumerate() {
+        let at = at as u64;
+        let in_used = at >= used_at && at < used_at + used_len;
+        let in_avail = at >= ctrl.avail.raw_value() && at < ctrl.avail.raw_value() + 64;
+        let in_desc = at >= ctrl.desc.raw_value() && at < ctrl.desc.raw_value() + 64;
+        assert!(
+            b == a || at == ACK_AT || in_used || in_avail || in_desc,
+            "wrote at {at:#x}"
+        );
+    }
+}
+
+#[test]
+fn a_hostile_control_ring_is_served_a_budget_at_a_time() {
+    let mut rig = MqRig::new(2, MQ);
+    let ctrl = rig.ctrl();
+    let size = CTRL_QUEUE_SIZE;
+    assert_eq!(ctrl.size, size);
+    // Every chain is the whole table looping on itself: a queue size of reads each, and
+    // a full ring of them is 64 x 64 = 4096 reads, eight budgets.
+    for i in 0..size {
+        ctrl.set_desc(&rig.mem, i, CMD_AT, 0, F_NEXT, (i + 1) % size);
+    }
+    for _ in 0..size {
+        ctrl.publish(&rig.mem, 0);
+    }
+    let mut wakes = 0;
+    let mut served = 0u16;
+    while served < size {
+        let p = rig.wake(Wake::Queue(rig.ctrl_index()));
+        let now = ctrl.used_idx(&rig.mem);
+        let this = u32::from(now.wrapping_sub(served));
+        assert!(this * u32::from(size) <= DESCRIPTORS_PER_WAKE + u32::from(size));
+        assert!(this > 0, "no progress");
+        served = now;
+        wakes += 1;
+        if served < size {
+            assert_ne!(
+                p.unfinished & (1 << rig.ctrl_index()),
+                0,
+                "no new turn asked"
+            );
+        }
+    }
+    assert!(wakes >= 7, "{wakes}");
+    assert_eq!(rig.net().active_pairs(), 1);
+}
+
+#[test]
+fn without_mq_negotiated_the_control_queue_is_not_served_and_pairs_stay_one() {
+    let mut rig = MqRig::new(2, VIRTIO_F_VERSION_1);
+    let ctrl = rig.ctrl();
+    rig.mem
+        .write_slice(
+            &[CTRL_CLASS_MQ, CTRL_MQ_VQ_PAIRS_SET, 2, 0],
+            GuestAddress(CMD_AT),
+        )
+        .unwrap();
+    let head = ctrl.chain(&rig.mem, 0, &[(CMD_AT, 4, 0), (ACK_AT, 1, F_WRITE)]);
+    ctrl.publish(&rig.mem, head);
+    rig.wake(Wake::Queue(rig.ctrl_index()));
+    rig.wake(Wake::Activated);
+    assert_eq!(ctrl.used_idx(&rig.mem), 0);
+    assert_eq!(rig.net().active_pairs(), 1);
+    assert_eq!(rig.enabled(1), Some(false));
+    // Pair 0 works as on a one-pair NIC.
+    assert!(rig.rx_on(0, BUFS));
+    // Wakes for queues or backends the device does not have do nothing.
+    for w in [Wake::Queue(99), Wake::Backend(7), Wake::Queue(u16::MAX)] {
+        assert_eq!(rig.wake(w), Processed::default(), "{w:?}");
+    }
+}
+
+#[test]
+fn activation_fails_when_a_backend_queue_cannot_be_detached() {
+    let mut rig = MqRig::inactive(2);
+    rig.shared[1].lock().unwrap().fail_queue = true;
+    let mem = rig.mem.clone();
+    let e = rig.net_mut().activate(MQ, &mem).unwrap_err();
+    assert!(e.contains("detach"), "{e}");
+    // Every pair's backend got the header length and offloads.
+    for s in &rig.shared {
+        assert_eq!(s.lock().unwrap().vnet_hdr_len, Some(VNET_HDR_LEN));
+    }
 }

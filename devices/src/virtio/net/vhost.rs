@@ -8,7 +8,12 @@
 //! go to the kernel, then the tap as the backend. virtio-mmio's InterruptStatus must say
 //! "used buffer" when the guest's handler reads it, so the call eventfds are not irqfds:
 //! netvmm's event loop reads them, sets the bit and injects the interrupt. A reset takes
-//! the tap away from the rings; the next DRIVER_OK starts them again.
+//! the tap away from the rings; the next DRIVER_OK starts them again, and so does a
+//! driver that clears DRIVER_OK or sets FAILED without a reset (the device stops).
+//!
+//! With several queue pairs there is one vhost-net instance per pair (as QEMU does), each
+//! with that pair's tap queue as its backend: its vrings 0 and 1 are the pair's RX and TX
+//! queues. The control queue stays in userspace.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -47,22 +52,57 @@ fn setup(what: &'static str) -> impl FnOnce(vhost::Error) -> VhostError {
     move |source| VhostError::Setup { what, source }
 }
 
-/// One NIC's vhost-net instance.
-pub struct KernelPath {
+/// One queue pair's vhost-net instance.
+struct PairPath {
     handle: VhostNetFd<Arc<GuestMemoryMmap>>,
-    /// The tap (a duplicate of the device's fd) that the kernel reads and writes.
+    /// The tap queue (a duplicate of the pair's fd) that the kernel reads and writes.
     tap: File,
-    /// What the kernel offers of [`KERNEL_BITS`].
-    features: u64,
-    /// Signalled by the kernel when it used buffers of queue N.
-    calls: Vec<EventFd>,
+    /// Whether the tap is attached to the rings now.
     running: bool,
 }
 
+/// One NIC's vhost-net instances, one per queue pair.
+pub struct KernelPath {
+    pairs: Vec<PairPath>,
+    /// What every instance offers of [`KERNEL_BITS`].
+    features: u64,
+    /// Signalled by the kernel when it used buffers of queue N (rx0, tx0, rx1, ...).
+    calls: Vec<EventFd>,
+}
+
 impl KernelPath {
-    /// Opens vhost-net for `queues` queues over `tap`, owned by this process, with all of
-    /// `mem` in its memory table.
-    pub fn open(mem: &GuestMemoryMmap, tap: File, queues: usize) -> Result<Self, VhostError> {
+    /// Opens one vhost-net instance per tap queue in `taps` (queue pair 0, 1, ...), owned
+    /// by this process, with all of `mem` in its memory table.
+    pub fn open(mem: &GuestMemoryMmap, taps: Vec<File>) -> Result<Self, VhostError> {
+        let mut pairs = Vec::with_capacity(taps.len());
+        let mut features = KERNEL_BITS;
+        for tap in taps {
+            let (handle, offered) = Self::open_one(mem)?;
+            features &= offered;
+            pairs.push(PairPath {
+                handle,
+                tap,
+                running: false,
+            });
+        }
+        let calls = (0..2 * pairs.len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<_, _>>()
+            .map_err(|e| VhostError::Setup {
+                what: "create its call eventfds",
+                source: vhost::Error::IOError(e),
+            })?;
+        Ok(Self {
+            pairs,
+            features,
+            calls,
+        })
+    }
+
+    /// One instance, owned, with the memory table; and the kernel bits it offers.
+    fn open_one(
+        mem: &GuestMemoryMmap,
+    ) -> Result<(VhostNetFd<Arc<GuestMemoryMmap>>, u64), VhostError> {
         let handle = VhostNetFd::new(Arc::new(mem.clone())).map_err(|e| match e {
             vhost::Error::VhostOpen(io) => VhostError::Open(io),
             other => VhostError::Setup {
@@ -85,20 +125,7 @@ impl KernelPath {
         handle
             .set_mem_table(&regions)
             .map_err(setup("set the memory table"))?;
-        let calls = (0..queues)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<Result<_, _>>()
-            .map_err(|e| VhostError::Setup {
-                what: "create its call eventfds",
-                source: vhost::Error::IOError(e),
-            })?;
-        Ok(Self {
-            handle,
-            tap,
-            features,
-            calls,
-            running: false,
-        })
+        Ok((handle, features))
     }
 
     /// Of the device's `offered` features, those this path can serve: ring features only
@@ -112,17 +139,47 @@ impl KernelPath {
         &self.calls
     }
 
-    /// Hands the rings to the kernel: `acked` the negotiated features, `kicks` the queue
+    /// Hands the rings of the first `pairs` pairs to the kernel: `acked` the negotiated
+    /// features, `queues` and `kicks` the device's queues (rx0, tx0, rx1, ...) and their
     /// notification eventfds.
-    pub fn start(&mut self, acked: u64, queues: &[Queue], kicks: &[EventFd]) -> Result<(), String> {
+    pub fn start(
+        &mut self,
+        acked: u64,
+        queues: &[Queue],
+        kicks: &[EventFd],
+        pairs: usize,
+    ) -> Result<(), String> {
         self.stop();
-        let h = &self.handle;
+        for p in 0..pairs.min(self.pairs.len()) {
+            let (Some(q), Some(k), Some(c)) = (
+                queues.get(2 * p..2 * p + 2),
+                kicks.get(2 * p..2 * p + 2),
+                self.calls.get(2 * p..2 * p + 2),
+            ) else {
+                return Err(format!("vhost-net: queue pair {p} has no queues"));
+            };
+            if let Err(e) = Self::start_pair(&mut self.pairs[p], acked, q, k, c) {
+                self.stop();
+                return Err(format!("queue pair {p}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_pair(
+        pair: &mut PairPath,
+        acked: u64,
+        queues: &[Queue],
+        kicks: &[EventFd],
+        calls: &[EventFd],
+    ) -> Result<(), String> {
+        let h = &pair.handle;
         fn err(what: &'static str) -> impl FnOnce(vhost::Error) -> String {
             move |e| format!("vhost-net: cannot {what}: {e}")
         }
         h.set_features(acked & KERNEL_BITS)
             .map_err(err("set the features"))?;
-        for (i, ((q, kick), call)) in queues.iter().zip(kicks).zip(&self.calls).enumerate() {
+        for (i, ((q, kick), call)) in queues.iter().zip(kicks).zip(calls).enumerate() {
             if !q.ready() {
                 return Err(format!("vhost-net: queue {i} is not ready"));
             }
@@ -146,25 +203,31 @@ impl KernelPath {
             h.set_vring_kick(i, kick)
                 .map_err(err("set a ring's kick eventfd"))?;
         }
-        self.running = true;
+        pair.running = true;
         for i in 0..queues.len() {
-            if let Err(e) = h.set_backend(i, Some(&self.tap)) {
-                self.stop();
-                return Err(err("attach the tap")(e));
-            }
+            h.set_backend(i, Some(&pair.tap))
+                .map_err(err("attach the tap"))?;
         }
         Ok(())
     }
 
-    /// Takes the tap away from the rings: the kernel stops touching guest memory. (Closing
-    /// the vhost fd does the same, so a drop needs no ioctl, on whatever thread.)
+    /// Whether the kernel serves any ring now.
+    pub fn running(&self) -> bool {
+        self.pairs.iter().any(|p| p.running)
+    }
+
+    /// Takes the taps away from the rings (VHOST_NET_SET_BACKEND with fd -1): the kernel
+    /// stops touching guest memory. (Closing the vhost fds does the same, so a drop needs
+    /// no ioctl, on whatever thread.)
     pub fn stop(&mut self) {
-        if !self.running {
-            return;
-        }
-        self.running = false;
-        for i in 0..self.calls.len() {
-            let _ = self.handle.set_backend(i, None);
+        for pair in &mut self.pairs {
+            if !pair.running {
+                continue;
+            }
+            pair.running = false;
+            for i in 0..2 {
+                let _ = pair.handle.set_backend(i, None);
+            }
         }
     }
 }
@@ -181,13 +244,18 @@ mod tests {
         let Ok(tap) = File::open("/dev/null") else {
             return;
         };
-        match KernelPath::open(&mem, tap, 2) {
+        let Ok(tap2) = File::open("/dev/null") else {
+            return;
+        };
+        match KernelPath::open(&mem, vec![tap, tap2]) {
             Ok(k) => {
                 // A host with vhost-net: offloads and config bits are the device's to offer.
                 let offered = k.offerable(OFFERED_FEATURES);
                 assert_eq!(offered & (F_GUEST_CSUM | F_MAC), F_GUEST_CSUM | F_MAC);
                 assert_ne!(offered & VIRTIO_F_VERSION_1, 0);
-                assert_eq!(k.calls().len(), 2);
+                // Two pairs: rx0, tx0, rx1, tx1.
+                assert_eq!(k.calls().len(), 4);
+                assert!(!k.running());
             }
             Err(e) => {
                 let line = e.to_string();

@@ -213,13 +213,25 @@ pub fn pings_done(line: &str) -> bool {
     line.starts_with(DONE)
 }
 
-/// The receiver summaries of the guest's own iperf3 -R runs, in order.
+/// The receiver summaries of the guest's own iperf3 -R runs, in order. The console has
+/// been seen to break such a line in two: a tagged line without its "receiver" word takes
+/// the next line (or two) after it.
 pub fn guest_received(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .filter_map(|l| l.strip_prefix(RECEIVED))
-        .map(String::from)
-        .collect()
+    let mut out = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let Some(first) = l.strip_prefix(RECEIVED) else {
+            continue;
+        };
+        let mut line = first.to_string();
+        for next in lines.iter().skip(i + 1).take(2) {
+            if line.trim_end().ends_with("receiver") || next.starts_with("cmp-") {
+                break;
+            }
+            line.push_str(next);
+        }
+        out.push(line);
+    }
+    out
 }
 
 pub fn ready(line: &str) -> bool {
@@ -262,7 +274,7 @@ pub fn measured_command(
     match lan_client {
         Some(t) => c.push_str(&format!(
             " while :; do iperf3 -c {lan} -p {GUEST_SENDS_PORT} -t {t} >/dev/null 2>&1;\
-             iperf3 -c {lan} -p {GUEST_RECEIVES_PORT} -t {t} -R -f m 2>&1 | grep receiver | sed s/^/{RECEIVED}/;\
+             iperf3 -c {lan} -p {GUEST_RECEIVES_PORT} -t {t} -R -f m 2>&1 | grep receiver | tr -s ' ' | sed s/^/{RECEIVED}/;\
              sleep 0.5; done"
         )),
         None => c.push_str(" sleep 100000"),
@@ -358,7 +370,7 @@ mod tests {
             client.contains("echo cmp-guest-done; while :; do iperf3 -c 203.0.113.1 -p 5202 -t 4 ")
         );
         assert!(client.contains(
-            "iperf3 -c 203.0.113.1 -p 5203 -t 4 -R -f m 2>&1 | grep receiver | sed s/^/cmp-iperf-received:/;"
+            "iperf3 -c 203.0.113.1 -p 5203 -t 4 -R -f m 2>&1 | grep receiver | tr -s ' ' | sed s/^/cmp-iperf-received:/;"
         ));
         let lines = [
             "cmp-iperf-received:[  5] 0.00-1.00 sec 1 MBytes 8 Mbits/sec receiver",
@@ -369,6 +381,20 @@ mod tests {
             guest_received(&lines),
             ["[  5] 0.00-1.00 sec 1 MBytes 8 Mbits/sec receiver"]
         );
+        // A summary the console broke in two is joined again.
+        let broken = [
+            "cmp-iperf-received:[ 5] 0.00-3.01 ",
+            "sec 108 MBytes 301 Mbits/sec receiver",
+            "cmp-iperf-received:[ 5] 0.00-3.00 sec 9 MBytes 25 Mbits/sec receiver",
+        ]
+        .map(String::from);
+        let got = guest_received(&broken);
+        assert_eq!(
+            got[0],
+            "[ 5] 0.00-3.01 sec 108 MBytes 301 Mbits/sec receiver"
+        );
+        assert_eq!(got[1], "[ 5] 0.00-3.00 sec 9 MBytes 25 Mbits/sec receiver");
+        assert!(crate::compare::traffic::receiver_line(&got[0]).is_some());
         for (i, _) in client.match_indices('$') {
             assert!(
                 client[..i].ends_with('\\'),

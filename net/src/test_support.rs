@@ -25,3 +25,11 @@ pub fn in_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Op
         }
     }
 }
+
+/// A new tap marked as this process's own, and its index: what netvmm makes for a NIC.
+pub fn owned_tap() -> (crate::tap::Tap, u32) {
+    let tap = crate::tap::Tap::open(None, None).unwrap();
+    crate::netlink::set_alias(tap.name(), &crate::owned::owner_alias()).unwrap();
+    let index = crate::netlink::link_index(tap.name()).unwrap().unwrap();
+    (tap, index)
+}

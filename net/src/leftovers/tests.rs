@@ -5,8 +5,7 @@ use super::*;
 use crate::netlink;
 use crate::owned::{owner_alias, OWNER_ALIAS_PREFIX};
 use crate::shim::SHIM_ALIAS_PREFIX;
-use crate::tap::Tap;
-use crate::test_support::in_netns;
+use crate::test_support::{in_netns, owned_tap};
 
 #[test]
 fn the_line_names_each_thing_by_kind() {
@@ -42,13 +41,6 @@ fn bare_table(name: &str) {
     let rules =
         serde_json::json!({"nftables": [{"add": {"table": {"family": "ip", "name": name}}}]});
     crate::nat::apply(name, &rules).unwrap();
-}
-
-fn created_tap() -> (Tap, u32) {
-    let tap = Tap::open(None, None).unwrap();
-    netlink::set_alias(tap.name(), &owner_alias()).unwrap();
-    let index = netlink::link_index(tap.name()).unwrap().unwrap();
-    (tap, index)
 }
 
 #[test]
@@ -91,10 +83,10 @@ fn every_kind_a_dead_netvmm_left_is_found_and_nothing_after_cleanup() {
         ] {
             netlink::create_veth(a, b).unwrap();
         }
-        let (tap, i) = created_tap();
+        let (tap, i) = owned_tap();
         std::mem::forget(crate::tc_redirect::wire("nic0", i).unwrap());
         drop(tap);
-        let (live_tap, li) = created_tap();
+        let (live_tap, li) = owned_tap();
         let live = crate::tc_redirect::wire("live0", li).unwrap();
         netlink::add_ingress_qdisc(netlink::link_index("foreign0").unwrap().unwrap()).unwrap();
 

@@ -2,23 +2,14 @@
 //! busy NIC refused, everything gone at drop, and what a dead netvmm left cleaned up.
 
 use super::*;
-use crate::owned::owner_alias;
-use crate::tap::Tap;
-use crate::test_support::in_netns;
-
-fn created_tap() -> (Tap, u32) {
-    let tap = Tap::open(None, None).unwrap();
-    netlink::set_alias(tap.name(), &owner_alias()).unwrap();
-    let index = netlink::link_index(tap.name()).unwrap().unwrap();
-    (tap, index)
-}
+use crate::test_support::{in_netns, owned_tap};
 
 #[test]
 fn a_tap_and_a_nic_redirect_to_each_other_and_the_nic_is_left_as_found() {
     let r = in_netns(|| {
         netlink::create_veth("nic0", "nic1").unwrap();
         let nic = netlink::link_index("nic0").unwrap().unwrap();
-        let (tap, tap_index) = created_tap();
+        let (tap, tap_index) = owned_tap();
         let w = wire("nic0", tap_index).unwrap();
         let qdiscs = (
             netlink::ingress_qdisc(nic).unwrap(),
@@ -28,7 +19,7 @@ fn a_tap_and_a_nic_redirect_to_each_other_and_the_nic_is_left_as_found() {
         let from_tap = netlink::ingress_redirects(tap_index).unwrap();
         let tap_up = netlink::link_info(tap_index).unwrap().unwrap().admin_up;
         let busy = {
-            let (_t2, i2) = created_tap();
+            let (_t2, i2) = owned_tap();
             wire("nic0", i2).unwrap_err().to_string()
         };
         let missing = wire("nosuch0", tap_index).unwrap_err().to_string();
@@ -67,10 +58,10 @@ fn cleanup_frees_a_nic_whose_tap_is_gone_and_keeps_live_and_foreign_ones() {
         for (a, b) in [("nic0", "nic1"), ("live0", "live1"), ("other0", "other1")] {
             netlink::create_veth(a, b).unwrap();
         }
-        let (tap, i) = created_tap();
+        let (tap, i) = owned_tap();
         std::mem::forget(wire("nic0", i).unwrap());
         drop(tap); // as at SIGKILL: the tap vanishes with its fd
-        let (live_tap, li) = created_tap();
+        let (live_tap, li) = owned_tap();
         let live = wire("live0", li).unwrap();
         // Someone else's ingress qdisc, no netvmm filter on it.
         let other = netlink::link_index("other0").unwrap().unwrap();

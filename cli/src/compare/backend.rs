@@ -110,6 +110,16 @@ pub enum Datapath {
     Vhost,
 }
 
+impl Datapath {
+    /// As the JSON and netvmm's NIC exit report (`datapath=`) write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Datapath::User => "user",
+            Datapath::Vhost => "vhost",
+        }
+    }
+}
+
 /// `compare --datapath`: one path, or both side by side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatapathChoice {
@@ -266,7 +276,9 @@ mod tests {
             assert_eq!(r.label().parse::<Row>(), Ok(r));
         }
         assert!("vde+vhost".parse::<Row>().is_err());
-        assert_eq!(serde_json::to_value(Datapath::Vhost).unwrap(), "vhost");
+        for d in [Datapath::User, Datapath::Vhost] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.name());
+        }
         for c in [
             DatapathChoice::User,
             DatapathChoice::Vhost,

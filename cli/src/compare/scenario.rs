@@ -668,10 +668,7 @@ impl Measure<'_> {
             self.note(format!("the measured guests' device counters: {counters}"));
         }
         // The data path the measured guest's NIC really ran (its exit report says).
-        let want = match self.row.datapath {
-            Datapath::User => "user",
-            Datapath::Vhost => "vhost",
-        };
+        let want = self.row.datapath.name();
         for l in guest::console_lines(first_err) {
             if !l.starts_with("netvmm-nic-report:") {
                 continue;

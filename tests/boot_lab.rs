@@ -35,7 +35,7 @@ netvmm run --kernel /tmp/triple.elf --timeout 60 2>/tmp/triple.err
 s=$?; echo "case=triple status=$s said=$(grep -c 'vCPU 0 triple-faulted' /tmp/triple.err)"
 
 start=$(date +%s)
-netvmm run $G --timeout 25 --serial-log /tmp/timeout.log --cmdline 'netvmm.run="sleep 100000"'
+netvmm run $G --timeout 60 --serial-log /tmp/timeout.log --cmdline 'netvmm.run="sleep 100000"'
 s=$?; end=$(date +%s)
 echo "case=timeout status=$s elapsed=$((end - start)) $(ready /tmp/timeout.log)"
 
@@ -152,7 +152,8 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
     );
     assert_eq!(out.field("triple", "said").as_deref(), Some("1"), "{dump}");
 
-    // The timeout kills a running guest with 124, and not much later than asked.
+    // The timeout kills a running guest with 124, and not much later than asked. 60 s, not
+    // less: a loaded CI machine once took longer than 25 s to bring the nested guest up.
     assert!(out.field("timeout", "cpus").is_some(), "{dump}");
     assert_eq!(
         out.field("timeout", "status").as_deref(),
@@ -163,7 +164,7 @@ fn guest_boots_counts_cpus_and_exits_with_the_right_status() {
         .field("timeout", "elapsed")
         .and_then(|v| v.parse().ok())
         .unwrap_or(999);
-    assert!(elapsed < 60, "timeout took {elapsed} s\n{dump}");
+    assert!(elapsed < 90, "timeout took {elapsed} s\n{dump}");
 
     // Piped stdin reaches the guest's console shell, whose poweroff ends the VM with 0.
     assert_eq!(out.field("stdin", "said").as_deref(), Some("1"), "{dump}");

@@ -5,7 +5,8 @@
 //! unbinding and binding its virtio-net driver under traffic, and without /dev/vhost-net
 //! is a one-line error (`vhost=auto`: the userspace path, and a line saying so);
 //! `--cpus 2 --net tap,queues=2` gives the guest two queue pairs that both carry frames,
-//! on the userspace path and with `vhost=on`. One lab boot for all cases.
+//! on the userspace path and with `vhost=on`, and so do a two-queue macvtap (vhost=on) and
+//! bridge port (userspace). One lab boot for all cases.
 
 mod common;
 
@@ -94,17 +95,31 @@ echo "case=vhost-macvtap $(report /tmp/vm $s)"
 iperf3 -s -D -p 5203 >/dev/null 2>&1
 iperf3 -s -D -p 5204 >/dev/null 2>&1
 MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
-  iperf3 -c 192.0.2.1 -p 5203 -t 3 -P 2 -A 0 >/dev/null 2>&1 &
-  iperf3 -c 192.0.2.1 -p 5204 -t 3 -P 2 -A 1 -f m >/tmp/i2 2>&1; wait;
+  iperf3 -c PEER -p 5203 -t 3 -P FLOWS -A 0 >/dev/null 2>&1 &
+  iperf3 -c PEER -p 5204 -t 3 -P FLOWS -A 1 -f m >/tmp/i2 2>&1; wait;
   echo up=\$(grep SUM.*receiver /tmp/i2 | tr -s \" \" | cut -d \" \" -f 6)'
 mq() { echo "status=$2 queues=$(v $1.log queues | tr ' ' ,) up=$(v $1.log up) path=$(nic $1.err datapath) nq=$(nic $1.err queues) active=$(nic $1.err active_pairs) ctrl_ok=$(nic $1.err ctrl_ok) ctrl_err=$(nic $1.err ctrl_err) q0rx=$(nic $1.err q0_rx_frames) q0tx=$(nic $1.err q0_tx_frames) q1rx=$(nic $1.err q1_rx_frames) q1tx=$(nic $1.err q1_tx_frames) rx0u=$(nic $1.err rx_used) tx0u=$(nic $1.err tx_used) rx1u=$(nic $1.err rx1_used) tx1u=$(nic $1.err tx1_used) said=$(grep -c 'eth0 .*; 2 queue pairs' $1.err)"; }
-for path in off on; do
-  NETVMM_BOOT_REPORT=1 netvmm run $G --cpus 2 --net tap,host-ip=192.0.2.1/24,queues=2,vhost=$path \
-    --serial-log /tmp/q$path.log --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$MQ\"" >/dev/null 2>/tmp/q$path.err
+# mqrun CASE NET GUEST-IP PEER FLOWS: one two-pair guest on the --net NET, FLOWS streams
+# per client.
+mqrun() {
+  NETVMM_BOOT_REPORT=1 netvmm run $G --cpus 2 --net "$2" --serial-log /tmp/$1.log \
+    --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g")\"" >/dev/null 2>/tmp/$1.err
   s=$?
-  [ $s = 0 ] || cat /tmp/q$path.err
-  echo "case=mq-vhost-$path $(mq /tmp/q$path $s)"
+  [ $s = 0 ] || cat /tmp/$1.err
+  echo "case=$1 $(mq /tmp/$1 $s)"
+}
+for path in off on; do
+  mqrun mq-vhost-$path tap,host-ip=192.0.2.1/24,queues=2,vhost=$path 192.0.2.2/24 192.0.2.1 2
 done
+# The other backends' queues: macvtap opens its /dev/tapN twice (here with vhost-net, one
+# instance per pair); a bridge port is a multi-queue tap enslaved to a bridge. A macvtap
+# picks the receive queue by flow hash, not by the queue the flow left on as a tap does:
+# 16 streams, so that all of them landing on one queue is a 1 in 30000 chance.
+mqrun mq-macvtap macvtap=vpeer0,mode=bridge,host-access=203.0.113.1/24,queues=2,vhost=on \
+  203.0.113.3/24 203.0.113.1 8
+$IP link add mqbr type bridge; $IP addr add 198.51.100.1/24 dev mqbr; $IP link set mqbr up
+mqrun mq-bridge bridge=mqbr,queues=2 198.51.100.2/24 198.51.100.1 2
+$IP link del mqbr
 
 # No /dev/vhost-net: vhost=on is one line and status 1; vhost=auto runs on the userspace path.
 mv /dev/vhost-net /dev/vhost-net.off
@@ -174,7 +189,12 @@ fn datapath_end_to_end() {
     assert_eq!(f("vhost-auto", "notes"), "1", "{dump}");
 
     let n = |case: &str, key: &str| f(case, key).parse::<u64>().unwrap_or(0);
-    for (case, path) in [("mq-vhost-off", "user"), ("mq-vhost-on", "vhost")] {
+    for (case, path) in [
+        ("mq-vhost-off", "user"),
+        ("mq-vhost-on", "vhost"),
+        ("mq-macvtap", "vhost"),
+        ("mq-bridge", "user"),
+    ] {
         assert_eq!(f(case, "status"), "0", "{case}\n{dump}");
         assert_eq!(
             f(case, "queues"),
@@ -199,11 +219,17 @@ fn datapath_end_to_end() {
         }
     }
     // The userspace path moved frames on both pairs, each way.
-    for k in ["q0rx", "q0tx", "q1rx", "q1tx"] {
-        assert!(n("mq-vhost-off", k) > 0, "{k}\n{dump}");
+    for (case, k) in ["mq-vhost-off", "mq-bridge"]
+        .into_iter()
+        .flat_map(|c| ["q0rx", "q0tx", "q1rx", "q1tx"].map(|k| (c, k)))
+    {
+        assert!(n(case, k) > 0, "{case}: {k}\n{dump}");
     }
     // Under vhost the kernel did: netvmm's device moved none.
-    for k in ["q0rx", "q0tx", "q1rx", "q1tx"] {
-        assert_eq!(f("mq-vhost-on", k), "0", "{k}\n{dump}");
+    for (case, k) in ["mq-vhost-on", "mq-macvtap"]
+        .into_iter()
+        .flat_map(|c| ["q0rx", "q0tx", "q1rx", "q1tx"].map(|k| (c, k)))
+    {
+        assert_eq!(f(case, k), "0", "{case}: {k}\n{dump}");
     }
 }

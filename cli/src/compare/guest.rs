@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::observed::{Dir, NetUp};
 use super::traffic::ping_reply_ms;
 
@@ -141,9 +143,9 @@ impl Guest {
         )
     }
 
-    /// utime + stime of its netvmm, in ticks.
-    pub fn cpu_ticks(&self) -> Option<u64> {
-        stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?)
+    /// The CPU time of its netvmm and of the kernel's vhost-net workers serving it.
+    pub fn cpu_ticks(&self) -> Option<CpuTicks> {
+        CpuTicks::read(Path::new("/proc"), self.pid())
     }
 }
 
@@ -188,6 +190,71 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // rest[0] is field 3 (state); utime and stime are fields 14 and 15.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The command name (field 2) from the contents of a /proc stat file.
+fn stat_comm(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+}
+
+/// One netvmm's CPU time, in ticks, split by who spent it: the column `vmm_cpu_ms_per_gb`
+/// counts all of netvmm (its vCPU threads' time includes the guest's own), which hides what
+/// the data path costs netvmm itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTicks {
+    /// All of netvmm's threads.
+    pub total: u64,
+    /// netvmm's threads other than its vCPUs (`netvmm-vcpuN`): the device thread that
+    /// copies frames on the userspace path, the main thread, the console.
+    pub device: u64,
+    /// The kernel's vhost-net workers for this netvmm (`vhost-<pid>`: kernel threads of
+    /// their own before Linux 6.4, threads of netvmm's process since).
+    pub vhost: u64,
+}
+
+impl CpuTicks {
+    /// Reads the figures of netvmm `pid` from the proc file system at `proc`.
+    pub fn read(proc: &Path, pid: u32) -> Option<Self> {
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+        let total = stat_cpu_ticks(&read(proc.join(format!("{pid}/stat")))?)?;
+        let worker = format!("vhost-{pid}");
+        let (mut vcpus, mut vhost) = (0, 0);
+        let tasks = std::fs::read_dir(proc.join(format!("{pid}/task"))).ok()?;
+        for stat in tasks.flatten().filter_map(|t| read(t.path().join("stat"))) {
+            match (stat_comm(&stat), stat_cpu_ticks(&stat)) {
+                (Some(c), Some(t)) if c.starts_with("netvmm-vcpu") => vcpus += t,
+                (Some(c), Some(t)) if c == worker => vhost += t,
+                _ => {}
+            }
+        }
+        // Before 6.4 the workers are kernel threads, each a process of its own.
+        let kernel_workers = std::fs::read_dir(proc)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter_map(|e| read(e.path().join("stat")))
+            .filter(|stat| stat_comm(stat) == Some(worker.as_str()))
+            .filter_map(|stat| stat_cpu_ticks(&stat));
+        let kernel_workers: u64 = kernel_workers.sum();
+        Some(Self {
+            total,
+            device: total.saturating_sub(vcpus + vhost),
+            vhost: vhost + kernel_workers,
+        })
+    }
+
+    /// What was spent from `before` to `self`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            total: self.total.saturating_sub(before.total),
+            device: self.device.saturating_sub(before.device),
+            vhost: self.vhost.saturating_sub(before.vhost),
+        }
+    }
 }
 
 /// `key=value` from a line of `key=value` words.
@@ -332,6 +399,66 @@ mod tests {
         );
         assert_eq!(stat_cpu_ticks("garbage"), None);
         assert_eq!(stat_cpu_ticks("1 (x) S 1 2"), None);
+    }
+
+    /// A proc file system of netvmm 412 (main thread, device thread, two vCPUs, a vhost
+    /// worker thread of its own) and kernel threads: netvmm 412's worker, another's.
+    fn fake_proc(dir: &Path) {
+        let stat = |pid: u32, comm: &str, utime: u64, stime: u64| {
+            format!("{pid} ({comm}) S 1 412 1 0 -1 4194560 2000 0 0 0 {utime} {stime} 0 0 20 0 4 0 900 1 1 1")
+        };
+        let put = |rel: String, text: String| {
+            let p = dir.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("412/stat".into(), stat(412, "netvmm", 700, 300));
+        for (tid, comm, u, s) in [
+            (412, "netvmm", 10, 5),
+            (413, "netvmm-net", 100, 85),
+            (414, "netvmm-vcpu0", 300, 100),
+            (415, "netvmm-vcpu1", 200, 100),
+            (416, "vhost-412", 0, 100),
+        ] {
+            put(format!("412/task/{tid}/stat"), stat(tid, comm, u, s));
+        }
+        put("90/stat".into(), stat(90, "vhost-412", 0, 40));
+        put("91/stat".into(), stat(91, "vhost-4120", 0, 999));
+        put("self/stat".into(), stat(5, "vhost-412", 0, 999));
+    }
+
+    #[test]
+    fn cpu_ticks_split_vcpus_device_threads_and_vhost_workers() {
+        let dir = std::env::temp_dir().join(format!("netvmm-cpuproc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        fake_proc(&dir);
+        let got = CpuTicks::read(&dir, 412);
+        let _ = std::fs::remove_dir_all(&dir);
+        // total 1000; vCPUs 700 and the worker thread 100 are not the device's: 200 left.
+        // vhost: the worker thread (100) and netvmm 412's kernel thread (40), not 4120's,
+        // and not /proc/self's (not a pid directory).
+        assert_eq!(
+            got,
+            Some(CpuTicks {
+                total: 1000,
+                device: 200,
+                vhost: 140
+            })
+        );
+        assert_eq!(CpuTicks::read(&dir, 412), None, "no such process");
+        let before = CpuTicks {
+            total: 10,
+            device: 5,
+            vhost: 1,
+        };
+        assert_eq!(
+            got.unwrap().since(before),
+            CpuTicks {
+                total: 990,
+                device: 195,
+                vhost: 139
+            }
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, Datapath, Row};
+use super::guest::CpuTicks;
 use super::report::{Outcome, Rtt};
 
 /// /proc/<pid>/stat counts CPU time in USER_HZ ticks, which Linux fixes at 100 on x86.
@@ -80,8 +81,9 @@ pub enum Flow {
     Moved {
         mbps: f64,
         bytes: f64,
-        /// The measured guest's netvmm CPU time around the run (utime + stime ticks).
-        cpu_ticks: Option<u64>,
+        /// The CPU time of the measured guest's netvmm (and of its vhost-net workers)
+        /// spent during the run.
+        cpu: Option<CpuTicks>,
     },
     /// It ran and moved nothing, or failed: why (of the last attempt).
     Failed { why: String },
@@ -239,18 +241,20 @@ pub fn derive(o: &Observed) -> Outcome {
         }
     };
 
-    let (mut cpu_ticks, mut bytes) = (0u64, 0f64);
+    let (mut cpu, mut bytes) = (CpuTicks::default(), 0f64);
     let mut mbps_of = [None; 4];
     for (slot, dir) in mbps_of.iter_mut().zip(Dir::FLOWS) {
         match o.flows.get(&dir) {
             Some(Flow::Moved {
                 mbps,
                 bytes: b,
-                cpu_ticks: ticks,
+                cpu: spent,
             }) if *mbps > 0.0 => {
                 *slot = Some(*mbps);
-                if let Some(t) = ticks {
-                    cpu_ticks += t;
+                if let Some(t) = spent {
+                    cpu.total += t.total;
+                    cpu.device += t.device;
+                    cpu.vhost += t.vhost;
                     bytes += b;
                 }
             }
@@ -285,7 +289,12 @@ pub fn derive(o: &Observed) -> Outcome {
         }
     }
     if bytes > 0.0 {
-        out.vmm_cpu_ms_per_gb = Some(cpu_ticks as f64 * MS_PER_TICK / (bytes / BYTES_PER_GB));
+        let per_gb = |ticks: u64| Some(ticks as f64 * MS_PER_TICK / (bytes / BYTES_PER_GB));
+        out.vmm_cpu_ms_per_gb = per_gb(cpu.total);
+        out.device_cpu_ms_per_gb = per_gb(cpu.device);
+        if o.datapath == Datapath::Vhost {
+            out.vhost_cpu_ms_per_gb = per_gb(cpu.vhost);
+        }
     } else {
         out.notes.push(
             "vmm_cpu_ms_per_gb: no iperf3 run moved data with the VMM's CPU time read around it"
@@ -340,7 +349,11 @@ mod tests {
             Flow::Moved {
                 mbps: 267.0,
                 bytes: 1e8,
-                cpu_ticks: Some(300),
+                cpu: Some(CpuTicks {
+                    total: 300,
+                    device: 120,
+                    vhost: 7,
+                }),
             },
         );
         o.flows.insert(
@@ -360,7 +373,7 @@ mod tests {
             Flow::Moved {
                 mbps: 3150.0,
                 bytes: 1.1e9,
-                cpu_ticks: None,
+                cpu: None,
             },
         );
         o
@@ -427,7 +440,10 @@ mod tests {
             Flow::Moved {
                 mbps: 0.0,
                 bytes: 0.0,
-                cpu_ticks: Some(3),
+                cpu: Some(CpuTicks {
+                    total: 3,
+                    ..CpuTicks::default()
+                }),
             },
         );
         let d = derive(&o);
@@ -439,8 +455,16 @@ mod tests {
 
     #[test]
     fn vmm_cpu_counts_only_runs_with_readings_around_them() {
-        let expect = 300.0 * 10.0 / (1e8 / 1e9);
-        assert!((derive(&tap()).vmm_cpu_ms_per_gb.unwrap() - expect).abs() < 1e-6);
+        let per_gb = |ticks: f64| ticks * 10.0 / (1e8 / 1e9);
+        let d = derive(&tap());
+        assert!((d.vmm_cpu_ms_per_gb.unwrap() - per_gb(300.0)).abs() < 1e-6);
+        assert!((d.device_cpu_ms_per_gb.unwrap() - per_gb(120.0)).abs() < 1e-6);
+        // The kernel's workers are a figure of the vhost path only.
+        assert_eq!(d.vhost_cpu_ms_per_gb, None);
+        let mut o = tap();
+        o.datapath = Datapath::Vhost;
+        let d = derive(&o);
+        assert!((d.vhost_cpu_ms_per_gb.unwrap() - per_gb(7.0)).abs() < 1e-6);
     }
 
     #[test]
@@ -454,7 +478,10 @@ mod tests {
             Flow::Moved {
                 mbps: 200.0,
                 bytes: 5e7,
-                cpu_ticks: Some(20),
+                cpu: Some(CpuTicks {
+                    total: 20,
+                    ..CpuTicks::default()
+                }),
             },
         );
         o.left_behind = vec!["an ingress qdisc on ctrA".into()];

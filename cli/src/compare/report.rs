@@ -56,6 +56,14 @@ pub struct Outcome {
     /// during the iperf3 runs, per 10^9 bytes they moved.
     #[serde(serialize_with = "figure")]
     pub vmm_cpu_ms_per_gb: Option<f64>,
+    /// The part of `vmm_cpu_ms_per_gb` spent by netvmm's threads other than its vCPUs (whose
+    /// time includes the guest's): what the data path costs netvmm itself.
+    #[serde(serialize_with = "figure", default)]
+    pub device_cpu_ms_per_gb: Option<f64>,
+    /// CPU time of the kernel's vhost-net workers for this netvmm per 10^9 bytes (vhost
+    /// rows only; not in `vmm_cpu_ms_per_gb` where they are kernel threads, before 6.4).
+    #[serde(serialize_with = "figure", default)]
+    pub vhost_cpu_ms_per_gb: Option<f64>,
     pub reachability: Reachability,
     /// The source addresses of the measured guest's pings as the LAN peer saw them (through
     /// NAT: the host's LAN address, not the guest's); null: not watched.
@@ -81,6 +89,8 @@ impl Outcome {
             rtt_ms: RttMs::default(),
             throughput_mbps: Throughput::default(),
             vmm_cpu_ms_per_gb: None,
+            device_cpu_ms_per_gb: None,
+            vhost_cpu_ms_per_gb: None,
             reachability: Reachability::default(),
             lan_peer_saw: None,
             left_behind: Vec::new(),

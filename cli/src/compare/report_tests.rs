@@ -19,6 +19,7 @@ fn measured() -> Outcome {
     });
     o.throughput_mbps = [Some(300.0), Some(280.25), Some(3150.0), Some(410.0)].into();
     o.vmm_cpu_ms_per_gb = Some(9876.5);
+    o.device_cpu_ms_per_gb = Some(1234.5);
     o.reachability = [Some(true), Some(true), Some(true), Some(false), Some(true)].into();
     o.lan_peer_saw = Some(vec![std::net::Ipv4Addr::new(192, 0, 2, 2)]);
     o
@@ -69,6 +70,8 @@ fn every_figure_present_is_written_in_the_schema() {
               "guest_to_host": 3150.0, "host_to_guest": 410.0
             },
             "vmm_cpu_ms_per_gb": 9876.5,
+            "device_cpu_ms_per_gb": 1234.5,
+            "vhost_cpu_ms_per_gb": null,
             "reachability": {
               "guest_to_host": true, "host_to_guest": true, "guest_to_lan": true,
               "lan_to_guest": false, "guest_to_guest": true
@@ -102,6 +105,8 @@ fn missing_figures_are_null_and_a_skip_says_why() {
               "guest_to_host": null, "host_to_guest": null
             },
             "vmm_cpu_ms_per_gb": null,
+            "device_cpu_ms_per_gb": null,
+            "vhost_cpu_ms_per_gb": null,
             "reachability": {
               "guest_to_host": false, "host_to_guest": null, "guest_to_lan": null,
               "lan_to_guest": null, "guest_to_guest": null
@@ -122,6 +127,8 @@ fn missing_figures_are_null_and_a_skip_says_why() {
               "guest_to_host": null, "host_to_guest": null
             },
             "vmm_cpu_ms_per_gb": null,
+            "device_cpu_ms_per_gb": null,
+            "vhost_cpu_ms_per_gb": null,
             "reachability": {
               "guest_to_host": null, "host_to_guest": null, "guest_to_lan": null,
               "lan_to_guest": null, "guest_to_guest": null

@@ -525,11 +525,10 @@ impl Measure<'_> {
             };
             match got {
                 Ok(m) => {
-                    let cpu_ticks = before.zip(after).map(|(x, y)| y.saturating_sub(x));
                     return Flow::Moved {
                         mbps: m.mbps,
                         bytes: m.bytes,
-                        cpu_ticks,
+                        cpu: before.zip(after).map(|(x, y)| y.since(x)),
                     };
                 }
                 Err(why) => {

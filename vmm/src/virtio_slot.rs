@@ -1,5 +1,6 @@
 //! Putting one virtio device on the machine: the virtio-mmio window and GSI of its slot,
-//! its notify register on ioeventfds, its interrupt on an irqfd, its queue work on the
+//! its notify register on ioeventfds, its interrupt on an irqfd (and, for queues the
+//! kernel serves, on the kernel's own used-buffer eventfds as well), its queue work on the
 //! device event loop. NICs take the first slots, disks the ones after them; the ACPI DSDT
 //! describes every slot.
 
@@ -55,6 +56,11 @@ pub fn wire<D: VirtioDevice + 'static>(
     vm.register_irqfd(&irq, gsi)
         .map_err(kvm("register its irqfd"))?;
     let transport = MmioTransport::new(device, mem.clone(), irq)?;
+    // vhost's used-buffer eventfds interrupt the guest straight from the kernel.
+    for evt in transport.kernel_interrupts() {
+        vm.register_irqfd(evt, gsi)
+            .map_err(kvm("register a vhost-net call eventfd as its irqfd"))?;
+    }
     for (q, evt) in transport.queue_events().iter().enumerate() {
         vm.register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), q as u32)
             .map_err(kvm("register its queue ioeventfd"))?;

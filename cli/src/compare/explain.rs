@@ -115,7 +115,7 @@ It is the software stand-in for handing the guest the NIC (or an SR-IOV VF) with
 
 /// What the kernel's data path changes, and what it does not.
 const VHOST_WHY: &str = "With vhost=on the kernel's vhost-net worker moves the frames between the guest's rings and the same tap or macvtap fd: \
-netvmm only sets it up (memory table, rings, the kick eventfds the guest's notifications already hit, a call eventfd per queue, the backend fd) and turns the worker's calls into the device's interrupt. \
+netvmm only sets it up (memory table, rings, the kick eventfds the guest's notifications already hit, a call eventfd per queue, which KVM takes as the device's interrupt, the backend fd). \
 The fd and everything behind it are the same, so reachability is the same as through netvmm's own copy, row for row. \
 What changes is who copies and who wakes: no wake-up of netvmm's device thread per kick, no readv/writev by netvmm, the copies done in the worker. \
 VMM CPU counts all of netvmm, the guest's own time on its vCPUs included; 'device' is netvmm without its vCPUs (the thread that copies on the userspace path), 'vhost workers' the kernel's worker time. \

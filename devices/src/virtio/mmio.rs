@@ -47,6 +47,23 @@ const DRIVER_STATUS_BITS: u32 =
 /// InterruptStatus bits.
 pub const INT_VRING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
+/// The bits a driver sees and acknowledges.
+const INT_BITS: u32 = INT_VRING | INT_CONFIG;
+/// Never seen by the driver: the kernel (vhost) serves queues now. Its used-buffer eventfds
+/// are irqfds of this device's GSI, so the interrupt reaches the guest without this
+/// process, which never learns when it fired: InterruptStatus then says "used buffer" on
+/// every read, and the driver looks at its queues (a look that finds nothing is harmless).
+const INT_KERNEL: u32 = 1 << 31;
+
+/// What the driver reads in InterruptStatus, from the shared word.
+fn visible_status(word: u32) -> u32 {
+    let bits = word & INT_BITS;
+    if word & INT_KERNEL != 0 {
+        bits | INT_VRING
+    } else {
+        bits
+    }
+}
 
 /// A virtio device as seen through its MMIO window.
 pub struct MmioTransport<D: VirtioDevice> {
@@ -188,7 +205,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .iter()
                 .map(|q| q.ready().then(|| QueueState::read(q, &self.mem)))
                 .collect(),
-            interrupt_status: self.interrupt_status.load(Ordering::SeqCst),
+            interrupt_status: self.interrupt_status.load(Ordering::SeqCst) & INT_BITS,
         }
     }
 
@@ -211,11 +228,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    /// The kernel (vhost) used buffers of a queue: the driver is told as if the device had.
-    pub fn kernel_used(&mut self) {
-        if self.active {
-            self.raise(INT_VRING);
-        }
+    /// The eventfds the kernel signals when it used buffers (vhost), for KVM to take as
+    /// irqfds of this device's interrupt.
+    pub fn kernel_interrupts(&self) -> &[EventFd] {
+        self.device.used_notifiers()
     }
 
     fn raise(&mut self, bit: u32) {
@@ -300,6 +316,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// whose queues the kernel serves takes them back from it.
     fn stop(&mut self) {
         self.active = false;
+        self.interrupt_status
+            .fetch_and(!INT_KERNEL, Ordering::SeqCst);
         self.device.stop();
     }
 
@@ -323,6 +341,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         match outcome {
             Ok(()) => {
                 self.active = true;
+                if !self.device.used_notifiers().is_empty() {
+                    self.interrupt_status.fetch_or(INT_KERNEL, Ordering::SeqCst);
+                }
                 let _ = self.activate_evt.write(1);
             }
             Err(_) => self.needs_reset(),
@@ -342,7 +363,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             },
             QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
             QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
-            INTERRUPT_STATUS => self.interrupt_status.load(Ordering::SeqCst),
+            INTERRUPT_STATUS => visible_status(self.interrupt_status.load(Ordering::SeqCst)),
             STATUS => self.status,
             CONFIG_GENERATION => self.config_generation,
             _ => 0,
@@ -403,7 +424,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 }
             }
             INTERRUPT_ACK => {
-                self.interrupt_status.fetch_and(!v, Ordering::SeqCst);
+                self.interrupt_status
+                    .fetch_and(!(v & INT_BITS), Ordering::SeqCst);
             }
             STATUS => self.set_status(v),
             _ => {}
@@ -461,7 +483,7 @@ impl<D: VirtioDevice> MmioFront<D> {
 impl<D: VirtioDevice> BusDevice for MmioFront<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset == INTERRUPT_STATUS && data.len() == 4 {
-            let v = self.interrupt_status.load(Ordering::SeqCst);
+            let v = visible_status(self.interrupt_status.load(Ordering::SeqCst));
             data.copy_from_slice(&v.to_le_bytes());
             return;
         }
@@ -472,7 +494,7 @@ impl<D: VirtioDevice> BusDevice for MmioFront<D> {
         if offset == INTERRUPT_ACK {
             if let Ok(bytes) = <[u8; 4]>::try_from(data) {
                 self.interrupt_status
-                    .fetch_and(!u32::from_le_bytes(bytes), Ordering::SeqCst);
+                    .fetch_and(!(u32::from_le_bytes(bytes) & INT_BITS), Ordering::SeqCst);
             }
             return;
         }
@@ -485,10 +507,8 @@ impl<D: VirtioDevice> BusDevice for MmioFront<D> {
 pub struct MmioEvents<D: VirtioDevice> {
     transport: Arc<Mutex<MmioTransport<D>>>,
     /// The notifiers of the queues this process serves (by queue index): not those the
-    /// kernel serves, which it watches itself.
+    /// kernel serves, which it watches itself (and whose used-buffer eventfds are irqfds).
     queue_evts: Vec<(u32, EventFd)>,
-    /// The kernel's used-buffer eventfds (vhost), if it serves queues.
-    used_evts: Vec<EventFd>,
     activate_evt: EventFd,
     backend_fds: Vec<std::os::fd::RawFd>,
     registration: Registration,
@@ -519,24 +539,16 @@ impl Registration {
 const TOKEN_ACTIVATE: u32 = u32::MAX;
 /// Token of backend N: this plus N.
 const TOKEN_BACKEND: u32 = 1 << 20;
-/// Token of the kernel's used-buffer eventfd of queue N: this plus N.
-const TOKEN_USED: u32 = 1 << 16;
 
 impl<D: VirtioDevice> MmioEvents<D> {
     pub fn new(transport: Arc<Mutex<MmioTransport<D>>>) -> Result<Self, TransportError> {
         let t = lock(&transport);
-        let clone_all = |evts: &[EventFd]| {
-            evts.iter()
-                .map(EventFd::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(TransportError::EventFd)
-        };
-        let used_evts = clone_all(t.device.used_notifiers())?;
+        let kernel_served = t.device.used_notifiers().len();
         let queue_evts = t
             .queue_evts
             .iter()
             .enumerate()
-            .skip(used_evts.len())
+            .skip(kernel_served)
             .map(|(i, e)| Ok((i as u32, e.try_clone()?)))
             .collect::<Result<Vec<_>, std::io::Error>>()
             .map_err(TransportError::EventFd)?;
@@ -549,7 +561,6 @@ impl<D: VirtioDevice> MmioEvents<D> {
         Ok(Self {
             transport,
             queue_evts,
-            used_evts,
             activate_evt,
             backend_fds,
             registration: Registration::default(),
@@ -575,10 +586,6 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
             EventSet::IN,
         ));
         r.note(|| "activation eventfd".into(), added);
-        for (i, evt) in self.used_evts.iter().enumerate() {
-            let added = ops.add(Events::with_data(evt, TOKEN_USED + i as u32, EventSet::IN));
-            r.note(|| format!("queue {i} used-buffer eventfd (vhost)"), added);
-        }
         for (i, &fd) in self.backend_fds.iter().enumerate() {
             // Edge-triggered: the device reads until the backend is empty or the guest has
             // no buffers, and a queue notification resumes it; level-triggered would spin
@@ -599,13 +606,6 @@ impl<D: VirtioDevice> MutEventSubscriber for MmioEvents<D> {
                 Wake::Activated
             }
             t if t >= TOKEN_BACKEND => Wake::Backend((t - TOKEN_BACKEND) as u16),
-            t if t >= TOKEN_USED => {
-                if let Some(evt) = self.used_evts.get((t - TOKEN_USED) as usize) {
-                    let _ = evt.read();
-                }
-                lock(&self.transport).kernel_used();
-                return;
-            }
             i => {
                 if let Some((_, evt)) = self.queue_evts.iter().find(|(q, _)| *q == i) {
                     let _ = evt.read();

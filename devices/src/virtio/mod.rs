@@ -113,9 +113,10 @@ pub trait VirtioDevice: Send {
         Ok(())
     }
     /// Not empty when the kernel serves queues (vhost): the eventfds it signals when it
-    /// used buffers of queues 0, 1, ... The event loop then watches these, and neither
-    /// those queues' notifiers nor the backend, and raises the used-buffer interrupt for
-    /// them; queues past them (a control queue) stay the device's.
+    /// used buffers of queues 0, 1, ... KVM takes these as irqfds of the device's interrupt,
+    /// the event loop watches neither those queues' notifiers nor the backend, and
+    /// InterruptStatus says "used buffer" while the kernel serves them; queues past them (a
+    /// control queue) stay the device's.
     fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
         &[]
     }

@@ -5,9 +5,12 @@
 //! (before the sandbox: the vCPU threads then need only the per-ring ioctls). At DRIVER_OK
 //! the rings the driver set up, the negotiated ring features, the queue notification
 //! eventfds (the same ones KVM signals through ioeventfd) and one "call" eventfd per queue
-//! go to the kernel, then the tap as the backend. virtio-mmio's InterruptStatus must say
-//! "used buffer" when the guest's handler reads it, so the call eventfds are not irqfds:
-//! netvmm's event loop reads them, sets the bit and injects the interrupt. A reset takes
+//! go to the kernel, then the tap as the backend. The call eventfds are irqfds of the
+//! device's interrupt, so the kernel's worker interrupts the guest itself; since netvmm
+//! then never sees an interrupt happen, virtio-mmio's InterruptStatus says "used buffer"
+//! whenever the guest reads it while the kernel serves the rings. (Relaying each call
+//! through netvmm's event loop cost a wake-up of its thread per interrupt: with two vCPUs
+//! and two queue pairs that halved throughput in the lab.) A reset takes
 //! the tap away from the rings; the next DRIVER_OK starts them again, and so does a
 //! driver that clears DRIVER_OK or sets FAILED without a reset (the device stops).
 //!

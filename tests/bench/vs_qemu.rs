@@ -91,6 +91,9 @@ chmod 755 /lab/files/netvmm /lab/files/qemu-system-x86_64
 IP=/sbin/ip
 K=$NETVMM_GUEST_KERNEL
 iperf3 -s -D >/dev/null 2>&1
+# netvmm's exit report (its NIC's counters and ring state) lands in its stderr, which a
+# boot that fails shows: what a stalled network is diagnosed from.
+export NETVMM_BOOT_REPORT=1
 $IP tuntap add mode tap vnet_hdr name bt1
 $IP addr add 198.51.100.1/24 dev bt1
 $IP link set bt1 up

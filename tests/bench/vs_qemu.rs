@@ -9,7 +9,9 @@
 //! - and the kernel data path: netvmm `--net tap,vhost=on` against QEMU pc's
 //!   virtio-net-pci on a `vhost=on` netdev,
 //! - and multiqueue: `--cpus 2` guests with two queue pairs and `iperf3 -P 2` (netvmm
-//!   `queues=2` on both paths, QEMU pc `queues=2,vhost=on` with `mq=on`).
+//!   `queues=2` on both paths, QEMU pc `queues=2,vhost=on` with `mq=on`),
+//! - and vhost=on with 2 vCPUs and one queue (`-P 2`) on virtio-mmio, netvmm against QEMU
+//!   microvm: the same transport and its one interrupt line for both.
 //!
 //! All in one boot of the emulated lab host, which gets the host's own qemu-system-x86_64,
 //! its shared libraries and the few firmware files it loads. Each round boots each VMM once
@@ -64,6 +66,8 @@ const VMMS: &[(&str, &str)] = &[
     ("netvmm-mq", "netvmm queues=2"),
     ("netvmm-vhost-mq", "netvmm vhost=on queues=2"),
     ("qemu-pc-vhost-mq", "QEMU pc, vhost=on queues=2"),
+    ("netvmm-vhost-2cpu", "netvmm vhost 2 vCPUs"),
+    ("qemu-microvm-vhost-2cpu", "QEMU microvm vhost 2 vCPUs"),
 ];
 
 /// What starts a result line on the lab console.
@@ -76,6 +80,9 @@ const LAB_BOOTS: u32 = 2;
 
 /// The multiqueue rows (2 vCPUs, 2 queue pairs, -P 2), both with vhost-net.
 const MQ_PAIR: (&str, &str) = ("netvmm-vhost-mq", "qemu-pc-vhost-mq");
+
+/// Two vCPUs, one queue, -P 2, vhost=on, both on virtio-mmio (one interrupt line).
+const VHOST_2CPU_PAIR: (&str, &str) = ("netvmm-vhost-2cpu", "qemu-microvm-vhost-2cpu");
 
 /// The vhost rows: netvmm's against QEMU's, both with the kernel's vhost-net.
 const VHOST_PAIR: (&str, &str) = ("netvmm-vhost", "qemu-pc-vhost");
@@ -195,6 +202,25 @@ for r in $(seq $FIRST $RUNS); do
     -append "console=ttyS0 quiet panic=1 netvmm.ip=203.0.113.2/24 netvmm.run=\"$(gcmd_mq 203.0.113.1)\"" \
     >/tmp/q.err 2>&1
   collect qemu-pc-vhost-mq $r $? /tmp/q.log /tmp/q.err
+
+  # vhost with 2 vCPUs and one queue, on the one-interrupt transport both VMMs share
+  # (virtio-mmio): what is netvmm's and what is the transport's.
+  echo "vs_qemu: round $r of $RUNS: netvmm vhost=on, 2 vCPUs, 1 queue"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
+    --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect netvmm-vhost-2cpu $r $? /tmp/n.log /tmp/n.err
+
+  echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio), vhost=on, 2 vCPUs"
+  rm -f /tmp/q.log
+  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
+    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
+    -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=on -kernel $K \
+    -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
+    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd_mq 198.51.100.1)\"" \
+    >/tmp/q.err 2>&1
+  collect qemu-microvm-vhost-2cpu $r $? /tmp/q.log /tmp/q.err
 done
 "#;
 
@@ -713,6 +739,7 @@ fn bench() -> Result<(), String> {
     for ((ours, theirs), what) in [
         (VHOST_PAIR, "pc, both vhost=on"),
         (MQ_PAIR, "pc, vhost=on, 2 queues"),
+        (VHOST_2CPU_PAIR, "microvm, vhost=on, 2 vCPUs"),
     ] {
         let m = |key, kind| median(&values(&samples, key, kind));
         let ratio = |kind| Some(m(ours, kind)? / m(theirs, kind)?);

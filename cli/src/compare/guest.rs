@@ -247,6 +247,13 @@ impl CpuTicks {
         })
     }
 
+    /// Adds what `other` spent.
+    pub fn add(&mut self, other: Self) {
+        self.total += other.total;
+        self.device += other.device;
+        self.vhost += other.vhost;
+    }
+
     /// What was spent from `before` to `self`.
     pub fn since(self, before: Self) -> Self {
         Self {

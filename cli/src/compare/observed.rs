@@ -252,9 +252,7 @@ pub fn derive(o: &Observed) -> Outcome {
             }) if *mbps > 0.0 => {
                 *slot = Some(*mbps);
                 if let Some(t) = spent {
-                    cpu.total += t.total;
-                    cpu.device += t.device;
-                    cpu.vhost += t.vhost;
+                    cpu.add(*t);
                     bytes += b;
                 }
             }

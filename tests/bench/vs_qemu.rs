@@ -417,7 +417,6 @@ struct Results {
     features: Vec<(String, String)>,
 }
 
-/// Parses the scenario's result lines: `vmm=V round=R status=N` or `vmm=V round=R KIND:...`.
 /// The round a result line is of.
 fn round_of(line: &str) -> Option<u32> {
     line.split_whitespace()
@@ -425,6 +424,7 @@ fn round_of(line: &str) -> Option<u32> {
         .and_then(|r| r.parse().ok())
 }
 
+/// Parses the scenario's result lines: `vmm=V round=R status=N` or `vmm=V round=R KIND:...`.
 fn parse_results(text: &str) -> Results {
     let mut r = Results::default();
     for line in text.lines() {
@@ -657,7 +657,14 @@ fn bench() -> Result<(), String> {
                         .map(|l| format!("{l}\n")),
                 );
                 first = done + 1;
-                faults.push(format!("{e} (in round {first})"));
+                if first > runs {
+                    // It died after the last round had reported: nothing is left to run.
+                    faults.push(format!("{e} (after the last round)"));
+                    break;
+                }
+                faults.push(format!(
+                    "{e} (in round {first}, which ran again in a new lab host)"
+                ));
                 eprintln!(
                     "vs_qemu: {e}; rounds before {first} are kept, rounds {first}-{runs} run in a new lab host"
                 );
@@ -790,7 +797,7 @@ fn bench() -> Result<(), String> {
         println!("boots that did not end cleanly: {}", failed.join("; "));
     }
     for f in &faults {
-        println!("lab host fault, that round run again in a new lab host: {f}");
+        println!("lab host fault: {f}");
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

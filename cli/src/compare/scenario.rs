@@ -459,7 +459,9 @@ impl Measure<'_> {
             return false;
         }
         let why = guest.ended_why();
-        if let Gone::GiveUp(_) = r.gone(&why) {
+        if let Gone::GiveUp(lost) = r.gone(&why) {
+            // The replacement is gone too: its netvmm's status and console go on the record.
+            self.note(lost);
             return false;
         }
         self.say(&format!(

@@ -581,20 +581,21 @@ impl Measure<'_> {
                 .unwrap_or_else(|| "the LAN peer's iperf3 server failed".into());
             return (status, Err(why));
         }
-        // The guest prints its summary as its run ends, just after the server's.
+        // The guest prints its summary as its run ends, just after the server's. The console
+        // file may hold the line half written: only a whole one (ending in "receiver") is
+        // its summary, a part is waited on.
         let end = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(line) = received().get(earlier) {
-                let got = traffic::receiver_line(line).ok_or_else(|| {
-                    format!("the guest's iperf3 summary says no data arrived: {line}")
-                });
+            let line = received().get(earlier).cloned();
+            let whole = line.as_deref().is_some_and(traffic::is_receiver_line);
+            if whole || std::time::Instant::now() > end {
+                let got = match line {
+                    Some(line) => traffic::receiver_line(&line).ok_or_else(|| {
+                        format!("the guest's iperf3 summary says no data arrived: {line}")
+                    }),
+                    None => Err("the guest printed no iperf3 receiver summary within 10 s".into()),
+                };
                 return (status, got);
-            }
-            if std::time::Instant::now() > end {
-                return (
-                    status,
-                    Err("the guest printed no iperf3 receiver summary within 10 s".into()),
-                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }

@@ -211,10 +211,10 @@ pub fn iperf_server(
 /// The receiver's figures from an iperf3 client's text summary line, as in
 /// `[  5]   0.00-2.00   sec  60.5 MBytes   254 Mbits/sec      receiver` (with `-f m`).
 pub fn receiver_line(line: &str) -> Option<Moved> {
-    let w: Vec<&str> = line.split_whitespace().collect();
-    if w.last() != Some(&"receiver") {
+    if !is_receiver_line(line) {
         return None;
     }
+    let w: Vec<&str> = line.split_whitespace().collect();
     let interval = w.iter().find(|x| x.contains('-') && x.contains('.'))?;
     let (from, to) = interval.split_once('-')?;
     let seconds = to.parse::<f64>().ok()? - from.parse::<f64>().ok()?;
@@ -226,9 +226,29 @@ pub fn receiver_line(line: &str) -> Option<Moved> {
     })
 }
 
+/// A whole iperf3 receiver summary: the line ends with the word "receiver" (a line read
+/// while the guest was still writing it does not).
+pub fn is_receiver_line(line: &str) -> bool {
+    line.split_whitespace().last() == Some("receiver")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_half_written_summary_is_not_a_whole_one() {
+        let whole = "[ 5] 0.00-2.01 sec 68.1 MBytes 284 Mbits/sec receiver";
+        assert!(is_receiver_line(whole));
+        assert!(is_receiver_line(&format!("{whole}  ")));
+        // As CI of 767fc06 read it, mid-write: no figure, and not taken as final.
+        assert!(!is_receiver_line("[ 5] 0.00-2.01 sec 68.1 MByt"));
+        assert!(!is_receiver_line(
+            "[ 5] 0.00-2.01 sec 68.1 MBytes 284 Mbits/sec recei"
+        ));
+        assert_eq!(receiver_line("[ 5] 0.00-2.01 sec 68.1 MByt"), None);
+        assert_eq!(receiver_line(whole).map(|m| m.mbps), Some(284.0));
+    }
 
     #[test]
     fn the_guest_clients_receiver_line_gives_rate_and_bytes() {

@@ -33,6 +33,12 @@ const RX_BUF: u32 = 4096;
 const RX_BUFS: u64 = 0x10_0000;
 /// Guest memory of the RX cases.
 const RX_MEM: usize = 64 << 20;
+
+/// The RX cases' guest memory: the device's ring and raw-4K's buffers sit at the same
+/// addresses of one such mapping each.
+fn rx_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RX_MEM)]).unwrap()
+}
 const DESC_F_WRITE: u16 = 2;
 const TAP: &str = "nvbench0";
 /// Largest MTU a tap takes (65535 minus its Ethernet header): a 64 KiB frame fits.
@@ -310,7 +316,7 @@ fn frames_per_round(len: usize) -> usize {
 }
 
 fn rx_device(tap: Tap, via: (u32, Option<[u8; 6]>), len: usize, per_round: usize) -> Figure {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RX_MEM)]).unwrap();
+    let mem = rx_memory();
     let (mut rxr, rxq) = Ring::new(&mem, 0x1000, RX_BUFS, RX_BUF, DESC_F_WRITE);
     let (_txr, txq) = Ring::new(&mem, 0x8000, 0x20_0000, 2048, 0);
     let mut net = Net::new(tap, [0x52, 0x54, 0, 0x11, 0x11, 0x11]);
@@ -407,7 +413,7 @@ fn rx_raw_scattered(
     let per_frame = buffers_per_frame(len);
     // The very addresses the device's ring has: where a buffer sits changes the kernel's
     // copy (see the module's doc), so raw-4K must not differ from the device in that.
-    let mem: GuestMemoryMmap = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RX_MEM)]).unwrap();
+    let mem = rx_memory();
     let ring = mem
         .get_slice(GuestAddress(RX_BUFS), usize::from(QSIZE) * RX_BUF as usize)
         .unwrap();

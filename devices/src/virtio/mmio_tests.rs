@@ -14,6 +14,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::bus::BusDevice;
+use virtio_queue::Queue;
+use crate::virtio::{status, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::virtio::net::{
     Net, NetBackend, Offloads, F_GUEST_CSUM, F_GUEST_TSO4, F_MAC, F_MRG_RXBUF, F_STATUS,
     OFFERED_FEATURES, QUEUE_SIZE,
@@ -100,10 +102,10 @@ impl NetBackend for MockBackend {
 // Driver side
 // ---------------------------------------------------------------------------------------
 
-type Transport = MmioTransport<Net<MockBackend>>;
+type NetTransport = MmioTransport<Net<MockBackend>>;
 
 struct Rig {
-    t: Transport,
+    t: NetTransport,
     mem: GuestMemoryMmap,
     /// The transport's interrupt eventfd.
     irq: EventFd,
@@ -338,15 +340,15 @@ fn full_driver_init_activates_the_device() {
 
     assert!(rig.t.is_active());
     assert_eq!(rig.r(STATUS), 0xf);
-    assert_eq!(rig.t.driver_features, features);
-    assert_eq!(rig.t.activate_evt.read().unwrap(), 1, "event loop not told");
+    assert_eq!(rig.t.core.driver_features, features);
+    assert_eq!(rig.t.core.activate_evt.read().unwrap(), 1, "event loop not told");
     let (desc, avail, used) = layout(TXQ_AT);
-    let q = &rig.t.queues[1];
+    let q = &rig.t.core.queues[1];
     assert_eq!(
         (q.size(), q.desc_table(), q.avail_ring(), q.used_ring()),
         (QSIZE, desc, avail, used)
     );
-    assert!(rig.t.queues.iter().all(|q| q.event_idx_enabled()));
+    assert!(rig.t.core.queues.iter().all(|q| q.event_idx_enabled()));
     let shared = rig.shared.lock().unwrap();
     assert_eq!(shared.vnet_hdr_len, Some(12));
     assert_eq!(
@@ -409,10 +411,10 @@ fn driver_features_are_frozen_once_features_ok_is_set() {
     let mut rig = Rig::new();
     rig.negotiate(BASIC);
     rig.write_features(BASIC | F_MRG_RXBUF | (1 << 3));
-    assert_eq!(rig.t.driver_features, BASIC);
+    assert_eq!(rig.t.core.driver_features, BASIC);
     rig.w(DRIVER_FEATURES_SEL, 7);
     rig.w(DRIVER_FEATURES, u32::MAX);
-    assert_eq!(rig.t.driver_features, BASIC);
+    assert_eq!(rig.t.core.driver_features, BASIC);
 }
 
 #[test]
@@ -441,11 +443,11 @@ fn queue_size_must_be_a_power_of_two_no_larger_than_the_maximum() {
     rig.w(QUEUE_SEL, 0);
     for bad in [0, 3, 100, 255, 257, 512, 1024, 0x1_0010, u32::MAX] {
         rig.w(QUEUE_NUM, bad);
-        assert_eq!(rig.t.queues[0].size(), QUEUE_SIZE, "size {bad} accepted");
+        assert_eq!(rig.t.core.queues[0].size(), QUEUE_SIZE, "size {bad} accepted");
     }
     for good in [1u16, 2, 64, 256] {
         rig.w(QUEUE_NUM, u32::from(good));
-        assert_eq!(rig.t.queues[0].size(), good);
+        assert_eq!(rig.t.core.queues[0].size(), good);
     }
     // A queue that does not exist: nothing to set, nothing breaks.
     rig.w(QUEUE_SEL, 2);
@@ -462,7 +464,7 @@ fn misaligned_ring_addresses_are_not_taken() {
     rig.w(QUEUE_DESC_LOW, 0x1008); // descriptor table: 16-byte aligned
     rig.w(QUEUE_DRIVER_LOW, 0x2001); // avail ring: 2-byte aligned
     rig.w(QUEUE_DEVICE_LOW, 0x3002); // used ring: 4-byte aligned
-    let q = &rig.t.queues[1];
+    let q = &rig.t.core.queues[1];
     assert_ne!(q.desc_table(), 0x1008);
     assert_ne!(q.avail_ring(), 0x2001);
     assert_ne!(q.used_ring(), 0x3002);
@@ -479,7 +481,7 @@ fn queue_configuration_is_frozen_after_driver_ok() {
     rig.w(QUEUE_DRIVER_HIGH, 1);
     rig.w(QUEUE_DEVICE_LOW, 0x9_0000);
     let (desc, avail, used) = layout(TXQ_AT);
-    let q = &rig.t.queues[1];
+    let q = &rig.t.core.queues[1];
     assert_eq!(
         (
             q.size(),
@@ -512,7 +514,7 @@ fn queue_addresses_outside_memory_lead_to_needs_reset_not_activation() {
     assert!(rig.irq_fired());
     assert!(rig.shared.lock().unwrap().vnet_hdr_len.is_none());
     assert!(
-        rig.t.activate_evt.read().is_err(),
+        rig.t.core.activate_evt.read().is_err(),
         "event loop told of a failed activation"
     );
     // Notifications are ignored, DRIVER_OK again does not activate.
@@ -627,11 +629,11 @@ fn writing_status_zero_resets_and_the_driver_can_start_over() {
     assert_eq!(rig.r(STATUS), 0);
     assert!(!rig.t.is_active());
     assert_eq!(rig.r(INTERRUPT_STATUS), 0);
-    assert_eq!(rig.t.driver_features, 0);
+    assert_eq!(rig.t.core.driver_features, 0);
     for q in 0..2 {
         rig.w(QUEUE_SEL, q);
         assert_eq!(rig.r(QUEUE_READY), 0, "queue {q} still ready");
-        let queue = &rig.t.queues[q as usize];
+        let queue = &rig.t.core.queues[q as usize];
         assert_eq!(
             (queue.size(), queue.next_avail(), queue.next_used()),
             (QUEUE_SIZE, 0, 0)
@@ -876,7 +878,7 @@ fn ring_state_says_who_waits_for_whom() {
     assert_eq!(tx.avail_event, Some(1));
     assert_eq!(tx.used_event, Some(0), "the driver's field, untouched");
     assert_eq!(state.interrupt_status, INT_VRING);
-    assert_eq!(rig.t.device().stats().rx_waiting, 112);
+    assert_eq!(rig.t.core.device().stats().rx_waiting, 112);
 }
 
 #[test]
@@ -1011,7 +1013,7 @@ fn clearing_driver_ok_without_a_reset_needs_reset_and_keeps_the_queues_frozen() 
     rig.w(QUEUE_DRIVER_LOW, 0x9_0000);
     rig.w(QUEUE_DEVICE_LOW, 0xa_0000);
     let (desc, avail, used) = layout(TXQ_AT);
-    let q = &rig.t.queues[1];
+    let q = &rig.t.core.queues[1];
     assert_eq!(
         (
             q.size(),

@@ -7,6 +7,8 @@
 
 pub mod blk;
 pub mod chain;
+pub mod core;
+pub mod events;
 pub mod mmio;
 pub mod net;
 pub mod serve;
@@ -58,8 +60,10 @@ pub enum Wake {
 /// What one [`VirtioDevice::process`] call did, and what it left for later.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Processed {
-    /// The driver must be interrupted.
-    pub interrupt: bool,
+    /// Queues (bit N for queue N) that returned buffers the driver asked to hear about. A
+    /// transport with one interrupt (virtio-mmio) raises it for any; one with a vector per
+    /// queue (MSI-X) raises each named queue's.
+    pub interrupt: u32,
     /// Queues (bit N for queue N) whose work the wake-up's budget
     /// ([`chain::DESCRIPTORS_PER_WAKE`]) cut short. The transport notifies them again
     /// itself, so the rest is done on a later turn of the event loop, after the other

@@ -388,7 +388,7 @@ impl VirtioDevice for Block {
         });
         self.mem = Some(mem);
         Processed {
-            interrupt: served.interrupt,
+            interrupt: u32::from(served.interrupt),
             unfinished: u32::from(served.unfinished),
         }
     }

@@ -977,7 +977,9 @@ impl<B: NetBackend> Net<B> {
         // One budget for the whole wake-up, whichever queues it serves.
         let mut budget = Budget::default();
         let mut note = |(interrupt, unfinished): (bool, bool), queue: usize| {
-            done.interrupt |= interrupt;
+            if interrupt {
+                done.interrupt |= 1 << queue;
+            }
             if unfinished {
                 done.unfinished |= 1 << queue;
             }

@@ -354,7 +354,7 @@ impl Rig {
 
     /// Runs one wake-up; returns whether it asked for an interrupt.
     fn wake(&mut self, wake: Wake) -> bool {
-        self.wake_processed(wake).interrupt
+        self.wake_processed(wake).interrupt != 0
     }
 
     fn wake_processed(&mut self, wake: Wake) -> Processed {

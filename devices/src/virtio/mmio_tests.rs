@@ -14,12 +14,12 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
 use crate::bus::BusDevice;
-use virtio_queue::Queue;
-use crate::virtio::{status, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::virtio::net::{
     Net, NetBackend, Offloads, F_GUEST_CSUM, F_GUEST_TSO4, F_MAC, F_MRG_RXBUF, F_STATUS,
     OFFERED_FEATURES, QUEUE_SIZE,
 };
+use crate::virtio::{status, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use virtio_queue::Queue;
 
 const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
 const MEM_SIZE: u64 = 0x10_0000;
@@ -341,7 +341,11 @@ fn full_driver_init_activates_the_device() {
     assert!(rig.t.is_active());
     assert_eq!(rig.r(STATUS), 0xf);
     assert_eq!(rig.t.core.driver_features, features);
-    assert_eq!(rig.t.core.activate_evt.read().unwrap(), 1, "event loop not told");
+    assert_eq!(
+        rig.t.core.activate_evt.read().unwrap(),
+        1,
+        "event loop not told"
+    );
     let (desc, avail, used) = layout(TXQ_AT);
     let q = &rig.t.core.queues[1];
     assert_eq!(
@@ -443,7 +447,11 @@ fn queue_size_must_be_a_power_of_two_no_larger_than_the_maximum() {
     rig.w(QUEUE_SEL, 0);
     for bad in [0, 3, 100, 255, 257, 512, 1024, 0x1_0010, u32::MAX] {
         rig.w(QUEUE_NUM, bad);
-        assert_eq!(rig.t.core.queues[0].size(), QUEUE_SIZE, "size {bad} accepted");
+        assert_eq!(
+            rig.t.core.queues[0].size(),
+            QUEUE_SIZE,
+            "size {bad} accepted"
+        );
     }
     for good in [1u16, 2, 64, 256] {
         rig.w(QUEUE_NUM, u32::from(good));

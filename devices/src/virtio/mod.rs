@@ -11,6 +11,7 @@ pub mod core;
 pub mod events;
 pub mod mmio;
 pub mod net;
+pub mod pci;
 pub mod serve;
 
 use virtio_queue::{Queue, QueueT};

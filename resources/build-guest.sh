@@ -35,9 +35,10 @@ esac
 
 OUT_DIR=${1:-$NETVMM_CACHE_ROOT/guest}
 OUTPUTS=(vmlinuz vmlinux kernel-release initrd.cpio.gz)
-# Modules the guest needs: the virtio-mmio transport (found through ACPI),
-# the NIC, the disks, and the pvpanic device so a guest panic reaches the VMM.
-GUEST_MODULES=(virtio_mmio virtio_net virtio_blk pvpanic pvpanic_mmio)
+# Modules the guest needs: the virtio-mmio transport (found through ACPI) and
+# the virtio-pci one (netvmm run --transport pci), the NIC, the disks, and the
+# pvpanic device so a guest panic reaches the VMM.
+GUEST_MODULES=(virtio_mmio virtio_pci virtio_net virtio_blk pvpanic pvpanic_mmio)
 
 # And for guest-init.sh's root=: the disk, and the root disk's filesystem (built into the
 # cloud kernel, a module in the generic one). A module named twice is staged once.

@@ -53,7 +53,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
     /// Kernel arguments; netvmm puts its own device arguments in front of them
-    /// ("console=ttyS0 reboot=k panic=1 pci=off"), so yours win.
+    /// ("console=ttyS0 reboot=k panic=1", and "pci=off" on virtio-mmio), so yours win.
     #[arg(
         long,
         value_name = "ARGS",
@@ -94,10 +94,21 @@ pub struct RunArgs {
     /// dropped either way).
     #[arg(long, value_enum, value_name = "on|off", default_value_t = Switch::On)]
     pub seccomp: Switch,
+    /// How the guest reaches its NICs and disks: `mmio` (virtio-mmio, one interrupt line
+    /// per device) or `pci` (virtio-pci with an MSI-X vector per queue; the guest needs
+    /// the virtio_pci driver, which netvmm's guest image loads).
+    #[arg(long, value_enum, value_name = "mmio|pci", default_value_t = Transport::Mmio)]
+    pub transport: Transport,
     /// The guest command, after `--`: netvmm's guest image runs it (each argument intact)
     /// and netvmm exits with its status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Mmio,
+    Pci,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +140,10 @@ impl RunArgs {
         c.serial_log = self.serial_log;
         c.timeout = self.timeout;
         c.seccomp = self.seccomp == Switch::On;
+        c.transport = match self.transport {
+            Transport::Mmio => vmm::config::VirtioTransport::Mmio,
+            Transport::Pci => vmm::config::VirtioTransport::Pci,
+        };
         c.nets = self
             .nets
             .iter()
@@ -268,6 +283,19 @@ mod tests {
             Command::Run(r) => r,
             other => panic!("not run: {other:?}"),
         }
+    }
+
+    #[test]
+    fn transport_is_mmio_unless_pci_is_asked_for() {
+        use vmm::config::VirtioTransport;
+        let t = |args: &[&str]| run_args(args).into_config().unwrap().transport;
+        assert_eq!(t(&["run", "--kernel", "/k"]), VirtioTransport::Mmio);
+        assert_eq!(
+            t(&["run", "--kernel", "/k", "--transport", "pci"]),
+            VirtioTransport::Pci
+        );
+        let e = parse(&["run", "--kernel", "/k", "--transport", "isa"]).unwrap_err();
+        assert!(e.contains("--transport"), "{e}");
     }
 
     #[test]

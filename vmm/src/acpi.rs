@@ -24,7 +24,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::layout::{
     ACPI_END, ACPI_S5_SLEEP_TYPE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START,
-    APIC_ADDR, COM1_GSI, COM1_PORT, IOAPIC_ADDR, IOAPIC_PINS, PVPANIC_PORT,
+    APIC_ADDR, COM1_GSI, COM1_PORT, IOAPIC_ADDR, IOAPIC_PINS, PCI_CONFIG_PORT, PCI_CONFIG_PORT_LEN,
+    PVPANIC_PORT,
 };
 
 /// OEM ID in every table header and in the RSDP.
@@ -78,6 +79,14 @@ pub struct VirtioMmioSlot {
     pub gsi: u32,
 }
 
+/// The PCI host bridge the DSDT announces: bus 0 only, configuration by port I/O, BARs
+/// inside one 32-bit memory window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciHostBridge {
+    pub mmio_base: u64,
+    pub mmio_size: u64,
+}
+
 /// What the tables describe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcpiConfig {
@@ -85,6 +94,8 @@ pub struct AcpiConfig {
     pub cpus: u8,
     /// virtio-mmio devices; slot `i` gets `_UID` `i`.
     pub virtio_mmio: Vec<VirtioMmioSlot>,
+    /// The PCI host bridge, when devices sit on PCI.
+    pub pci: Option<PciHostBridge>,
 }
 
 /// Errors from building or writing the ACPI tables.
@@ -104,6 +115,12 @@ pub enum AcpiError {
          DSDT: the window must be non-empty and lie below 4 GiB"
     )]
     InvalidVirtioWindow { index: usize, addr: u64, size: u64 },
+    /// A PCI window that a DWordMemory descriptor cannot express.
+    #[error(
+        "the PCI window at {base:#x} (size {size:#x}) cannot be described in the ACPI DSDT: \
+         it must be non-empty and lie below 4 GiB"
+    )]
+    InvalidPciWindow { base: u64, size: u64 },
     /// A GSI the in-kernel IOAPIC does not have.
     #[error("virtio-mmio slot {index} uses GSI {gsi}, but the IOAPIC only has GSIs 0..{pins}")]
     InvalidVirtioGsi { index: usize, gsi: u32, pins: u32 },
@@ -138,7 +155,7 @@ pub fn create_acpi_tables<M: GuestMemory>(
     // The MADT and DSDT do not depend on any address, so they are built first and their sizes
     // decide where everything goes.
     let madt = madt(cfg.cpus);
-    let dsdt = dsdt(&cfg.virtio_mmio);
+    let dsdt = dsdt(&cfg.virtio_mmio, cfg.pci);
 
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align_up(rsdp_addr + Rsdp::len() as u64);
@@ -210,6 +227,18 @@ fn validate(cfg: &AcpiConfig) -> Result<(), AcpiError> {
                 index,
                 gsi: slot.gsi,
                 pins: IOAPIC_PINS,
+            });
+        }
+    }
+    if let Some(pci) = cfg.pci {
+        let below_4g = pci
+            .mmio_base
+            .checked_add(pci.mmio_size)
+            .is_some_and(|end| end <= 1 << 32);
+        if pci.mmio_size == 0 || !below_4g {
+            return Err(AcpiError::InvalidPciWindow {
+                base: pci.mmio_base,
+                size: pci.mmio_size,
             });
         }
     }
@@ -285,8 +314,51 @@ fn madt(cpus: u8) -> Vec<u8> {
     madt.as_slice().to_vec()
 }
 
-fn dsdt(slots: &[VirtioMmioSlot]) -> Vec<u8> {
+/// The host bridge of PCI bus 0 (PNP0A08, PCI Express, which Linux also takes as
+/// PNP0A03). Its resources: bus 0, the configuration ports, and the BAR window. No
+/// `_PRT`: our functions have no INTx pin, they interrupt by MSI-X only.
+fn pci_host_bridge(pci: PciHostBridge, sink: &mut Vec<u8>) {
+    // validate() keeps the window non-empty and below 4 GiB: the casts are lossless.
+    let first = pci.mmio_base as u32;
+    let last = (pci.mmio_base + pci.mmio_size - 1) as u32;
+    aml::Device::new(
+        "PCI0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08")),
+            &aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03")),
+            &aml::Name::new("_ADR".into(), &aml::ZERO),
+            &aml::Name::new("_SEG".into(), &aml::ZERO),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new("_BBN".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![
+                    &aml::AddressSpace::new_bus_number(0u16, 0u16),
+                    &aml::IO::new(
+                        PCI_CONFIG_PORT,
+                        PCI_CONFIG_PORT,
+                        1,
+                        PCI_CONFIG_PORT_LEN as u8,
+                    ),
+                    &aml::AddressSpace::new_memory(
+                        aml::AddressSpaceCacheable::NotCacheable,
+                        true,
+                        first,
+                        last,
+                        None,
+                    ),
+                ]),
+            ),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+fn dsdt(slots: &[VirtioMmioSlot], pci: Option<PciHostBridge>) -> Vec<u8> {
     let mut sb = Vec::new();
+    if let Some(pci) = pci {
+        pci_host_bridge(pci, &mut sb);
+    }
 
     aml::Device::new(
         "COM1".into(),
@@ -468,6 +540,7 @@ mod tests {
         AcpiConfig {
             cpus: 2,
             virtio_mmio: slots(2),
+            pci: None,
         }
     }
 
@@ -556,6 +629,7 @@ mod tests {
         let cfg = AcpiConfig {
             cpus: 1,
             virtio_mmio: slots(3),
+            pci: None,
         };
         let t = build(&cfg);
         let d = &t.dsdt;
@@ -596,6 +670,7 @@ mod tests {
         let t = build(&AcpiConfig {
             cpus: 1,
             virtio_mmio: Vec::new(),
+            pci: None,
         });
         assert_eq!(count(&t.dsdt, b"LNRO0005"), 0);
         assert_eq!(count(&t.dsdt, b"QEMU0001"), 1);
@@ -606,6 +681,7 @@ mod tests {
         let t = build(&AcpiConfig {
             cpus: u8::MAX,
             virtio_mmio: slots(IOAPIC_PINS - crate::layout::VIRTIO_GSI_START),
+            pci: None,
         });
         assert_eq!(t.madt.len(), 44 + 255 * 8 + 12 + 6);
     }
@@ -623,12 +699,54 @@ mod tests {
                 };
                 10_000
             ],
+            pci: None,
         };
         let err = create_acpi_tables(&mem, &cfg).unwrap_err();
         assert!(matches!(
             err,
             AcpiError::TooManyVirtioSlots { count: 10_000, .. }
         ));
+    }
+
+    #[test]
+    fn dsdt_describes_the_pci_host_bridge_only_when_asked() {
+        let bridge = PciHostBridge {
+            mmio_base: 0xe000_0000,
+            mmio_size: 0x1000_0000,
+        };
+        let with = build(&AcpiConfig {
+            cpus: 1,
+            virtio_mmio: Vec::new(),
+            pci: Some(bridge),
+        });
+        let d = &with.dsdt;
+        assert_eq!(count(d, b"PCI0"), 1);
+        // EisaId("PNP0A08") and EisaId("PNP0A03") as DWord constants.
+        assert_eq!(count(d, &[0x0c, 0x41, 0xd0, 0x0a, 0x08]), 1);
+        assert_eq!(count(d, &[0x0c, 0x41, 0xd0, 0x0a, 0x03]), 1);
+        // IO(Decode16, 0xcf8, 0xcf8, 1, 8): the configuration ports.
+        assert_eq!(count(d, &[0x47, 1, 0xf8, 0x0c, 0xf8, 0x0c, 1, 8]), 1);
+        // DWordMemory from 0xe0000000 to 0xefffffff.
+        let mut range = 0xe000_0000u32.to_le_bytes().to_vec();
+        range.extend_from_slice(&0xefff_ffffu32.to_le_bytes());
+        assert_eq!(count(d, &range), 1);
+        let sum = d.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        assert_eq!(sum, 0, "DSDT checksum");
+        let without = build(&default_config());
+        assert_eq!(count(&without.dsdt, b"PCI0"), 0);
+        let mem = guest_memory();
+        for (base, size) in [(0xf000_0000, 0x2000_0000), (0xe000_0000, 0), (u64::MAX, 2)] {
+            let cfg = AcpiConfig {
+                cpus: 1,
+                virtio_mmio: Vec::new(),
+                pci: Some(PciHostBridge {
+                    mmio_base: base,
+                    mmio_size: size,
+                }),
+            };
+            let e = create_acpi_tables(&mem, &cfg).unwrap_err();
+            assert!(matches!(e, AcpiError::InvalidPciWindow { .. }), "{e}");
+        }
     }
 
     #[test]
@@ -644,6 +762,7 @@ mod tests {
                 };
                 MAX_VIRTIO_MMIO_SLOTS
             ],
+            pci: None,
         };
         let err = create_acpi_tables(&mem, &cfg).unwrap_err();
         assert!(matches!(err, AcpiError::TooLarge { .. }), "{err}");
@@ -660,12 +779,14 @@ mod tests {
         let one = |slot| AcpiConfig {
             cpus: 1,
             virtio_mmio: vec![slot],
+            pci: None,
         };
 
         assert!(matches!(
             err(AcpiConfig {
                 cpus: 0,
-                virtio_mmio: Vec::new()
+                virtio_mmio: Vec::new(),
+                pci: None
             }),
             AcpiError::NoCpus
         ));

@@ -36,6 +36,20 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// Run on a PVM /dev/kvm anyway (only kernels built for PVM boot there).
     pub allow_pvm: bool,
+    /// How the guest reaches its virtio devices.
+    pub transport: VirtioTransport,
+}
+
+/// The bus virtio devices sit on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VirtioTransport {
+    /// virtio-mmio: a register window and one interrupt line per device, described in
+    /// the DSDT. Every kernel with virtio_mmio boots with it.
+    #[default]
+    Mmio,
+    /// virtio-pci on PCI bus 0, with an MSI-X vector per queue: no status register read
+    /// per interrupt, and interrupts spread over the vCPUs. Needs the guest's virtio_pci.
+    Pci,
 }
 
 impl VmConfig {
@@ -52,6 +66,7 @@ impl VmConfig {
             disks: Vec::new(),
             seccomp: true,
             allow_pvm: false,
+            transport: VirtioTransport::Mmio,
         }
     }
 

@@ -7,14 +7,10 @@ use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use devices::bus::Bus;
 use devices::virtio::blk::{Block, BlockStats};
-use kvm_ioctls::VmFd;
-use vm_memory::GuestMemoryMmap;
 
-use crate::acpi::VirtioMmioSlot;
 use crate::image_lock::{self, LockError};
-use crate::virtio_slot::{self, DeviceEventManager, WireError};
+use crate::virtio_slot::{self, WireError};
 
 /// One `--disk`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,21 +165,14 @@ impl DiskCounters {
 /// The built disks.
 #[derive(Default)]
 pub struct Disks {
-    pub slots: Vec<VirtioMmioSlot>,
     pub infos: Vec<DiskInfo>,
     pub counters: Vec<DiskCounters>,
 }
 
 /// Opens every image first (so a bad `--disk` fails before anything is wired), then wires
-/// each disk into the slot after the NICs' and onto `em`.
-pub fn build(
-    specs: &[DiskSpec],
-    first_slot: usize,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
-    em: &mut DeviceEventManager,
-) -> Result<Disks, DiskError> {
+/// each disk after the NICs.
+pub fn build(specs: &[DiskSpec], placer: &mut virtio_slot::Placer) -> Result<Disks, DiskError> {
+    let first_slot = placer.count();
     if first_slot + specs.len() > virtio_slot::MAX_DEVICES {
         return Err(DiskError::TooMany {
             nics: first_slot,
@@ -198,25 +187,17 @@ pub fn build(
         opened.push((name, file, size, spec));
     }
     let mut disks = Disks::default();
-    for (index, (name, file, size, spec)) in opened.into_iter().enumerate() {
+    for (name, file, size, spec) in opened {
         let id = format!("netvmm-{name}");
-        let (transport, slot) = virtio_slot::wire(
-            first_slot + index,
-            &name,
-            Block::new(file, size, spec.readonly, &id),
-            vm,
-            mem,
-            mmio,
-            em,
-        )
-        .map_err(|source| DiskError::Wire {
-            name: name.clone(),
-            source,
-        })?;
+        let placed = placer
+            .place(&name, Block::new(file, size, spec.readonly, &id))
+            .map_err(|source| DiskError::Wire {
+                name: name.clone(),
+                source,
+            })?;
         disks.counters.push(DiskCounters(Box::new(move || {
-            devices::bus::lock(&transport).device().stats()
+            placed.inspect(|d, _| d.stats())
         })));
-        disks.slots.push(slot);
         disks.infos.push(DiskInfo {
             guest_name: name,
             path: spec.path.clone(),

@@ -6,7 +6,8 @@
 //! 0x0002_0000  kernel command line 0x0009_fc00  end of low RAM (EBDA above)
 //! 0x000e_0000  ACPI tables (RSDP first, where the kernel also scans for it)
 //! 0x0010_0000  kernel (HIMEM)      ...          initrd at the top of low RAM
-//! 0xd000_0000  virtio-mmio windows 0xfec0_0000  IOAPIC    0xfee0_0000  LAPIC
+//! 0xd000_0000  virtio-mmio windows 0xe000_0000  PCI BARs (--transport pci)
+//! 0xfec0_0000  IOAPIC              0xfee0_0000  LAPIC
 //! 0x1_0000_0000 RAM above 4 GiB when the guest has more than fits below the MMIO hole
 //! ```
 
@@ -77,3 +78,16 @@ pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
 pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 /// First GSI handed to virtio-mmio devices (COM1 keeps 4).
 pub const VIRTIO_GSI_START: u32 = 5;
+
+/// PCI configuration by port I/O ("type 1"): CONFIG_ADDRESS at 0xcf8, CONFIG_DATA at
+/// 0xcfc..0xcff. Linux probes it without MCFG, so no ECAM window is needed.
+pub const PCI_CONFIG_PORT: u16 = 0xcf8;
+pub const PCI_CONFIG_PORT_LEN: u64 = 8;
+/// The window virtio-pci BARs are placed in, announced as the host bridge's memory
+/// resource: above the virtio-mmio windows, below the IOAPIC.
+pub const PCI_MMIO_START: u64 = 0xe000_0000;
+pub const PCI_MMIO_SIZE: u64 = 0x1000_0000;
+const _: () = assert!(PCI_MMIO_START >= MMIO_DEVICES_START + 24 * MMIO_DEVICE_SIZE);
+const _: () = assert!(PCI_MMIO_START + PCI_MMIO_SIZE <= IOAPIC_ADDR as u64);
+/// The first GSI of MSI routes: right after the IOAPIC's pins.
+pub const MSI_GSI_START: u32 = IOAPIC_PINS;

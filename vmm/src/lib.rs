@@ -14,6 +14,7 @@ pub mod image_lock;
 pub mod kvm_kind;
 pub mod layout;
 pub mod memory;
+pub mod msi;
 pub mod nics;
 pub mod notice;
 pub mod report;

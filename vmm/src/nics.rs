@@ -1,24 +1,20 @@
-//! Guest NICs: one virtio-net device per `--net`, each on its own virtio-mmio window and
-//! GSI, its notify register wired to an ioeventfd, its interrupt to an irqfd, and its queue
-//! work on the network event-loop thread.
+//! Guest NICs: one virtio-net device per `--net`, placed on the VM's virtio transport
+//! (see [`crate::virtio_slot`]), its queue work on the device event-loop thread.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use event_manager::SubscriberOps;
 use std::sync::Arc;
 
-use devices::bus::Bus;
-use devices::virtio::mmio::RingState;
+use devices::virtio::core::RingState;
 use std::os::fd::AsFd;
 
 use devices::virtio::net::{KernelPath, Net, NetStats};
-use kvm_ioctls::VmFd;
 use net::backends::{self, BackendError};
 use net::{MacAddr, NetSpec, VhostMode};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::acpi::VirtioMmioSlot;
 use crate::notice::{Notice, Notices};
 use crate::virtio_slot;
 
@@ -35,6 +31,8 @@ pub enum NicError {
     },
     #[error("cannot set up the network event loop: {0}")]
     EventLoop(String),
+    #[error("cannot place the virtio devices: {0}")]
+    Placement(virtio_slot::WireError),
     #[error("eth{index}: vhost=on: {source}")]
     Vhost {
         index: usize,
@@ -140,14 +138,11 @@ impl Drop for HostCleanup {
 
 pub type NetEventManager = virtio_slot::DeviceEventManager;
 
-/// The built NICs: their ACPI descriptions, what to tell the user, the event loop that
-/// will run their queues, and what to undo at the end.
+/// The built NICs: what to tell the user, their counters, and what to undo at the end.
 pub struct Nics {
-    pub slots: Vec<VirtioMmioSlot>,
     pub infos: Vec<NicInfo>,
     /// Reads each NIC's device counters (in `infos` order).
     pub counters: Vec<NicCounters>,
-    pub events: Option<NetEventManager>,
     pub cleanup: HostCleanup,
 }
 
@@ -232,16 +227,13 @@ pub const MAX_NICS: usize = virtio_slot::MAX_DEVICES;
 /// state is touched, and a created tap vanishes with its fd on any later error.
 pub fn build(
     specs: &[NetSpec],
-    vm: &VmFd,
+    placer: &mut virtio_slot::Placer,
     mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
     notices: &Notices,
 ) -> Result<Nics, NicError> {
     let mut nics = Nics {
-        slots: Vec::new(),
         infos: Vec::new(),
         counters: Vec::new(),
-        events: None,
         cleanup: HostCleanup::new(notices.clone()),
     };
     if specs.is_empty() {
@@ -271,36 +263,27 @@ pub fn build(
         let kernel = kernel_path(s.vhost, &taps, mem, index, &mut nics.infos[index])?;
         opened.push((a.tap, a.more_queues, a.mac, s.mtu, kernel));
     }
-    let mut em = NetEventManager::new().map_err(|e| NicError::EventLoop(format!("{e:?}")))?;
     for (index, (tap, more, mac, mtu, kernel)) in opened.into_iter().enumerate() {
-        let (transport, slot) = virtio_slot::wire(
-            index,
-            &format!("eth{index}"),
-            Net::new(tap, mac.0)
-                .with_more_pairs(more)
-                .with_mtu(mtu)
-                .with_kernel_path(kernel),
-            vm,
-            mem,
-            mmio,
-            &mut em,
-        )
-        .map_err(|source| NicError::Wire { index, source })?;
+        let placed = placer
+            .place(
+                &format!("eth{index}"),
+                Net::new(tap, mac.0)
+                    .with_more_pairs(more)
+                    .with_mtu(mtu)
+                    .with_kernel_path(kernel),
+            )
+            .map_err(|source| NicError::Wire { index, source })?;
         nics.counters.push(NicCounters(Box::new(move || {
-            let t = devices::bus::lock(&transport);
-            let d = t.device();
-            NicReport {
+            placed.inspect(|d, rings| NicReport {
                 datapath: d.datapath(),
                 queues: d.pairs(),
                 active_pairs: d.active_pairs(),
                 stats: d.stats(),
                 pairs: d.pair_stats(),
-                rings: t.ring_state(),
-            }
+                rings,
+            })
         })));
-        nics.slots.push(slot);
     }
-    nics.events = Some(em);
     Ok(nics)
 }
 
@@ -433,7 +416,7 @@ mod tests {
 
     #[test]
     fn counters_line_names_the_nic_every_counter_and_the_rings() {
-        use devices::virtio::mmio::QueueState;
+        use devices::virtio::core::QueueState;
         let r = NicReport {
             datapath: "user",
             queues: 1,

@@ -1,27 +1,47 @@
-//! Putting one virtio device on the machine: the virtio-mmio window and GSI of its slot,
-//! its notify register on ioeventfds, its interrupt on an irqfd (and, for queues the
-//! kernel serves, on the kernel's own used-buffer eventfds as well), its queue work on the
-//! device event loop. NICs take the first slots, disks the ones after them; the ACPI DSDT
-//! describes every slot.
+//! Putting virtio devices on the machine, over the transport the VM uses:
+//!
+//! - virtio-mmio: a register window and a GSI per slot, the notify register on
+//!   ioeventfds, the interrupt on an irqfd (and, for queues the kernel serves, on the
+//!   kernel's own used-buffer eventfds as well); the ACPI DSDT describes every slot.
+//! - virtio-pci: a function on bus 0 with BAR 0 in the PCI window, each queue's notify
+//!   address on an ioeventfd, a GSI per MSI-X vector; the DSDT describes the host bridge.
+//!
+//! Either way the queue work runs on the device event loop. NICs are placed first, disks
+//! after them.
 
 use std::sync::{Arc, Mutex};
 
-use devices::bus::Bus;
-use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, TransportError, QUEUE_NOTIFY};
+use devices::bus::{lock, Bus};
+use devices::pci::msix::MsiRoutes;
+use devices::pci::{PciBus, PciConfigIo, PciFunction, PciMmioWindow};
+use devices::virtio::core::RingState;
+use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, QUEUE_NOTIFY};
+use devices::virtio::pci::{
+    PciEvents, PciTransport, PciTransportError, BAR_SIZE, NOTIFY_MULTIPLIER, NOTIFY_OFFSET,
+};
 use devices::virtio::VirtioDevice;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::acpi::VirtioMmioSlot;
-use crate::layout::{IOAPIC_PINS, MMIO_DEVICES_START, MMIO_DEVICE_SIZE, VIRTIO_GSI_START};
+use crate::acpi::{PciHostBridge, VirtioMmioSlot};
+use crate::config::VirtioTransport;
+use crate::layout::{
+    IOAPIC_PINS, MMIO_DEVICES_START, MMIO_DEVICE_SIZE, MSI_GSI_START, PCI_CONFIG_PORT,
+    PCI_CONFIG_PORT_LEN, PCI_MMIO_SIZE, PCI_MMIO_START, VIRTIO_GSI_START,
+};
+use crate::msi::MsiRouter;
 
 /// The event loop that runs every virtio device's queue work.
 pub type DeviceEventManager = EventManager<Box<dyn MutEventSubscriber + Send>>;
 
-/// The most virtio devices: one GSI each, from VIRTIO_GSI_START to the last IOAPIC pin.
+/// The most virtio devices: one GSI each on virtio-mmio, from VIRTIO_GSI_START to the last
+/// IOAPIC pin. (PCI bus 0 would take 31; the one limit keeps `--net`/`--disk` counts valid
+/// whichever transport runs them.)
 pub const MAX_DEVICES: usize = (IOAPIC_PINS - VIRTIO_GSI_START) as usize;
+const _: () = assert!(MAX_DEVICES < devices::pci::DEVICES_PER_BUS);
+const _: () = assert!(MAX_DEVICES as u64 * BAR_SIZE <= PCI_MMIO_SIZE);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -31,57 +51,219 @@ pub enum WireError {
         source: kvm_ioctls::Error,
     },
     #[error(transparent)]
-    Transport(#[from] TransportError),
+    Transport(#[from] devices::virtio::core::TransportError),
+    #[error(transparent)]
+    PciTransport(#[from] PciTransportError),
+    #[error(transparent)]
+    Pci(#[from] devices::pci::PciError),
     #[error("cannot map its registers: {0}")]
     Bus(#[from] devices::bus::BusError),
+    #[error("no room for another virtio device: the most is {MAX_DEVICES}")]
+    Full,
+    #[error("cannot set up the device event loop: {0}")]
+    EventLoop(String),
 }
 
-/// A wired device: its transport (for counters and reports) and its slot for the DSDT.
-pub type Wired<D> = (Arc<Mutex<MmioTransport<D>>>, VirtioMmioSlot);
+fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WireError {
+    move |source| WireError::Kvm { what, source }
+}
 
-/// Wires `device` into slot `slot` under `name`.
-pub fn wire<D: VirtioDevice + 'static>(
-    slot: usize,
-    name: &str,
-    device: D,
-    vm: &VmFd,
-    mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
-    em: &mut DeviceEventManager,
-) -> Result<Wired<D>, WireError> {
-    let addr = MMIO_DEVICES_START + slot as u64 * MMIO_DEVICE_SIZE;
-    let gsi = VIRTIO_GSI_START + slot as u32;
-    let kvm = |what| move |source| WireError::Kvm { what, source };
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?;
-    vm.register_irqfd(&irq, gsi)
-        .map_err(kvm("register its irqfd"))?;
-    let transport = MmioTransport::new(device, mem.clone(), irq)?;
-    // vhost's used-buffer eventfds interrupt the guest straight from the kernel.
-    for evt in transport.kernel_interrupts() {
-        vm.register_irqfd(evt, gsi)
-            .map_err(kvm("register a vhost-net call eventfd as its irqfd"))?;
+/// A placed device, for counters and reports.
+pub enum Placed<D: VirtioDevice> {
+    Mmio(Arc<Mutex<MmioTransport<D>>>),
+    Pci(Arc<Mutex<PciTransport<D>>>),
+}
+
+impl<D: VirtioDevice> Placed<D> {
+    /// Runs `f` on the device and where its rings stand, under the transport's lock.
+    pub fn inspect<R>(&self, f: impl FnOnce(&D, RingState) -> R) -> R {
+        match self {
+            Placed::Mmio(t) => {
+                let t = lock(t);
+                f(t.device(), t.ring_state())
+            }
+            Placed::Pci(t) => {
+                let t = lock(t);
+                f(t.device(), t.ring_state())
+            }
+        }
     }
-    for (q, evt) in transport.queue_events().iter().enumerate() {
-        vm.register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), q as u32)
-            .map_err(kvm("register its queue ioeventfd"))?;
+}
+
+/// What placing every device left for the rest of the machine.
+pub struct Placement {
+    /// The event loop, when there is a device for it to serve.
+    pub events: Option<DeviceEventManager>,
+    /// virtio-mmio windows for the DSDT.
+    pub mmio_slots: Vec<VirtioMmioSlot>,
+    /// The PCI host bridge for the DSDT, when devices sit on PCI.
+    pub pci: Option<PciHostBridge>,
+}
+
+/// Places devices one after the other.
+pub struct Placer<'a> {
+    transport: VirtioTransport,
+    vm: &'a Arc<VmFd>,
+    mem: &'a GuestMemoryMmap,
+    mmio: &'a mut Bus,
+    em: DeviceEventManager,
+    placed: usize,
+    mmio_slots: Vec<VirtioMmioSlot>,
+    pci: PciBus,
+    routes: Arc<MsiRouter>,
+    next_gsi: u32,
+}
+
+impl<'a> Placer<'a> {
+    pub fn new(
+        transport: VirtioTransport,
+        vm: &'a Arc<VmFd>,
+        mem: &'a GuestMemoryMmap,
+        mmio: &'a mut Bus,
+    ) -> Result<Self, WireError> {
+        Ok(Self {
+            transport,
+            vm,
+            mem,
+            mmio,
+            em: DeviceEventManager::new().map_err(|e| WireError::EventLoop(format!("{e:?}")))?,
+            placed: 0,
+            mmio_slots: Vec::new(),
+            pci: PciBus::new(),
+            routes: Arc::new(MsiRouter::new(vm.clone())),
+            next_gsi: MSI_GSI_START,
+        })
     }
-    let transport = Arc::new(Mutex::new(transport));
-    mmio.insert(
-        name,
-        addr,
-        MMIO_DEVICE_SIZE,
-        Arc::new(Mutex::new(MmioFront::new(transport.clone()))),
-    )?;
-    let events = MmioEvents::new(transport.clone())?;
-    let registration = events.registration();
-    em.add_subscriber(Box::new(events));
-    registration.check()?;
-    Ok((
-        transport,
-        VirtioMmioSlot {
+
+    /// Devices placed so far.
+    pub fn count(&self) -> usize {
+        self.placed
+    }
+
+    /// Places `device` under `name`, the next slot or PCI device.
+    pub fn place<D: VirtioDevice + 'static>(
+        &mut self,
+        name: &str,
+        device: D,
+    ) -> Result<Placed<D>, WireError> {
+        if self.placed >= MAX_DEVICES {
+            return Err(WireError::Full);
+        }
+        let placed = match self.transport {
+            VirtioTransport::Mmio => Placed::Mmio(self.place_mmio(name, device)?),
+            VirtioTransport::Pci => Placed::Pci(self.place_pci(device)?),
+        };
+        self.placed += 1;
+        Ok(placed)
+    }
+
+    fn subscribe<S: MutEventSubscriber + Send + 'static>(
+        &mut self,
+        events: S,
+        registration: devices::virtio::events::Registration,
+    ) -> Result<(), WireError> {
+        self.em.add_subscriber(Box::new(events));
+        Ok(registration.check()?)
+    }
+
+    fn place_mmio<D: VirtioDevice + 'static>(
+        &mut self,
+        name: &str,
+        device: D,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>, WireError> {
+        let slot = self.placed;
+        let addr = MMIO_DEVICES_START + slot as u64 * MMIO_DEVICE_SIZE;
+        let gsi = VIRTIO_GSI_START + slot as u32;
+        let irq = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(devices::virtio::core::TransportError::EventFd)?;
+        self.vm
+            .register_irqfd(&irq, gsi)
+            .map_err(kvm("register its irqfd"))?;
+        let transport = MmioTransport::new(device, self.mem.clone(), irq)?;
+        // vhost's used-buffer eventfds interrupt the guest straight from the kernel.
+        for evt in transport.kernel_interrupts() {
+            self.vm
+                .register_irqfd(evt, gsi)
+                .map_err(kvm("register a vhost-net call eventfd as its irqfd"))?;
+        }
+        for (q, evt) in transport.queue_events().iter().enumerate() {
+            self.vm
+                .register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), q as u32)
+                .map_err(kvm("register its queue ioeventfd"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(
+            name,
+            addr,
+            MMIO_DEVICE_SIZE,
+            Arc::new(Mutex::new(MmioFront::new(transport.clone()))),
+        )?;
+        let events = MmioEvents::new(transport.clone())?;
+        let registration = events.registration();
+        self.subscribe(events, registration)?;
+        self.mmio_slots.push(VirtioMmioSlot {
             addr,
             size: MMIO_DEVICE_SIZE,
             gsi,
-        },
-    ))
+        });
+        Ok(transport)
+    }
+
+    fn place_pci<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<Arc<Mutex<PciTransport<D>>>, WireError> {
+        let bar = PCI_MMIO_START + self.placed as u64 * BAR_SIZE;
+        let vectors = PciTransport::<D>::vectors_for(device.queue_max_sizes().len())?;
+        let routes: Arc<dyn MsiRoutes> = self.routes.clone();
+        let transport =
+            PciTransport::new(device, self.mem.clone(), bar as u32, self.next_gsi, routes)?;
+        self.next_gsi += u32::from(vectors);
+        // Each queue has a notification address of its own: no data to match. The driver
+        // writes the queue's index there, 16 bits.
+        for (q, evt) in transport.queue_events().iter().enumerate() {
+            let at = bar + NOTIFY_OFFSET + q as u64 * u64::from(NOTIFY_MULTIPLIER);
+            self.vm
+                .register_ioevent(evt, &IoEventAddress::Mmio(at), q as u16)
+                .map_err(kvm("register its queue ioeventfd"))?;
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        let function: Arc<Mutex<dyn PciFunction>> = transport.clone();
+        self.pci.add(function)?;
+        let events = PciEvents::new(transport.clone())?;
+        let registration = events.registration();
+        self.subscribe(events, registration)?;
+        Ok(transport)
+    }
+
+    /// Puts the PCI bus's ports on `pio` and its window on the MMIO bus, when devices sit
+    /// on PCI.
+    pub fn finish(self, pio: &mut Bus) -> Result<Placement, WireError> {
+        let pci = if self.transport == VirtioTransport::Pci && self.placed > 0 {
+            let bus = Arc::new(self.pci);
+            pio.insert(
+                "pci-config",
+                u64::from(PCI_CONFIG_PORT),
+                PCI_CONFIG_PORT_LEN,
+                Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+            )?;
+            self.mmio.insert(
+                "pci-window",
+                PCI_MMIO_START,
+                PCI_MMIO_SIZE,
+                Arc::new(Mutex::new(PciMmioWindow::new(bus, PCI_MMIO_START))),
+            )?;
+            Some(PciHostBridge {
+                mmio_base: PCI_MMIO_START,
+                mmio_size: PCI_MMIO_SIZE,
+            })
+        } else {
+            None
+        };
+        Ok(Placement {
+            events: (self.placed > 0).then_some(self.em),
+            mmio_slots: self.mmio_slots,
+            pci,
+        })
+    }
 }

@@ -145,7 +145,7 @@ pub struct Finished {
 pub struct Vmm {
     config: VmConfig,
     _kvm: Kvm,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     guest_memory: GuestMemoryMmap,
     vcpus: Vec<kvm_ioctls::VcpuFd>,
     buses: Arc<Buses>,
@@ -186,7 +186,7 @@ impl Vmm {
         check_kvm(&kvm_kind::detect(), config.allow_pvm)?;
 
         let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-        let vm = kvm.create_vm().map_err(kvm_err("create a KVM VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a KVM VM"))?);
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("set the TSS address"))?;
         vm.create_irq_chip()
@@ -225,31 +225,21 @@ impl Vmm {
                 .map_err(io_err("share the console's eventfd"))?,
             ConsoleSink::new(log, exit.clone(), ready_at.clone()),
         )));
-        let pio = legacy_bus(serial.clone(), &exit)?;
+        let mut pio = legacy_bus(serial.clone(), &exit)?;
         let mut mmio = Bus::new();
+        let mut placer =
+            crate::virtio_slot::Placer::new(config.transport, &vm, &guest_memory, &mut mmio)
+                .map_err(crate::nics::NicError::Placement)?;
         let crate::nics::Nics {
-            slots: mut virtio_mmio,
             infos: nics,
             counters: nic_counters,
-            events: mut net_events,
             cleanup: host_cleanup,
-        } = crate::nics::build(&config.nets, &vm, &guest_memory, &mut mmio, &notices)?;
-        let disks = if config.disks.is_empty() {
-            crate::disks::Disks::default()
-        } else {
-            let em = match net_events.as_mut() {
-                Some(em) => em,
-                None => net_events.insert(crate::nics::NetEventManager::new().map_err(|e| {
-                    VmmError::Io {
-                        what: "set up the device event loop",
-                        source: std::io::Error::other(format!("{e:?}")),
-                    }
-                })?),
-            };
-            let first_slot = virtio_mmio.len();
-            crate::disks::build(&config.disks, first_slot, &vm, &guest_memory, &mut mmio, em)?
-        };
-        virtio_mmio.extend(disks.slots.iter().cloned());
+        } = crate::nics::build(&config.nets, &mut placer, &guest_memory, &notices)?;
+        let disks = crate::disks::build(&config.disks, &mut placer)?;
+        let placement = placer
+            .finish(&mut pio)
+            .map_err(crate::nics::NicError::Placement)?;
+        let net_events = placement.events;
         let buses = Arc::new(Buses { pio, mmio });
 
         let (entry, mut params) = boot::load_kernel(&guest_memory, &config.kernel)?;
@@ -260,10 +250,11 @@ impl Vmm {
             &guest_memory,
             &AcpiConfig {
                 cpus: config.cpus,
-                virtio_mmio,
+                virtio_mmio: placement.mmio_slots,
+                pci: placement.pci,
             },
         )?;
-        let cmdline = crate::cmdline::build(&config.cmdline);
+        let cmdline = crate::cmdline::build(&config.cmdline, config.transport);
         if entry.pvh_entry.is_some() {
             boot::write_pvh_start_info(&guest_memory, &params, &cmdline, rsdp)?;
         } else {

@@ -2,7 +2,7 @@
 //! guest->host ("up") and host->guest ("down") over a tap, and the guest's ping RTT, for the
 //! same guest kernel and initrd with `-smp 1 -m 512` under
 //!
-//! - netvmm (virtio-net on virtio-mmio),
+//! - netvmm (virtio-net on virtio-mmio, and on virtio-pci with MSI-X: `--transport pci`),
 //! - QEMU `-M pc` with virtio-net-pci (`vhost=off`, `romfile=`),
 //! - QEMU `-M microvm` with virtio-net-device (virtio-mmio, `vhost=off`): the same transport
 //!   as netvmm and the guest image exactly as it is,
@@ -21,10 +21,8 @@
 //! that hangs or crashes (a known fault of the emulation) costs only its round: the rounds
 //! it finished are kept and the rest run in a second lab host, and the table says so.
 //!
-//! The guest image loads virtio_mmio and virtio_net only, and Debian's cloud kernel has
-//! `CONFIG_VIRTIO_PCI=m`: for the PCI machine the bench appends a small cpio to the guest
-//! initrd with `virtio_pci`, `virtio_pci_legacy_dev` and `virtio_pci_modern_dev` from the
-//! cached kernel package, and their lines added to `/etc/netvmm-modules`.
+//! The guest image loads virtio_pci as well as virtio_mmio, so every VMM boots the image
+//! exactly as it is.
 //!
 //! `cargo bench -p netvmm --bench vs_qemu` (NETVMM_BENCH_RUNS sets the rounds, default 3).
 
@@ -33,7 +31,6 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lab::cpio::CpioWriter;
 use lab::runner::parse_ldd;
 use lab::{Console, Images, LabContext, LabError, LabRun};
 
@@ -49,22 +46,18 @@ const QEMU_FIRMWARE: &[&str] = &[
     "linuxboot_dma.bin",
     "bios-microvm.bin",
 ];
-/// The modules the PCI machine's guest needs on top of the guest image, in load order.
-const PCI_MODULES: &[&str] = &[
-    "virtio_pci_legacy_dev.ko",
-    "virtio_pci_modern_dev.ko",
-    "virtio_pci.ko",
-];
-
 /// The VMMs, in the order each round boots them: (key in the results, label in the table).
 const VMMS: &[(&str, &str)] = &[
     ("netvmm", "netvmm (virtio-mmio)"),
+    ("netvmm-pci", "netvmm (virtio-pci)"),
     ("qemu-pc", "QEMU pc, virtio-net-pci"),
     ("qemu-microvm", "QEMU microvm, virtio-mmio"),
     ("netvmm-vhost", "netvmm vhost=on"),
+    ("netvmm-pci-vhost", "netvmm pci vhost=on"),
     ("qemu-pc-vhost", "QEMU pc, vhost=on"),
     ("netvmm-mq", "netvmm queues=2"),
     ("netvmm-vhost-mq", "netvmm vhost=on queues=2"),
+    ("netvmm-pci-vhost-mq", "netvmm pci vhost queues=2"),
     ("qemu-pc-vhost-mq", "QEMU pc, vhost=on queues=2"),
     ("netvmm-vhost-2cpu", "netvmm vhost 2 vCPUs"),
     ("qemu-microvm-vhost-2cpu", "QEMU microvm vhost 2 vCPUs"),
@@ -86,6 +79,20 @@ const VHOST_2CPU_PAIR: (&str, &str) = ("netvmm-vhost-2cpu", "qemu-microvm-vhost-
 
 /// The vhost rows: netvmm's against QEMU's, both with the kernel's vhost-net.
 const VHOST_PAIR: (&str, &str) = ("netvmm-vhost", "qemu-pc-vhost");
+
+/// The same transport as QEMU pc (virtio-pci, MSI-X): userspace, vhost, vhost with two
+/// queues and two vCPUs.
+const PCI_PAIRS: [((&str, &str), &str); 3] = [
+    (("netvmm-pci", "qemu-pc"), "pc; netvmm on PCI"),
+    (
+        ("netvmm-pci-vhost", "qemu-pc-vhost"),
+        "pc, vhost=on; netvmm PCI",
+    ),
+    (
+        ("netvmm-pci-vhost-mq", "qemu-pc-vhost-mq"),
+        "pc, vhost, 2q; netvmm PCI",
+    ),
+];
 
 /// What the lab host runs; `FIRST` and `RUNS` (the rounds) and `T` (iperf3 seconds) come from
 /// the environment. A guest prints `feat:`, `rtt:`, `up:` and `down:` lines (its virtio
@@ -158,9 +165,16 @@ for r in $(seq $FIRST $RUNS); do
     --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
   collect netvmm $r $? /tmp/n.log /tmp/n.err
 
+  echo "vs_qemu: round $r of $RUNS: netvmm --transport pci"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+    --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect netvmm-pci $r $? /tmp/n.log /tmp/n.err
+
   echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci)"
   rm -f /tmp/q.log
-  qemu off -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
+  qemu off -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
     -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
   collect qemu-pc $r $? /tmp/q.log /tmp/q.err
 
@@ -177,9 +191,16 @@ for r in $(seq $FIRST $RUNS); do
     --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
   collect netvmm-vhost $r $? /tmp/n.log /tmp/n.err
 
+  echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, vhost=on"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+    --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect netvmm-pci-vhost $r $? /tmp/n.log /tmp/n.err
+
   echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on"
   rm -f /tmp/q.log
-  qemu on -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile= \
+  qemu on -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
     -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
   collect qemu-pc-vhost $r $? /tmp/q.log /tmp/q.err
 
@@ -193,12 +214,19 @@ for r in $(seq $FIRST $RUNS); do
     collect $key $r $? /tmp/n.log /tmp/n.err
   done
 
+  echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, queues=2, 2 vCPUs, vhost=on"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
+    --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=on \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect netvmm-pci-vhost-mq $r $? /tmp/n.log /tmp/n.err
+
   echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on, queues=2, 2 vCPUs"
   rm -f /tmp/q.log
   timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
     -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
     -netdev tap,id=n0,ifname=bt2,script=no,downscript=no,vhost=on,queues=2 -kernel $K \
-    -M pc -initrd /lab/qemu/initrd-pci -device virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=6 \
+    -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=6 \
     -append "console=ttyS0 quiet panic=1 netvmm.ip=203.0.113.2/24 netvmm.run=\"$(gcmd_mq 203.0.113.1)\"" \
     >/tmp/q.err 2>&1
   collect qemu-pc-vhost-mq $r $? /tmp/q.log /tmp/q.err
@@ -293,115 +321,6 @@ fn qemu_files() -> Result<Vec<(PathBuf, String)>, String> {
         files.push((path, format!("/lab/qemu-share/{name}")));
     }
     Ok(files)
-}
-
-/// The contents of `want` in a newc cpio archive.
-fn cpio_member(archive: &[u8], want: &str) -> Option<Vec<u8>> {
-    let mut at = 0;
-    while let Some(h) = archive.get(at..at + 110) {
-        if !h.starts_with(b"070701") && !h.starts_with(b"070702") {
-            return None;
-        }
-        let field = |i: usize| {
-            let hex = std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).ok()?;
-            usize::from_str_radix(hex, 16).ok()
-        };
-        let (size, name_len) = (field(6)?, field(11)?);
-        let name = archive.get(at + 110..at + 110 + name_len.checked_sub(1)?)?;
-        let name = std::str::from_utf8(name).ok()?;
-        let data = (at + 110 + name_len).next_multiple_of(4);
-        let name = name.trim_start_matches("./").trim_start_matches('/');
-        if name == "TRAILER!!!" {
-            return None;
-        }
-        if name == want {
-            return archive.get(data..data + size).map(<[u8]>::to_vec);
-        }
-        at = (data + size).next_multiple_of(4);
-    }
-    None
-}
-
-/// The guest initrd for QEMU's PCI machine: the guest image's initrd followed by a cpio
-/// with the virtio_pci modules from the cached kernel package and an /etc/netvmm-modules
-/// that loads them too. Err says why it cannot be built.
-fn pci_initrd(images: &Images, cache: &Path, tmp: &Path) -> Result<PathBuf, String> {
-    let guest_dir = images
-        .guest_kernel
-        .parent()
-        .ok_or("the guest kernel has no directory")?;
-    let rel_path = guest_dir.join("kernel-release");
-    let rel = std::fs::read_to_string(&rel_path)
-        .map_err(|e| format!("cannot read {}: {e}", rel_path.display()))?;
-    let rel = rel.trim();
-    let debs = cache.join("debs");
-    let prefix = format!("linux-image-{rel}_");
-    let deb = std::fs::read_dir(&debs)
-        .map_err(|e| format!("cannot list {}: {e}", debs.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-        .ok_or_else(|| format!("no {prefix}*.deb in {}", debs.display()))?;
-
-    let out = tmp.join("modules");
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let sh = format!(
-        "dpkg-deb --fsys-tarfile \"$1\" | tar -x -C \"$2\" --wildcards {}",
-        PCI_MODULES
-            .iter()
-            .map(|m| format!("'*/kernel/drivers/virtio/{m}'"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let st = Command::new("sh")
-        .args(["-c", &sh, "sh"])
-        .arg(&deb)
-        .arg(&out)
-        .status()
-        .map_err(|e| format!("cannot run dpkg-deb: {e}"))?;
-    if !st.success() {
-        return Err(format!(
-            "extracting {PCI_MODULES:?} from {} failed",
-            deb.display()
-        ));
-    }
-
-    let initrd = std::fs::read(&images.guest_initrd)
-        .map_err(|e| format!("cannot read {}: {e}", images.guest_initrd.display()))?;
-    let unpacked = Command::new("gzip")
-        .arg("-dc")
-        .arg(&images.guest_initrd)
-        .output()
-        .map_err(|e| format!("cannot run gzip: {e}"))?;
-    let list = cpio_member(&unpacked.stdout, "etc/netvmm-modules")
-        .ok_or("the guest initrd has no etc/netvmm-modules")?;
-    let mut list = String::from_utf8_lossy(&list).into_owned();
-    let mut cpio = CpioWriter::new();
-    for m in PCI_MODULES {
-        let at = format!("lib/modules/{rel}/kernel/drivers/virtio/{m}");
-        let data = std::fs::read(out.join(&at))
-            .map_err(|e| format!("{m} did not come out of {}: {e}", deb.display()))?;
-        cpio.add_file(&at, 0o644, &data)
-            .map_err(|e| e.to_string())?;
-        if !list.ends_with('\n') && !list.is_empty() {
-            list.push('\n');
-        }
-        list.push_str(&format!("/{at}\n"));
-    }
-    cpio.add_file("etc/netvmm-modules", 0o644, list.as_bytes())
-        .map_err(|e| e.to_string())?;
-
-    // The kernel takes an uncompressed archive after a compressed one only at an aligned
-    // offset.
-    let mut bytes = initrd;
-    bytes.resize(bytes.len().next_multiple_of(512), 0);
-    cpio.finish(&mut bytes).map_err(|e| e.to_string())?;
-    let path = tmp.join("initrd-pci");
-    std::fs::write(&path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path)
 }
 
 /// One figure from the results file: (vmm, round, kind, value).
@@ -575,7 +494,8 @@ fn bench() -> Result<(), String> {
         std::sync::Arc::new(|p| eprintln!("netvmm-lab: {p}")),
     )
     .map_err(|e| e.to_string())?;
-    let images = Images::all(&context.images).map_err(|e| e.to_string())?;
+    // Builds the images now if they are missing, before QEMU's files are gathered.
+    Images::all(&context.images).map_err(|e| e.to_string())?;
     let tmp = TempDir::new();
 
     let mut files = vec![(
@@ -589,12 +509,6 @@ fn bench() -> Result<(), String> {
         .map(|m| m.len())
         .sum();
     files.extend(qemu.iter().cloned());
-    let pci = pci_initrd(&images, &context.images.cache, &tmp.0).map_err(|e| {
-        format!(
-            "cannot give the PCI guest virtio_pci (the guest image lacks it, the kernel has CONFIG_VIRTIO_PCI=m): {e}"
-        )
-    })?;
-    files.push((pci, "/lab/qemu/initrd-pci".to_string()));
 
     eprintln!(
         "vs_qemu: carrying qemu-system-x86_64, {} of its libraries (the rest come with netvmm) and {} firmware files ({:.1} MiB) into the lab",
@@ -747,7 +661,10 @@ fn bench() -> Result<(), String> {
         (VHOST_PAIR, "pc, both vhost=on"),
         (MQ_PAIR, "pc, vhost=on, 2 queues"),
         (VHOST_2CPU_PAIR, "microvm, vhost=on, 2 vCPUs"),
-    ] {
+    ]
+    .into_iter()
+    .chain(PCI_PAIRS)
+    {
         let m = |key, kind| median(&values(&samples, key, kind));
         let ratio = |kind| Some(m(ours, kind)? / m(theirs, kind)?);
         println!(

@@ -15,6 +15,7 @@ use devices::bus::{lock, Bus};
 use devices::pci::msix::MsiRoutes;
 use devices::pci::{PciBus, PciConfigIo, PciFunction, PciMmioWindow};
 use devices::virtio::core::RingState;
+use devices::virtio::events::Transport;
 use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, QUEUE_NOTIFY};
 use devices::virtio::pci::{
     PciEvents, PciTransport, PciTransportError, BAR_SIZE, NOTIFY_MULTIPLIER, NOTIFY_OFFSET,

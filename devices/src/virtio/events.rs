@@ -18,6 +18,23 @@ pub trait Transport: Send {
     fn core(&self) -> &VirtioCore<Self::Device>;
     /// Runs device work for `wake` and raises the interrupts it asks for.
     fn wake(&mut self, wake: Wake);
+
+    /// The queue notification eventfds, in queue order, for KVM ioeventfd registration.
+    fn queue_events(&self) -> &[EventFd] {
+        self.core().queue_events()
+    }
+
+    fn device(&self) -> &Self::Device {
+        self.core().device()
+    }
+
+    fn is_active(&self) -> bool {
+        self.core().is_active()
+    }
+
+    fn status(&self) -> u32 {
+        self.core().status()
+    }
 }
 
 /// Whether `init` registered everything. event-manager's `init` cannot fail, yet a refused

@@ -83,27 +83,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
         })
     }
 
-    /// The queue notification eventfds, in queue order, for KVM ioeventfd registration.
-    pub fn queue_events(&self) -> &[EventFd] {
-        self.core.queue_events()
-    }
-
-    pub fn device(&self) -> &D {
-        self.core.device()
-    }
-
-    pub fn device_mut(&mut self) -> &mut D {
-        self.core.device_mut()
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.core.is_active()
-    }
-
-    pub fn status(&self) -> u32 {
-        self.core.status()
-    }
-
     /// Where each ready queue stands and the pending interrupt bits: what a stalled
     /// network is diagnosed from (the VMM prints it at exit).
     pub fn ring_state(&self) -> RingState {

@@ -207,31 +207,9 @@ impl<D: VirtioDevice> PciTransport<D> {
         Some(Caps { msix, pci_cfg })
     }
 
-    /// The queue notification eventfds, in queue order; queue N's address is
-    /// `bar + NOTIFY_OFFSET + N * NOTIFY_MULTIPLIER`.
-    pub fn queue_events(&self) -> &[vmm_sys_util::eventfd::EventFd] {
-        self.core.queue_events()
-    }
-
     /// BAR 0's address as the driver left it (decoding or not).
     pub fn bar_address(&self) -> u64 {
         self.config.bar0().0
-    }
-
-    pub fn device(&self) -> &D {
-        self.core.device()
-    }
-
-    pub fn device_mut(&mut self) -> &mut D {
-        self.core.device_mut()
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.core.is_active()
-    }
-
-    pub fn status(&self) -> u32 {
-        self.core.status()
     }
 
     /// Where each ready queue stands; the interrupt bits are the ISR's, with bit 0 also

@@ -202,6 +202,9 @@ fn lab_run_for(
     if r.seccomp == crate::args::Switch::Off {
         args.push("--seccomp=off".into());
     }
+    if r.transport == crate::args::Transport::Pci {
+        args.push("--transport=pci".into());
+    }
     let mut run = LabRun::new(String::new(), context()?);
     if let Some(log) = &r.serial_log {
         args.extend(["--serial-log".into(), "/tmp/serial.log".into()]);
@@ -293,6 +296,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("absent") && e.contains("does not exist"), "{e}");
+        // The transport goes along; the default needs no word.
+        assert!(!run.script.contains("--transport"), "{}", run.script);
+        let mut on_pci = r.clone();
+        on_pci.transport = crate::args::Transport::Pci;
+        let script = lab_run_for(&on_pci, test_context).unwrap().script;
+        assert!(script.contains("'--transport=pci'"), "{script}");
         let mut with_command = r.clone();
         with_command.command = vec!["sh".into(), "-c".into(), "echo \"a b\"; exit 5".into()];
         let script = lab_run_for(&with_command, test_context).unwrap().script;

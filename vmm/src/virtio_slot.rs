@@ -1,8 +1,8 @@
 //! Putting virtio devices on the machine, over the transport the VM uses:
 //!
 //! - virtio-mmio: a register window and a GSI per slot, the notify register on
-//!   ioeventfds, the interrupt on an irqfd (and, for queues the kernel serves, on the
-//!   kernel's own used-buffer eventfds as well); the ACPI DSDT describes every slot.
+//!   ioeventfds, the interrupt on one irqfd (which the kernel also signals for queues it
+//!   serves); the ACPI DSDT describes every slot.
 //! - virtio-pci: a function on bus 0 with BAR 0 in the PCI window, each queue's notify
 //!   address on an ioeventfd, a GSI per MSI-X vector; the DSDT describes the host bridge.
 //!
@@ -180,13 +180,8 @@ impl<'a> Placer<'a> {
         self.vm
             .register_irqfd(&irq, gsi)
             .map_err(kvm("register its irqfd"))?;
+        // vhost signals used buffers on this same eventfd: one irqfd per line.
         let transport = MmioTransport::new(device, self.mem.clone(), irq)?;
-        // vhost's used-buffer eventfds interrupt the guest straight from the kernel.
-        for evt in transport.kernel_interrupts() {
-            self.vm
-                .register_irqfd(evt, gsi)
-                .map_err(kvm("register a vhost-net call eventfd as its irqfd"))?;
-        }
         for (q, evt) in transport.queue_events().iter().enumerate() {
             self.vm
                 .register_ioevent(evt, &IoEventAddress::Mmio(addr + QUEUE_NOTIFY), q as u32)

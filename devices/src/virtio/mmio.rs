@@ -48,9 +48,9 @@ pub const INT_VRING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 /// The bits a driver sees and acknowledges.
 const INT_BITS: u32 = INT_VRING | INT_CONFIG;
-/// Never seen by the driver: the kernel (vhost) serves queues now. Its used-buffer eventfds
-/// are irqfds of this device's GSI, so the interrupt reaches the guest without this
-/// process, which never learns when it fired: InterruptStatus then says "used buffer" on
+/// Never seen by the driver: the kernel (vhost) serves queues now. It signals used buffers
+/// on this device's own interrupt eventfd (an irqfd), so the interrupt reaches the guest
+/// without this process, which never learns when it fired: InterruptStatus then says "used buffer" on
 /// every read, and the driver looks at its queues (a look that finds nothing is harmless).
 const INT_KERNEL: u32 = 1 << 31;
 
@@ -75,7 +75,10 @@ pub struct MmioTransport<D: VirtioDevice> {
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// `irq` is the eventfd KVM injects as this device's interrupt.
-    pub fn new(device: D, mem: GuestMemoryMmap, irq: EventFd) -> Result<Self, TransportError> {
+    pub fn new(mut device: D, mem: GuestMemoryMmap, irq: EventFd) -> Result<Self, TransportError> {
+        device
+            .share_used_notifier(&irq)
+            .map_err(TransportError::EventFd)?;
         Ok(Self {
             core: VirtioCore::new(device, mem)?,
             irq,
@@ -88,12 +91,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
     pub fn ring_state(&self) -> RingState {
         self.core
             .ring_state(self.interrupt_status.load(Ordering::SeqCst) & INT_BITS)
-    }
-
-    /// The eventfds the kernel signals when it used buffers (vhost), for KVM to take as
-    /// irqfds of this device's interrupt.
-    pub fn kernel_interrupts(&self) -> &[EventFd] {
-        self.core.kernel_interrupts()
     }
 
     fn raise(&mut self, bit: u32) {

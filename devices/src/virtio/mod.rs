@@ -125,4 +125,15 @@ pub trait VirtioDevice: Send {
     fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
         &[]
     }
+    /// Makes the kernel-served queues signal used buffers on `irq`, the transport's one
+    /// interrupt eventfd (virtio-mmio: one line per device). Several irqfds on one
+    /// edge-triggered line lose interrupts: KVM merges a second eventfd's edge into the
+    /// first's while the line is still high, after the guest's handler may already have
+    /// looked at the second queue and found nothing.
+    fn share_used_notifier(
+        &mut self,
+        _irq: &vmm_sys_util::eventfd::EventFd,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -950,6 +950,13 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
     fn used_notifiers(&self) -> &[vmm_sys_util::eventfd::EventFd] {
         self.kernel.as_ref().map_or(&[], |k| k.calls())
     }
+
+    fn share_used_notifier(&mut self, irq: &vmm_sys_util::eventfd::EventFd) -> std::io::Result<()> {
+        match &mut self.kernel {
+            Some(k) => k.share_calls(irq),
+            None => Ok(()),
+        }
+    }
 }
 
 impl<B: NetBackend> Net<B> {

@@ -5,8 +5,10 @@
 //! (before the sandbox: the vCPU threads then need only the per-ring ioctls). At DRIVER_OK
 //! the rings the driver set up, the negotiated ring features, the queue notification
 //! eventfds (the same ones KVM signals through ioeventfd) and one "call" eventfd per queue
-//! go to the kernel, then the tap as the backend. The call eventfds are irqfds of the
-//! device's interrupt, so the kernel's worker interrupts the guest itself; since netvmm
+//! go to the kernel, then the tap as the backend. The call eventfds are irqfds (on
+//! virtio-mmio all of them the device's one interrupt eventfd, see
+//! `VirtioDevice::share_used_notifier`; on virtio-pci each queue's vector), so the
+//! kernel's worker interrupts the guest itself; since netvmm
 //! then never sees an interrupt happen, virtio-mmio's InterruptStatus says "used buffer"
 //! whenever the guest reads it while the kernel serves the rings. (Relaying each call
 //! through netvmm's event loop cost a wake-up of its thread per interrupt: with two vCPUs
@@ -142,6 +144,15 @@ impl KernelPath {
         &self.calls
     }
 
+    /// Makes the kernel signal used buffers of every queue on `irq` (the device's one
+    /// interrupt eventfd) instead of one eventfd per queue; takes effect at the next start.
+    pub fn share_calls(&mut self, irq: &EventFd) -> std::io::Result<()> {
+        for call in &mut self.calls {
+            *call = irq.try_clone()?;
+        }
+        Ok(())
+    }
+
     /// Hands the rings of the first `pairs` pairs to the kernel: `acked` the negotiated
     /// features, `queues` and `kicks` the device's queues (rx0, tx0, rx1, ...) and their
     /// notification eventfds.
@@ -251,7 +262,7 @@ mod tests {
             return;
         };
         match KernelPath::open(&mem, vec![tap, tap2]) {
-            Ok(k) => {
+            Ok(mut k) => {
                 // A host with vhost-net: offloads and config bits are the device's to offer.
                 let offered = k.offerable(OFFERED_FEATURES);
                 assert_eq!(offered & (F_GUEST_CSUM | F_MAC), F_GUEST_CSUM | F_MAC);
@@ -259,6 +270,13 @@ mod tests {
                 // Two pairs: rx0, tx0, rx1, tx1.
                 assert_eq!(k.calls().len(), 4);
                 assert!(!k.running());
+                // On virtio-mmio every ring signals the device's one interrupt eventfd.
+                let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+                k.share_calls(&irq).unwrap();
+                for call in k.calls() {
+                    call.write(1).unwrap();
+                }
+                assert_eq!(irq.read().unwrap(), 4);
             }
             Err(e) => {
                 let line = e.to_string();

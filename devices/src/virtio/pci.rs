@@ -390,7 +390,9 @@ impl<D: VirtioDevice> PciTransport<D> {
         };
         if within(COMMON_OFFSET, COMMON_LEN) {
             let v = self.read_common((offset - COMMON_OFFSET, data.len()));
-            data.copy_from_slice(&v.to_le_bytes()[..data.len().min(4)]);
+            // A wider access (the guest's choice) reads zeros above the register.
+            let n = data.len().min(4);
+            data[..n].copy_from_slice(&v.to_le_bytes()[..n]);
         } else if within(ISR_OFFSET, ISR_LEN) {
             // Reading the ISR acknowledges it (4.1.4.5).
             let v = self.isr.swap(0, Ordering::SeqCst);

@@ -16,7 +16,8 @@ mod common;
 // receiver (ReasmReqds) crossed whole.
 const SCENARIO: &str = r#"
 IP=/sbin/ip
-G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout 300 --memory 384"
+G0="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --memory 384"
+G="$G0 --timeout 300"
 v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
 # Field N of the "Ip:" counters line of /proc/net/snmp, from a line saved with _ for spaces.
 ipf() { echo "$1" | tr _ ' ' | cut -d ' ' -f "$2"; }
@@ -100,13 +101,22 @@ MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
   echo up=\$(grep SUM.*receiver /tmp/i2 | tr -s \" \" | cut -d \" \" -f 6)'
 mq() { echo "status=$2 queues=$(v $1.log queues | tr ' ' ,) up=$(v $1.log up) path=$(nic $1.err datapath) nq=$(nic $1.err queues) active=$(nic $1.err active_pairs) ctrl_ok=$(nic $1.err ctrl_ok) ctrl_err=$(nic $1.err ctrl_err) q0rx=$(nic $1.err q0_rx_frames) q0tx=$(nic $1.err q0_tx_frames) q1rx=$(nic $1.err q1_rx_frames) q1tx=$(nic $1.err q1_tx_frames) rx0u=$(nic $1.err rx_used) tx0u=$(nic $1.err tx_used) rx1u=$(nic $1.err rx1_used) tx1u=$(nic $1.err tx1_used) said=$(grep -c 'eth0 .*; 2 queue pairs' $1.err)"; }
 # mqrun CASE NET GUEST-IP PEER FLOWS: one two-pair guest on the --net NET, FLOWS streams
-# per client.
+# per client. A guest that stopped taking an interrupt netvmm raised (the timeout, with
+# InterruptStatus still pending in the exit report: netvmm set it and signalled its irqfd,
+# the guest never read it) is the emulated lab's known fault (resources/README.md, "a guest
+# cut off mid-run"): that case runs once more and the first try is printed as missed=.
+# The bit is netvmm's own raise even under vhost (the kernel's signals do not set it).
 mqrun() {
-  NETVMM_BOOT_REPORT=1 netvmm run $G --cpus 2 --net "$2" --serial-log /tmp/$1.log \
-    --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g")\"" >/dev/null 2>/tmp/$1.err
-  s=$?
-  [ $s = 0 ] || cat /tmp/$1.err
-  echo "case=$1 $(mq /tmp/$1 $s)"
+  for try in 1 2; do
+    NETVMM_BOOT_REPORT=1 netvmm run $G0 --timeout 90 --cpus 2 --net "$2" --serial-log /tmp/$1.log \
+      --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g")\"" >/dev/null 2>/tmp/$1.err
+    s=$?
+    [ $s = 0 ] || { cat /tmp/$1.err; tail -n 5 /tmp/$1.log; }
+    i=$(nic /tmp/$1.err isr)
+    [ $try = 1 ] && [ $s = 124 ] && [ -n "$i" ] && [ "$i" != 0 ] || break
+    echo "missed=$1 $(grep 'netvmm-nic-report: eth0 ' /tmp/$1.err | tr ' ' _)"
+  done
+  echo "case=$1 $(mq /tmp/$1 $s) tries=$try"
 }
 for path in off on; do
   mqrun mq-vhost-$path tap,host-ip=192.0.2.1/24,queues=2,vhost=$path 192.0.2.2/24 192.0.2.1 2
@@ -138,6 +148,10 @@ echo "case=vhost-auto status=$s ping=$(v /tmp/va.log ping) path=$(nic /tmp/va.er
 fn datapath_end_to_end() {
     let out = common::lab(SCENARIO, 1500);
     let dump = out.dump();
+    // A rerun after a missed interrupt is said, and kept with the lab host hangs.
+    for missed in out.stdout.lines().filter(|l| l.starts_with("missed=")) {
+        common::record_rerun("datapath_end_to_end: the guest missed an interrupt", missed);
+    }
     assert_eq!(out.status, 0, "{dump}");
     let f = |case: &str, key: &str| out.field(case, key).unwrap_or_default();
 

@@ -92,23 +92,37 @@ fn with_reruns_on_host_failure(f: impl Fn() -> Output) -> Output {
             break;
         };
         eprintln!("test harness: {line}; running the lab once more");
-        let record = format!(
-            "=== {}: {line}\n--- stdout ---\n{}\n--- stderr ---\n{stderr}\n",
-            std::thread::current().name().unwrap_or("a test"),
+        let what = format!(
+            "{}: {line}",
+            std::thread::current().name().unwrap_or("a test")
+        );
+        let detail = format!(
+            "--- stdout ---\n{}\n--- stderr ---\n{stderr}",
             String::from_utf8_lossy(&out.stdout)
         );
-        use std::io::Write;
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(hang_log())
-            .and_then(|mut f| f.write_all(record.as_bytes()));
-        if let Err(e) = appended {
-            eprintln!("test harness: cannot write {}: {e}", hang_log().display());
-        }
+        append_to_hang_log(&what, &detail);
         out = f();
     }
     out
+}
+
+/// Says that a scenario ran a case again after a fault of the emulated lab (`what`), and
+/// keeps `detail` (what the first try printed) in `hang_log()`.
+pub fn record_rerun(what: &str, detail: &str) {
+    eprintln!("test harness: {what}; that case ran once more: {detail}");
+    append_to_hang_log(what, detail);
+}
+
+fn append_to_hang_log(what: &str, detail: &str) {
+    use std::io::Write;
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(hang_log())
+        .and_then(|mut f| writeln!(f, "=== {what}\n{detail}"));
+    if let Err(e) = appended {
+        eprintln!("test harness: cannot write {}: {e}", hang_log().display());
+    }
 }
 
 /// Runs netvmm with `args` that boot a lab host (`netvmm lab run ...`, `netvmm compare`),

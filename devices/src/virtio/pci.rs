@@ -479,7 +479,7 @@ impl<D: VirtioDevice> PciFunction for PciTransport<D> {
     }
 
     fn bar_read(&mut self, offset: u64, data: &mut [u8]) {
-        if data.len() > 8 {
+        if data.is_empty() || data.len() > 8 {
             data.fill(0);
             return;
         }
@@ -487,7 +487,7 @@ impl<D: VirtioDevice> PciFunction for PciTransport<D> {
     }
 
     fn bar_write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() > 8 {
+        if data.is_empty() || data.len() > 8 {
             return;
         }
         self.write_bar(offset, data);

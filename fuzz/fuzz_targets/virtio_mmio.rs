@@ -14,6 +14,7 @@
 #![no_main]
 
 use devices::bus::BusDevice;
+use devices::virtio::events::Transport;
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, OFFERED_FEATURES};
 use devices::virtio::{status, Wake};

@@ -19,7 +19,7 @@ use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, OFFERED_FEATURES};
 use devices::virtio::{status, Wake};
 use libfuzzer_sys::fuzz_target;
-use netvmm_fuzz::{Backend, Input};
+use netvmm_fuzz::{Backend, Input, STATUS_BITS};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -47,12 +47,6 @@ const REGISTERS: [u64; 26] = [
     0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4, 0x0fc, 0x100, 0x104, 0x108,
 ];
 const INT_BITS: u32 = 1 | 2;
-const STATUS_BITS: u32 = status::ACKNOWLEDGE
-    | status::DRIVER
-    | status::DRIVER_OK
-    | status::FEATURES_OK
-    | status::DEVICE_NEEDS_RESET
-    | status::FAILED;
 
 /// Guest memory, `[0, MEM_A)`. Not a second region that must stay untouched, as in the
 /// virtio_net target: here the driver may put its rings over the buffers, so any byte may

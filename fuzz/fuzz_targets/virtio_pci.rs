@@ -24,19 +24,13 @@ use devices::virtio::pci::{
 };
 use devices::virtio::{status, Wake};
 use libfuzzer_sys::fuzz_target;
-use netvmm_fuzz::{Backend, Input};
+use netvmm_fuzz::{Backend, Input, STATUS_BITS};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM: u64 = 0x2_0000;
 const GSI_BASE: u32 = 24;
 const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 3];
-const STATUS_BITS: u32 = status::ACKNOWLEDGE
-    | status::DRIVER
-    | status::DRIVER_OK
-    | status::FEATURES_OK
-    | status::DEVICE_NEEDS_RESET
-    | status::FAILED;
 /// Common configuration offsets a driver writes, with their widths.
 const COMMON: [(u64, usize); 17] = [
     (0x00, 4),

@@ -1,5 +1,6 @@
-//! What both fuzz targets share: reading the input, and a backend that handles the
-//! device's iovecs the way the real tap path does (readv/writev).
+//! What the fuzz targets share: reading the input, the device status bits a transport may
+//! show, and a backend that handles the device's iovecs the way the real tap path does
+//! (readv/writev).
 
 use std::collections::VecDeque;
 use std::io;
@@ -7,7 +8,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use devices::virtio::net::{NetBackend, Offloads};
+use devices::virtio::status;
 use vmm_sys_util::eventfd::EventFd;
+
+/// Every bit a device status may hold: a transport must never show another.
+pub const STATUS_BITS: u32 = status::ACKNOWLEDGE
+    | status::DRIVER
+    | status::DRIVER_OK
+    | status::FEATURES_OK
+    | status::DEVICE_NEEDS_RESET
+    | status::FAILED;
 
 /// Reads the fuzz input front to back; past its end, zeros.
 pub struct Input<'a> {

@@ -152,10 +152,11 @@ impl ConfigSpace {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn id() -> Identity {
+    /// A virtio-net function's identity, for tests of the bus and of config space.
+    pub(crate) fn id() -> Identity {
         Identity {
             vendor: 0x1af4,
             device: 0x1041,

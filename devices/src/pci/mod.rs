@@ -243,14 +243,7 @@ mod tests {
     }
 
     fn rig() -> (PciConfigIo, PciMmioWindow, Arc<Mutex<Probe>>) {
-        let mut config = ConfigSpace::new(Identity {
-            vendor: 0x1af4,
-            device: 0x1041,
-            revision: 1,
-            class: 0x02_00_00,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x1100,
-        });
+        let mut config = ConfigSpace::new(config::tests::id());
         config.set_bar0(0xe000_1000, 0x1000);
         let probe = Arc::new(Mutex::new(Probe {
             config,

@@ -140,10 +140,24 @@ fn one_fd_for_two_nics_is_one_line() {
         &args(&["--net", "fd=9", "--net", "fd=9"]),
         &["fd=9 is given twice"],
     );
-    // The child has only fds 0-2: fd 3 would be the tap netvmm opens for `--net tap`.
+    // The lowest descriptor this process has not open is not open in the child either
+    // (which may inherit more than 0-2, say a CI runner's lock file): it would be the tap
+    // netvmm opens for `--net tap`.
+    let free = (3..)
+        .find(|fd| !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists())
+        .unwrap();
+    let fd = format!("fd={free}");
     one_line_error(
-        &args(&["--net", "tap", "--net", "fd=3"]),
-        &["fd=3", "no such open file descriptor"],
+        &[
+            "run",
+            "--kernel",
+            "/proc/self/exe",
+            "--net",
+            "tap",
+            "--net",
+            &fd,
+        ],
+        &[&fd, "no such open file descriptor"],
     );
     one_line_error(&args(&["--net", "fd=0"]), &["fd=0 is netvmm's stdin"]);
 }

@@ -116,6 +116,17 @@ impl Msix {
         (usize::from(vector) < self.entries.len()).then(|| self.gsi_base + u32::from(vector))
     }
 
+    /// Whether a message on `vector` reaches the guest now: MSI-X on, neither the function
+    /// nor the vector masked.
+    pub fn delivers(&self, vector: u16) -> bool {
+        self.enabled
+            && !self.function_masked
+            && self
+                .entries
+                .get(usize::from(vector))
+                .is_some_and(|e| e.control & MASKED == 0)
+    }
+
     pub fn routes(&self) -> &Arc<dyn MsiRoutes> {
         &self.routes
     }

@@ -107,7 +107,10 @@ pub struct PciTransport<D: VirtioDevice> {
     queue_vectors: Vec<u16>,
     /// ISR bits; read and cleared by the driver (only a driver without MSI-X needs them).
     isr: Arc<AtomicU32>,
-    /// The kernel-served queues' used-buffer eventfds bound to their vectors' GSIs.
+    /// Whether the kernel serves queues now (from DRIVER_OK to a reset or a stop).
+    kernel_serving: bool,
+    /// The kernel-served queues' used-buffer eventfds bound to their vectors' GSIs: while
+    /// the kernel serves them and their vector is unmasked.
     kernel_bound: Vec<(usize, u32)>,
 }
 
@@ -161,6 +164,7 @@ impl<D: VirtioDevice> PciTransport<D> {
             config_vector: NO_VECTOR,
             queue_vectors: vec![NO_VECTOR; queues],
             isr: Arc::new(AtomicU32::new(0)),
+            kernel_serving: false,
             kernel_bound: Vec::new(),
         })
     }
@@ -243,24 +247,60 @@ impl<D: VirtioDevice> PciTransport<D> {
     /// Binds the kernel-served queues' used-buffer eventfds to their vectors' GSIs, so
     /// that vhost interrupts the guest without this process.
     fn bind_kernel(&mut self) -> Result<(), String> {
+        self.kernel_serving = true;
+        self.sync_kernel()
+    }
+
+    fn unbind_kernel(&mut self) {
+        self.kernel_serving = false;
+        let _ = self.sync_kernel();
+    }
+
+    /// Binds each kernel-served queue's eventfd to its vector's GSI while the vector
+    /// delivers, and unbinds it while the vector is masked: the kernel's signals then
+    /// wait in the eventfd's counter, which KVM checks when the irqfd is bound again, so
+    /// an unmask delivers what came in meanwhile (as a pending bit would; the PBA does not
+    /// show it).
+    fn sync_kernel(&mut self) -> Result<(), String> {
         let notifiers = self.core.kernel_interrupts();
-        for (q, evt) in notifiers.iter().enumerate() {
-            let vector = self.queue_vectors.get(q).copied().unwrap_or(NO_VECTOR);
-            let Some(gsi) = self.msix.gsi(vector) else {
+        let wanted: Vec<(usize, u32)> = if self.kernel_serving {
+            (0..notifiers.len())
+                .filter_map(|q| {
+                    let vector = self.queue_vectors.get(q).copied().unwrap_or(NO_VECTOR);
+                    let gsi = self.msix.gsi(vector)?;
+                    self.msix.delivers(vector).then_some((q, gsi))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let routes = self.msix.routes();
+        self.kernel_bound.retain(|bound| {
+            if wanted.contains(bound) {
+                return true;
+            }
+            if let Some(evt) = notifiers.get(bound.0) {
+                let _ = routes.unbind(evt, bound.1);
+            }
+            false
+        });
+        for &(q, gsi) in &wanted {
+            if self.kernel_bound.contains(&(q, gsi)) {
                 continue;
-            };
-            self.msix.routes().bind(evt, gsi)?;
-            self.kernel_bound.push((q, gsi));
+            }
+            if let Some(evt) = notifiers.get(q) {
+                routes.bind(evt, gsi)?;
+                self.kernel_bound.push((q, gsi));
+            }
         }
         Ok(())
     }
 
-    fn unbind_kernel(&mut self) {
-        let notifiers = self.core.kernel_interrupts();
-        for (q, gsi) in self.kernel_bound.drain(..) {
-            if let Some(evt) = notifiers.get(q) {
-                let _ = self.msix.routes().unbind(evt, gsi);
-            }
+    /// After the driver changed a mask: the kernel's eventfds follow it. A bind KVM
+    /// refuses leaves that queue silent and is reported as a route error.
+    fn masks_changed(&mut self) {
+        if let Err(e) = self.sync_kernel() {
+            self.msix.route_error = Some(format!("a kernel-served queue's vector: {e}"));
         }
     }
 
@@ -430,6 +470,7 @@ impl<D: VirtioDevice> PciTransport<D> {
             self.core.notify(queue as u32);
         } else if within(MSIX_TABLE_OFFSET, Msix::table_size(self.msix.vectors())) {
             self.msix.write_table(offset - MSIX_TABLE_OFFSET, data);
+            self.masks_changed();
         }
         // The device configuration of our devices is read-only; the ISR and PBA too.
     }
@@ -470,6 +511,7 @@ impl<D: VirtioDevice> PciFunction for PciTransport<D> {
         let control = self.caps.msix + 2;
         if offset <= control + 1 && offset.saturating_add(data.len()) > control {
             self.msix.set_control(self.config.word(control));
+            self.masks_changed();
         }
     }
 

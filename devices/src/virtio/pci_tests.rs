@@ -316,6 +316,47 @@ fn kernel_served_queues_are_bound_to_their_vectors_and_unbound_at_reset() {
 }
 
 #[test]
+fn a_masked_vector_holds_back_the_kernels_interrupts_until_unmasked() {
+    let mut rig = Rig::new(true);
+    rig.msix_on();
+    rig.init();
+    let kernel = rig.t.device().kernel[0].try_clone().unwrap();
+    // GSI_BASE also carries netvmm's own eventfd for vector 0, bound from the start.
+    let bound = |rig: &Rig| {
+        let all = rig.kvm.bound.lock().unwrap();
+        all.iter().filter(|b| b.0 == GSI_BASE).count() - 1
+    };
+    let unbound = |rig: &Rig| rig.kvm.unbound.lock().unwrap().len();
+    assert_eq!((bound(&rig), unbound(&rig)), (1, 0));
+    let _ = rig.kvm.fired();
+
+    // Vector 0 masked: the kernel's eventfd leaves KVM; what it signals meanwhile waits in
+    // the eventfd, and the unmask binds it again (KVM then injects what is there).
+    rig.w(MSIX_TABLE_OFFSET + 12, 4, 1);
+    assert_eq!(unbound(&rig), 1);
+    kernel.write(1).unwrap();
+    rig.w(MSIX_TABLE_OFFSET + 8, 4, 0x30);
+    assert_eq!(bound(&rig), 1, "a masked vector was bound again");
+    rig.w(MSIX_TABLE_OFFSET + 12, 4, 0);
+    assert_eq!(bound(&rig), 2);
+    assert_eq!(rig.kvm.fired(), vec![GSI_BASE], "the held interrupt");
+
+    // The function mask holds back every vector the same way.
+    let msix = rig.caps()[0].0;
+    rig.cfg_w(msix + 2, &0xc000u16.to_le_bytes());
+    assert_eq!(unbound(&rig), 2);
+    rig.cfg_w(msix + 2, &0x8000u16.to_le_bytes());
+    assert_eq!(bound(&rig), 3);
+
+    // A reset unbinds it; masks that change afterwards bind nothing.
+    rig.w(0x14, 1, 0);
+    assert_eq!(unbound(&rig), 3);
+    rig.w(MSIX_TABLE_OFFSET + 12, 4, 1);
+    rig.w(MSIX_TABLE_OFFSET + 12, 4, 0);
+    assert_eq!((bound(&rig), unbound(&rig)), (3, 3));
+}
+
+#[test]
 fn the_pci_cfg_window_reaches_bar_0() {
     let mut rig = Rig::new(false);
     let at = rig.caps()[5].0;

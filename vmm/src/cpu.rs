@@ -33,20 +33,38 @@ fn kvm_err(cpu: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Cpu
 }
 
 // CPUID bits we adjust.
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
+/// What the guest is told about its CPUs beyond what KVM reports as supported.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuidPlan {
+    pub cpus: u8,
+    /// KVM emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER) but leaves the CPUID
+    /// bit to the VMM, as it depends on the in-kernel LAPIC. Without it Linux programs its
+    /// timer through the LAPIC's count registers instead: more exits per timer event under
+    /// nested virtualisation.
+    pub tsc_deadline: bool,
+}
+
 /// Adapts KVM's supported CPUID to this vCPU: its APIC ID, the logical processor count,
-/// and the hypervisor bit so that the guest picks paravirtual clocks.
-pub fn patch_cpuid(cpuid: &mut CpuId, cpu: u8, cpus: u8) {
+/// the TSC-deadline timer, and the hypervisor bit so that the guest picks paravirtual clocks.
+pub fn patch_cpuid(cpuid: &mut CpuId, cpu: u8, plan: CpuidPlan) {
     let apic_id = u32::from(cpu);
+    let cpus = plan.cpus;
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (u32::from(cpus) << 16);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if plan.tsc_deadline {
+                    e.ecx |= LEAF1_ECX_TSC_DEADLINE;
+                } else {
+                    e.ecx &= !LEAF1_ECX_TSC_DEADLINE;
+                }
                 if cpus > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 } else {
@@ -143,11 +161,11 @@ fn set_apic_delivery_mode(regs: &mut [std::os::raw::c_char], offset: usize, mode
 pub fn configure_common(
     vcpu: &VcpuFd,
     cpu: u8,
-    cpus: u8,
+    plan: CpuidPlan,
     supported: &CpuId,
 ) -> Result<(), CpuError> {
     let mut cpuid = supported.clone();
-    patch_cpuid(&mut cpuid, cpu, cpus);
+    patch_cpuid(&mut cpuid, cpu, plan);
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err(cpu, "set CPUID"))?;
 
     let entries = boot_msrs();
@@ -406,14 +424,17 @@ mod tests {
             },
         ];
         let mut cpuid = CpuId::from_entries(&entries).unwrap();
-        patch_cpuid(&mut cpuid, 3, 4);
+        let plan = |cpus, tsc_deadline| CpuidPlan { cpus, tsc_deadline };
+        patch_cpuid(&mut cpuid, 3, plan(4, true));
         let e = cpuid.as_slice();
         assert_eq!(e[0].ebx >> 24, 3);
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_ne!(e[0].ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_ne!(e[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
         assert_eq!((e[1].eax, e[1].ebx, e[1].edx), (2, 4, 3));
-        patch_cpuid(&mut cpuid, 0, 1);
+        patch_cpuid(&mut cpuid, 0, plan(1, false));
         assert_eq!(cpuid.as_slice()[0].edx & LEAF1_EDX_HTT, 0);
+        assert_eq!(cpuid.as_slice()[0].ecx & LEAF1_ECX_TSC_DEADLINE, 0);
     }
 
     #[test]

@@ -264,12 +264,16 @@ impl Vmm {
         let supported = kvm
             .get_supported_cpuid(CPUID_ENTRIES)
             .map_err(kvm_err("read the supported CPUID"))?;
+        let plan = cpu::CpuidPlan {
+            cpus: config.cpus,
+            tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+        };
         let mut vcpus = Vec::with_capacity(usize::from(config.cpus));
         for id in 0..config.cpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("create a vCPU"))?;
-            cpu::configure_common(&vcpu, id, config.cpus, &supported)?;
+            cpu::configure_common(&vcpu, id, plan, &supported)?;
             if id == 0 {
                 match entry.pvh_entry {
                     Some(pvh) => cpu::configure_boot_cpu_pvh(&vcpu, &guest_memory, pvh)?,

@@ -519,6 +519,8 @@ fn bench() -> Result<(), String> {
     let mut first = 1;
     let mut text = String::new();
     let mut faults = Vec::new();
+    // The fault that ended the last lab host before every round was run.
+    let mut lost = None;
     for boot in 1..=LAB_BOOTS {
         let console = Arc::new(Mutex::new(String::new()));
         let mut run = LabRun::new(SCENARIO, context.clone());
@@ -583,8 +585,20 @@ fn bench() -> Result<(), String> {
                     "vs_qemu: {e}; rounds before {first} are kept, rounds {first}-{runs} run in a new lab host"
                 );
             }
+            Err(e @ (LabError::HostFailed(_) | LabError::HostCrashed(_))) => {
+                // No lab host is left to run the round again: the boots that reported their
+                // status before the fault are still figures, and are shown as such.
+                let seen = console.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                text.push_str(&reported_boots(&seen, first));
+                lost = Some(format!(
+                    "{e} (in round {first} or later, in each of {LAB_BOOTS} lab hosts)"
+                ));
+            }
             Err(e) => return Err(e.to_string()),
         }
+    }
+    if let Some(f) = &lost {
+        faults.push(f.clone());
     }
     let Results {
         samples,
@@ -717,5 +731,23 @@ fn bench() -> Result<(), String> {
         println!("lab host fault: {f}");
     }
     println!("total time {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
+    match lost {
+        Some(f) => Err(format!("the rounds were not all run: {f}")),
+        None => Ok(()),
+    }
+}
+
+/// The result lines of `seen` from round `first` on whose boot reported its exit status:
+/// those boots ran to their end, whatever happened to the lab host after them.
+fn reported_boots(seen: &str, first: u32) -> String {
+    let done = parse_results(seen).statuses;
+    seen.lines()
+        .filter(|l| {
+            let vmm = l.split(' ').next().and_then(|w| w.strip_prefix("vmm="));
+            let round = round_of(l).filter(|r| *r >= first);
+            done.iter()
+                .any(|(v, r, _)| Some(v.as_str()) == vmm && Some(*r) == round)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }

@@ -1,14 +1,15 @@
 //! The virtio-net device path alone, against the raw fd it sits on: frames/s and Gbit/s of
 //! TX (guest ring -> backend writev) and RX (backend read -> guest buffers) through a real
 //! tap, next to plain writev/read on the same tap fd in the same run. Prints numbers; asserts
-//! nothing. Runs in a private network namespace (no VM, no lab needed). For RX a second
-//! baseline, raw-4K, is readv into the same layout of 4 KiB buffers the device gets from
-//! the ring: a 64 KiB frame scatters over 17 of them, which costs the kernel's copy more than
-//! one contiguous buffer does; the second ratio is what the device adds to that. raw-4K
-//! reads into the very addresses of the device's ring: on this project's AMD EPYC host a
-//! 64 KiB readv into page-aligned 4 KiB buffers ran at 38 k frames/s, and into the same
-//! buffers 16 bytes further on at 202 k (the kernel's copy, not the device: a baseline in
-//! a Vec, 16 bytes off by malloc's header, once made the device look 7x slower than raw).
+//! nothing. Runs in a private network namespace (no VM, no lab needed).
+//!
+//! A second baseline, raw@ring, does the raw writev or readv on the very guest buffers the
+//! device's ring points at: for TX the ring's page-aligned frames, for RX the 4 KiB buffers
+//! a frame scatters over (a 64 KiB frame over 17 of them). Its ratio is what the device
+//! adds to the kernel's own work. Where a buffer sits changes the kernel's copy: on this
+//! project's AMD EPYC host a 64 KiB readv into page-aligned 4 KiB buffers ran at 38 k
+//! frames/s, and into the same buffers 16 bytes further on at 202 k (a baseline in a Vec,
+//! 16 bytes off by malloc's header, once made the device look 7x slower than raw).
 //!
 //! RX1 is RX with one frame per wake-up of the device (frames that trickle in, not a burst):
 //! each wake-up also pays the read that finds the backend empty, which raw does not.
@@ -34,7 +35,7 @@ const RX_BUFS: u64 = 0x10_0000;
 /// Guest memory of the RX cases.
 const RX_MEM: usize = 64 << 20;
 
-/// The RX cases' guest memory: the device's ring and raw-4K's buffers sit at the same
+/// The RX cases' guest memory: the device's ring and raw@ring's buffers sit at the same
 /// addresses of one such mapping each.
 fn rx_memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RX_MEM)]).unwrap()
@@ -158,17 +159,32 @@ fn serve(net: &mut Net<Tap>, wake: Wake, queues: &mut [Queue]) {
     }
 }
 
-fn tx_device(tap: Tap, len: usize) -> Figure {
+/// Where the transmit ring's frames start in guest memory; frame i is at
+/// `TX_BUFS + i * tx_stride(len)`, page-aligned like a guest's skb pages often are.
+const TX_BUFS: u64 = 1 << 20;
+
+fn tx_stride(len: usize) -> u64 {
+    (VNET_HDR_LEN + len).next_multiple_of(4096) as u64
+}
+
+/// The TX cases' guest memory with a ring's worth of frames of `len` bytes in place: the
+/// device's ring and raw@ring's writes use the same addresses of one such mapping each.
+fn tx_memory(len: usize) -> GuestMemoryMmap {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 128 << 20)]).unwrap();
-    let stride = (VNET_HDR_LEN + len).next_multiple_of(4096) as u64;
-    let bufs = 1 << 20;
     let f = frame(len);
     for i in 0..u64::from(QSIZE) {
-        mem.write_slice(&f, GuestAddress(bufs + i * stride))
+        mem.write_slice(&f, GuestAddress(TX_BUFS + i * tx_stride(len)))
             .unwrap();
     }
+    mem
+}
+
+fn tx_device(tap: Tap, len: usize) -> Figure {
+    let mem = tx_memory(len);
+    let f = frame(len);
+    let stride = tx_stride(len);
     let (_rxr, rxq) = Ring::new(&mem, 0x1000, RX_BUFS, RX_BUF, DESC_F_WRITE);
-    let (mut txr, txq) = Ring::new(&mem, 0x8000, bufs, f.len() as u32, 0);
+    let (mut txr, txq) = Ring::new(&mem, 0x8000, TX_BUFS, stride as u32, 0);
     let mut net = Net::new(tap, [0x52, 0x54, 0, 0x11, 0x11, 0x11]);
     net.activate(VIRTIO_F_VERSION_1 | F_CSUM | F_HOST_TSO4, &mem)
         .unwrap();
@@ -207,12 +223,42 @@ fn tx_raw(tap: &mut Tap, len: usize) -> Figure {
             }]
         })
         .collect();
+    tx_raw_from(tap, &iovs)
+}
+
+/// Raw writev of the very frames the device's ring points at: where a buffer sits changes
+/// the kernel's copy (see the module's doc), so raw@ring must not differ from the device in
+/// that. What the device costs beyond this is its own ring work.
+fn tx_raw_at_ring(tap: &mut Tap, len: usize) -> Figure {
+    let mem = tx_memory(len);
+    let stride = tx_stride(len) as usize;
+    let ring = mem
+        .get_slice(GuestAddress(TX_BUFS), usize::from(QSIZE) * stride)
+        .unwrap();
+    let base = ring.ptr_guard_mut().as_ptr();
+    let iovs: Vec<[libc::iovec; 1]> = (0..usize::from(QSIZE))
+        .map(|i| {
+            [libc::iovec {
+                // SAFETY: the offset is below the ring's length.
+                iov_base: unsafe { base.add(i * stride) }.cast(),
+                iov_len: VNET_HDR_LEN + len,
+            }]
+        })
+        .collect();
+    let figure = tx_raw_from(tap, &iovs);
+    drop(mem);
+    figure
+}
+
+/// Writes each of `iovs` (one frame each) in turn until the time budget is spent.
+fn tx_raw_from(tap: &mut Tap, iovs: &[[libc::iovec; 1]]) -> Figure {
+    let len = iovs.first().map_or(0, |iov| iov[0].iov_len - VNET_HDR_LEN);
     let (mut frames, mut refused, mut elapsed) = (0u64, 0u64, Duration::ZERO);
     let mut last_err = None;
     while elapsed < budget() {
         let t = Instant::now();
-        for iov in &iovs {
-            // SAFETY: the buffers in `bufs` are alive and readable for their length.
+        for iov in iovs {
+            // SAFETY: the caller's buffers are alive and readable for their length.
             match unsafe { tap.send(iov) } {
                 Ok(_) => frames += 1,
                 Err(e) => {
@@ -412,7 +458,7 @@ fn rx_raw_scattered(
     let inj = Injector::to(via.0, len, via.1);
     let per_frame = buffers_per_frame(len);
     // The very addresses the device's ring has: where a buffer sits changes the kernel's
-    // copy (see the module's doc), so raw-4K must not differ from the device in that.
+    // copy (see the module's doc), so raw@ring must not differ from the device in that.
     let mem = rx_memory();
     let ring = mem
         .get_slice(GuestAddress(RX_BUFS), usize::from(QSIZE) * RX_BUF as usize)
@@ -530,7 +576,7 @@ fn main() {
             "Gbit/s",
             "ratio",
             "refused",
-            "raw-4K f/s",
+            "raw@ring f/s",
             "ratio"
         );
         for mut sub in subjects() {
@@ -547,9 +593,10 @@ fn main() {
                     // The device gets its own descriptor on the same queue; raw uses the
                     // subject's after the device is done.
                     let dev_tap = Tap::from_fd(dup(&sub.tap)).unwrap();
-                    let (dev, raw, scattered) = if dir == "TX" {
+                    let (dev, raw, at_ring) = if dir == "TX" {
                         let d = tx_device(dev_tap, len);
-                        (d, tx_raw(&mut sub.tap, len), None)
+                        let r = tx_raw(&mut sub.tap, len);
+                        (d, r, tx_raw_at_ring(&mut sub.tap, len))
                     } else {
                         // RX1: one frame per wake-up, as when frames trickle in; RX: as
                         // many as the ring holds.
@@ -560,17 +607,10 @@ fn main() {
                         };
                         let d = rx_device(dev_tap, sub.via, len, n);
                         let r = rx_raw(&mut sub.tap, sub.via, len, n);
-                        (d, r, Some(rx_raw_scattered(&mut sub.tap, sub.via, len, n)))
-                    };
-                    let (s_fps, s_ratio) = match &scattered {
-                        Some(s) => (
-                            format!("{:.0}", s.fps()),
-                            format!("{:.2}", dev.fps() / s.fps()),
-                        ),
-                        None => ("-".into(), "-".into()),
+                        (d, r, rx_raw_scattered(&mut sub.tap, sub.via, len, n))
                     };
                     println!(
-                        "{:<8} {dir:<4} {label:<8} {:>12.0} {:>9.2} {:>12.0} {:>9.2} {:>7.2} {:>4}/{:<4} {s_fps:>12} {s_ratio:>7}",
+                        "{:<8} {dir:<4} {label:<8} {:>12.0} {:>9.2} {:>12.0} {:>9.2} {:>7.2} {:>4}/{:<4} {:>12.0} {:>7.2}",
                         sub.label,
                         dev.fps(),
                         dev.gbps(),
@@ -578,7 +618,9 @@ fn main() {
                         raw.gbps(),
                         dev.fps() / raw.fps(),
                         dev.refused,
-                        raw.refused
+                        raw.refused,
+                        at_ring.fps(),
+                        dev.fps() / at_ring.fps()
                     );
                 }
             }

@@ -589,7 +589,7 @@ fn bench() -> Result<(), String> {
                 // No lab host is left to run the round again: the boots that reported their
                 // status before the fault are still figures, and are shown as such.
                 let seen = console.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                text.push_str(&reported_boots(&seen, first));
+                text.push_str(&reported_boots(&seen));
                 lost = Some(format!(
                     "{e} (in round {first} or later, in each of {LAB_BOOTS} lab hosts)"
                 ));
@@ -737,14 +737,14 @@ fn bench() -> Result<(), String> {
     }
 }
 
-/// The result lines of `seen` from round `first` on whose boot reported its exit status:
+/// The result lines of one lab host's console `seen` whose boot reported its exit status:
 /// those boots ran to their end, whatever happened to the lab host after them.
-fn reported_boots(seen: &str, first: u32) -> String {
+fn reported_boots(seen: &str) -> String {
     let done = parse_results(seen).statuses;
     seen.lines()
         .filter(|l| {
             let vmm = l.split(' ').next().and_then(|w| w.strip_prefix("vmm="));
-            let round = round_of(l).filter(|r| *r >= first);
+            let round = round_of(l);
             done.iter()
                 .any(|(v, r, _)| Some(v.as_str()) == vmm && Some(*r) == round)
         })

@@ -45,8 +45,7 @@ pub struct CpuidPlan {
     pub cpus: u8,
     /// KVM emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER) but leaves the CPUID
     /// bit to the VMM, as it depends on the in-kernel LAPIC. Without it Linux programs its
-    /// timer through the LAPIC's count registers instead: more exits per timer event under
-    /// nested virtualisation.
+    /// timer through the LAPIC's count registers, unlike the same guest under QEMU.
     pub tsc_deadline: bool,
 }
 

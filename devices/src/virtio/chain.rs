@@ -6,8 +6,9 @@
 //! caller cannot tell a loop from the end of a chain.
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileMemory, VolatileSlice};
+
+use super::ring::Ring;
 
 /// Descriptors one wake-up of a device may read before it leaves the rest for a later
 /// turn of the event loop. A well-behaved driver never has more than a queue size (256)
@@ -84,7 +85,8 @@ enum Table {
 /// queue's table, and as many again from one indirect table, if negotiated.
 pub struct Chain<'a> {
     mem: &'a GuestMemoryMmap,
-    table: GuestAddress,
+    /// The table the walk is in, already in host memory.
+    table: VolatileSlice<'a>,
     size: u16,
     /// The queue's size: the most entries an indirect table may have.
     queue_size: u16,
@@ -96,14 +98,14 @@ pub struct Chain<'a> {
 }
 
 impl<'a> Chain<'a> {
-    /// The chain that starts at descriptor `head` of `q`'s table; `indirect` says whether
-    /// the driver negotiated VIRTIO_RING_F_INDIRECT_DESC.
-    pub fn new(mem: &'a GuestMemoryMmap, q: &Queue, head: u16, indirect: bool) -> Self {
+    /// The chain that starts at descriptor `head` of `ring`'s table; `indirect` says
+    /// whether the driver negotiated VIRTIO_RING_F_INDIRECT_DESC.
+    pub fn new(ring: &Ring<'a>, head: u16, indirect: bool) -> Self {
         Self {
-            mem,
-            table: GuestAddress(q.desc_table()),
-            size: q.size(),
-            queue_size: q.size(),
+            mem: ring.mem(),
+            table: *ring.descriptors(),
+            size: ring.size(),
+            queue_size: ring.size(),
             kind: if indirect {
                 Table::QueueOrIndirect
             } else {
@@ -140,10 +142,12 @@ impl<'a> Chain<'a> {
         if entries > u32::from(self.queue_size) {
             return Err(bad(BadTable::TooBig));
         }
-        if !self.mem.check_range(desc.addr(), len as usize) {
-            return Err(bad(BadTable::OutOfMemory));
-        }
-        self.table = desc.addr();
+        // Guest memory regions never touch (see vmm's memory layout), so a table in guest
+        // memory is within one region.
+        self.table = self
+            .mem
+            .get_slice(desc.addr(), len as usize)
+            .map_err(|_| bad(BadTable::OutOfMemory))?;
         // At most the queue size, which is a u16.
         self.size = entries as u16;
         self.kind = Table::Indirect;
@@ -164,10 +168,12 @@ impl<'a> Chain<'a> {
         }
         self.read += 1;
         self.read_here += 1;
+        // One volatile read: the guest may be rewriting the entry meanwhile, and each
+        // field is checked where it is used.
         self.table
-            .checked_add(u64::from(DESC_SIZE) * u64::from(index))
-            .and_then(|at| self.mem.read_obj(at).ok())
-            .ok_or(ChainError::Unreadable { index })
+            .get_ref::<Descriptor>(DESC_SIZE as usize * usize::from(index))
+            .map(|d| d.load())
+            .map_err(|_| ChainError::Unreadable { index })
     }
 }
 
@@ -226,6 +232,8 @@ impl Budget {
 mod tests {
     use super::*;
     use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::{Bytes, GuestAddress};
 
     const F_NEXT: u16 = 1;
     const F_INDIRECT: u16 = 4;
@@ -246,17 +254,18 @@ mod tests {
         set_at(mem, 0x1000, i, len, flags, next);
     }
 
-    fn walk(mem: &GuestMemoryMmap, q: &Queue, head: u16) -> (usize, Option<ChainError>, u32) {
+    fn walk(mem: &GuestMemoryMmap, q: &mut Queue, head: u16) -> (usize, Option<ChainError>, u32) {
         walk_with(mem, q, head, false)
     }
 
     fn walk_with(
         mem: &GuestMemoryMmap,
-        q: &Queue,
+        q: &mut Queue,
         head: u16,
         indirect: bool,
     ) -> (usize, Option<ChainError>, u32) {
-        let mut chain = Chain::new(mem, q, head, indirect);
+        let ring = Ring::new(q, mem).unwrap();
+        let mut chain = Chain::new(&ring, head, indirect);
         let mut ok = 0;
         let mut err = None;
         for d in chain.by_ref() {
@@ -275,19 +284,19 @@ mod tests {
     #[test]
     fn a_plain_chain_ends_where_next_is_not_set() {
         let mem = memory();
-        let q = queue(8, 0x1000);
+        let mut q = queue(8, 0x1000);
         set(&mem, 2, 12, F_NEXT, 5);
         set(&mem, 5, 100, 0, 0);
-        assert_eq!(walk(&mem, &q, 2), (2, None, 2));
+        assert_eq!(walk(&mem, &mut q, 2), (2, None, 2));
     }
 
     #[test]
     fn zero_length_self_loop_stops_at_the_queue_size() {
         let mem = memory();
-        let q = queue(256, 0x1000);
+        let mut q = queue(256, 0x1000);
         set(&mem, 0, 0, F_NEXT, 0);
         assert_eq!(
-            walk(&mem, &q, 0),
+            walk(&mem, &mut q, 0),
             (256, Some(ChainError::TooLong { size: 256 }), 256)
         );
     }
@@ -295,11 +304,11 @@ mod tests {
     #[test]
     fn indirect_descriptor_is_refused_without_reading_its_table() {
         let mem = memory();
-        let q = queue(16, 0x1000);
+        let mut q = queue(16, 0x1000);
         set(&mem, 0, 12, F_NEXT, 1);
         set(&mem, 1, 16 * 4096, F_INDIRECT, 0);
         assert_eq!(
-            walk(&mem, &q, 0),
+            walk(&mem, &mut q, 0),
             (1, Some(ChainError::Indirect { index: 1 }), 2)
         );
     }
@@ -307,10 +316,10 @@ mod tests {
     #[test]
     fn next_past_the_table_or_out_of_memory_is_an_error() {
         let mem = memory();
-        let q = queue(16, 0x1000);
+        let mut q = queue(16, 0x1000);
         set(&mem, 0, 12, F_NEXT, 16);
         assert_eq!(
-            walk(&mem, &q, 0),
+            walk(&mem, &mut q, 0),
             (
                 1,
                 Some(ChainError::OutOfTable {
@@ -320,11 +329,9 @@ mod tests {
                 1
             )
         );
-        // A table whose descriptor 0 is the last 16 bytes of memory.
-        let q = queue(16, 0xfff0);
-        set_at(&mem, 0xfff0, 0, 12, F_NEXT, 1);
-        let (ok, err, _) = walk(&mem, &q, 0);
-        assert_eq!((ok, err), (1, Some(ChainError::Unreadable { index: 1 })));
+        // A table that runs past the end of memory is refused before any chain is walked.
+        let mut q = queue(16, 0xfff0);
+        assert!(Ring::new(&mut q, &mem).is_none());
     }
 
     /// A queue at 0x1000 whose descriptor 0 refers to a table at 0x4000 of `len` bytes
@@ -339,11 +346,12 @@ mod tests {
     #[test]
     fn a_negotiated_indirect_table_is_walked_in_place_of_its_descriptor() {
         let mem = memory();
-        let q = indirect_queue(&mem, 16, 3 * 16, 0);
+        let mut q = indirect_queue(&mem, 16, 3 * 16, 0);
         set_at(&mem, 0x4000, 0, 12, F_NEXT, 2);
         set_at(&mem, 0x4000, 2, 0, F_NEXT, 1);
         set_at(&mem, 0x4000, 1, 100, 0, 0);
-        let mut chain = Chain::new(&mem, &q, 0, true);
+        let ring = Ring::new(&mut q, &mem).unwrap();
+        let mut chain = Chain::new(&ring, 0, true);
         let lens: Vec<u32> = chain.by_ref().map(|d| d.unwrap().len()).collect();
         assert_eq!(lens, [12, 0, 100]);
         // The indirect descriptor itself was read too.
@@ -353,19 +361,19 @@ mod tests {
     #[test]
     fn an_indirect_table_that_loops_stops_at_its_own_size() {
         let mem = memory();
-        let q = indirect_queue(&mem, 256, 4 * 16, 0);
+        let mut q = indirect_queue(&mem, 256, 4 * 16, 0);
         // Zero-length entries that point at each other: they count.
         for i in 0..4 {
             set_at(&mem, 0x4000, i, 0, F_NEXT, (i + 1) % 4);
         }
         assert_eq!(
-            walk_with(&mem, &q, 0, true),
+            walk_with(&mem, &mut q, 0, true),
             (4, Some(ChainError::TooLong { size: 4 }), 5)
         );
         // A next index past the table's end.
         set_at(&mem, 0x4000, 1, 0, F_NEXT, 4);
         assert_eq!(
-            walk_with(&mem, &q, 0, true).1,
+            walk_with(&mem, &mut q, 0, true).1,
             Some(ChainError::OutOfTable { index: 4, size: 4 })
         );
     }
@@ -374,9 +382,13 @@ mod tests {
     fn hostile_indirect_tables_are_refused_before_any_entry_is_read() {
         let mem = memory();
         let refused = |size: u16, len: u32, flags: u16, why: BadTable| {
-            let q = indirect_queue(&mem, size, len, flags);
+            let mut q = indirect_queue(&mem, size, len, flags);
             let err = ChainError::BadIndirect { index: 0, len, why };
-            assert_eq!(walk_with(&mem, &q, 0, true), (0, Some(err), 1), "{why:?}");
+            assert_eq!(
+                walk_with(&mem, &mut q, 0, true),
+                (0, Some(err), 1),
+                "{why:?}"
+            );
         };
         refused(16, 0, 0, BadTable::Length);
         refused(16, 17, 0, BadTable::Length);
@@ -385,22 +397,31 @@ mod tests {
         refused(16, 16 * 4095, 0, BadTable::TooBig);
         refused(16, 16 * 17, 0, BadTable::TooBig);
         refused(16, 16, F_NEXT, BadTable::AlsoNext);
-        // A table that runs past the end of guest memory (0x4000 + 0xd000 > 0x1_0000).
-        refused(4096, 16 * 3328, 0, BadTable::OutOfMemory);
+        // A table that runs past the end of guest memory (0xf000 + 0x4000 > 0x1_0000).
+        let mut q = queue(1024, 0x1000);
+        let d = RawDescriptor::from(Descriptor::new(0xf000, 16 * 1024, F_INDIRECT, 0));
+        mem.write_obj(d, GuestAddress(0x1000)).unwrap();
+        let why = BadTable::OutOfMemory;
+        let err = ChainError::BadIndirect {
+            index: 0,
+            len: 16 * 1024,
+            why,
+        };
+        assert_eq!(walk_with(&mem, &mut q, 0, true), (0, Some(err), 1));
         // Exactly the queue size, up to the last byte of memory, is fine.
-        let q = indirect_queue(&mem, 16, 16 * 16, 0);
+        let mut q = indirect_queue(&mem, 16, 16 * 16, 0);
         set_at(&mem, 0x4000, 0, 64, 0, 0);
-        assert_eq!(walk_with(&mem, &q, 0, true), (1, None, 2));
+        assert_eq!(walk_with(&mem, &mut q, 0, true), (1, None, 2));
     }
 
     #[test]
     fn an_indirect_table_inside_an_indirect_table_is_refused() {
         let mem = memory();
-        let q = indirect_queue(&mem, 16, 2 * 16, 0);
+        let mut q = indirect_queue(&mem, 16, 2 * 16, 0);
         set_at(&mem, 0x4000, 0, 12, F_NEXT, 1);
         set_at(&mem, 0x4000, 1, 16, F_INDIRECT, 0);
         assert_eq!(
-            walk_with(&mem, &q, 0, true),
+            walk_with(&mem, &mut q, 0, true),
             (1, Some(ChainError::NestedIndirect { index: 1 }), 3)
         );
     }
@@ -408,13 +429,13 @@ mod tests {
     #[test]
     fn direct_descriptors_may_lead_to_an_indirect_table() {
         let mem = memory();
-        let q = queue(16, 0x1000);
+        let mut q = queue(16, 0x1000);
         set(&mem, 0, 12, F_NEXT, 1);
         set_at(&mem, 0x1000, 1, 0, 0, 0);
         let d = RawDescriptor::from(Descriptor::new(0x4000, 16, F_INDIRECT, 0));
         mem.write_obj(d, GuestAddress(0x1000 + 16)).unwrap();
         set_at(&mem, 0x4000, 0, 50, 0, 0);
-        assert_eq!(walk_with(&mem, &q, 0, true), (2, None, 3));
+        assert_eq!(walk_with(&mem, &mut q, 0, true), (2, None, 3));
     }
 
     #[test]

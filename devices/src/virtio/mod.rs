@@ -12,6 +12,7 @@ pub mod events;
 pub mod mmio;
 pub mod net;
 pub mod pci;
+pub mod ring;
 pub mod serve;
 
 use virtio_queue::{Queue, QueueT};

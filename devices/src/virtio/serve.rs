@@ -3,12 +3,11 @@
 //! notifications as the driver asked. virtio-net's TX queue and virtio-blk's request queue
 //! are both this loop around a different per-chain step.
 
-use std::sync::atomic::Ordering;
-
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::Budget;
+use super::ring::Ring;
 
 /// How one [`serve_chains`] call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,13 +18,7 @@ pub struct Served {
     pub unfinished: bool,
 }
 
-/// Whether the driver has offered chains the device has not taken yet.
-pub fn has_pending(q: &Queue, mem: &GuestMemoryMmap) -> bool {
-    q.avail_idx(mem, Ordering::Acquire)
-        .is_ok_and(|idx| idx.0 != q.next_avail())
-}
-
-/// Serves `q`'s chains: `step(q, head, budget)` handles the chain at descriptor `head`
+/// Serves `q`'s chains: `step(ring, head, budget)` handles the chain at descriptor `head`
 /// (charging what it read to `budget`) and says how many bytes it wrote into the chain's
 /// device-writable buffers, which go to the used ring with it. A ring the guest broke
 /// stops this queue (nothing more is served, no interrupt), never the VMM.
@@ -33,34 +26,37 @@ pub fn serve_chains(
     q: &mut Queue,
     mem: &GuestMemoryMmap,
     budget: &mut Budget,
-    mut step: impl FnMut(&Queue, u16, &mut Budget) -> u32,
+    mut step: impl FnMut(&Ring, u16, &mut Budget) -> u32,
 ) -> Served {
     let broken = Served::default();
+    let Some(mut ring) = Ring::new(q, mem) else {
+        return broken;
+    };
     // Rounds that found no chain although the avail index said there was one.
     let mut idle_rounds = 0;
     loop {
-        if q.disable_notification(mem).is_err() {
+        if ring.disable_notification().is_err() {
             return broken;
         }
         let mut popped = false;
         while !budget.spent() {
-            let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
+            let Some(head) = ring.pop() else {
                 break;
             };
             popped = true;
-            let written = step(q, head, budget);
-            if q.add_used(mem, head, written).is_err() {
+            let written = step(&ring, head, budget);
+            if ring.add_used(head, written).is_err() {
                 return broken;
             }
         }
-        if budget.spent() && has_pending(q, mem) {
+        if budget.spent() && ring.has_pending() {
             // Notifications stay off: the transport wakes this queue again itself.
             return Served {
-                interrupt: q.needs_notification(mem).unwrap_or(false),
+                interrupt: ring.needs_interrupt(),
                 unfinished: true,
             };
         }
-        match q.enable_notification(mem) {
+        match ring.enable_notification() {
             // More chains arrived meanwhile. If a round finds none although the index says
             // there are some, the avail ring is broken (index more than a queue size
             // ahead, unreadable entry): one retry covers a chain published between the
@@ -75,7 +71,7 @@ pub fn serve_chains(
         }
     }
     Served {
-        interrupt: q.needs_notification(mem).unwrap_or(false),
+        interrupt: ring.needs_interrupt(),
         unfinished: false,
     }
 }

@@ -15,6 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::chain::{Budget, Chain};
+use super::ring::Ring;
 use super::serve::serve_chains;
 use super::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1};
 
@@ -108,10 +109,11 @@ impl Block {
     }
 
     /// Serves the chain at `head`: returns the bytes written into its writable buffers.
-    fn serve(&mut self, q: &Queue, mem: &GuestMemoryMmap, head: u16, budget: &mut Budget) -> u32 {
+    fn serve(&mut self, ring: &Ring, head: u16, budget: &mut Budget) -> u32 {
         self.descs.clear();
         // Disks do not offer indirect tables.
-        let mut chain = Chain::new(mem, q, head, false);
+        let mem = ring.mem();
+        let mut chain = Chain::new(ring, head, false);
         let mut whole = true;
         for d in chain.by_ref() {
             match d {
@@ -383,8 +385,8 @@ impl VirtioDevice for Block {
             return Processed::default();
         };
         let mut budget = Budget::default();
-        let served = serve_chains(q, &mem, &mut budget, |q, head, budget| {
-            self.serve(q, &mem, head, budget)
+        let served = serve_chains(q, &mem, &mut budget, |ring, head, budget| {
+            self.serve(ring, head, budget)
         });
         self.mem = Some(mem);
         Processed {

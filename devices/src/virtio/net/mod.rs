@@ -12,13 +12,14 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 pub use backend::{NetBackend, Offloads};
 pub use vhost::{KernelPath, VhostError};
 
 use super::chain::{Budget, Chain, VIRTIO_RING_F_INDIRECT_DESC};
+use super::ring::Ring;
 use super::serve::serve_chains;
 use super::{Processed, VirtioDevice, Wake, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
@@ -323,8 +324,8 @@ impl<B: NetBackend> Net<B> {
         budget: &mut Budget,
     ) -> (bool, bool) {
         let indirect = self.acked & VIRTIO_RING_F_INDIRECT_DESC != 0;
-        let served = serve_chains(q, mem, budget, |q, head, budget| {
-            self.ctrl_command(q, mem, head, indirect, budget)
+        let served = serve_chains(q, mem, budget, |ring, head, budget| {
+            self.ctrl_command(ring, head, indirect, budget)
         });
         (served.interrupt, served.unfinished)
     }
@@ -334,19 +335,13 @@ impl<B: NetBackend> Net<B> {
     /// is the guest's: device-readable descriptors (class, command, data; at most
     /// [`CTRL_MAX_COMMAND`] bytes are read) and then device-writable ones, the first byte
     /// of which takes the ack. Anything else is answered VIRTIO_NET_ERR where it can be.
-    fn ctrl_command(
-        &mut self,
-        q: &Queue,
-        mem: &GuestMemoryMmap,
-        head: u16,
-        indirect: bool,
-        budget: &mut Budget,
-    ) -> u32 {
+    fn ctrl_command(&mut self, ring: &Ring, head: u16, indirect: bool, budget: &mut Budget) -> u32 {
+        let mem = ring.mem();
         let mut cmd = [0u8; CTRL_MAX_COMMAND];
         let mut len = 0usize;
         let mut well_formed = true;
         let mut ack: Option<GuestAddress> = None;
-        let mut chain = Chain::new(mem, q, head, indirect);
+        let mut chain = Chain::new(ring, head, indirect);
         for desc in chain.by_ref() {
             let Ok(desc) = desc else {
                 well_formed = false;
@@ -427,9 +422,9 @@ impl<B: NetBackend> Pair<B> {
         mem: &GuestMemoryMmap,
         budget: &mut Budget,
     ) -> (bool, bool) {
-        let served = serve_chains(q, mem, budget, |q, head, budget| {
-            match self.gather_tx(q, mem, head, budget) {
-                // SAFETY: each iovec was built from a guest-memory slice that `get_slice`
+        let served = serve_chains(q, mem, budget, |ring, head, budget| {
+            match self.gather_tx(ring, head, budget) {
+                // SAFETY: each iovec was built from a guest-memory slice that `Ring::buffer`
                 // bounds-checked; guest memory stays mapped for the VM's life, so the
                 // pointers are valid for reads during this call.
                 Some(total) => match unsafe { self.backend.send(&self.tx_iovs) } {
@@ -451,15 +446,9 @@ impl<B: NetBackend> Pair<B> {
     /// header included) if it is one to send: device-readable, in guest memory, a
     /// well-formed chain (an indirect table only if negotiated and sane, no loop), at most
     /// the largest frame.
-    fn gather_tx(
-        &mut self,
-        q: &Queue,
-        mem: &GuestMemoryMmap,
-        head: u16,
-        budget: &mut Budget,
-    ) -> Option<usize> {
+    fn gather_tx(&mut self, ring: &Ring, head: u16, budget: &mut Budget) -> Option<usize> {
         self.tx_iovs.clear();
-        let mut chain = Chain::new(mem, q, head, self.indirect());
+        let mut chain = Chain::new(ring, head, self.indirect());
         let mut total = 0usize;
         let mut valid = true;
         for desc in chain.by_ref() {
@@ -476,12 +465,12 @@ impl<B: NetBackend> Pair<B> {
             if len == 0 {
                 continue;
             }
-            match mem.get_slice(desc.addr(), len) {
-                Ok(slice) => self.tx_iovs.push(libc::iovec {
+            match ring.buffer(desc.addr(), len) {
+                Some(slice) => self.tx_iovs.push(libc::iovec {
                     iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                     iov_len: len,
                 }),
-                Err(_) => {
+                None => {
                     valid = false;
                     break;
                 }
@@ -493,12 +482,8 @@ impl<B: NetBackend> Pair<B> {
 
     /// Copies the pending frame into the guest's receive buffers. `Ok(false)`: not enough
     /// buffers yet (nothing consumed). `Err(())`: the ring is unusable.
-    fn deliver(
-        &mut self,
-        q: &mut Queue,
-        mem: &GuestMemoryMmap,
-        budget: &mut Budget,
-    ) -> Result<bool, ()> {
+    fn deliver(&mut self, ring: &mut Ring, budget: &mut Budget) -> Result<bool, ()> {
+        let mem = ring.mem();
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         let len = self.rx_pending;
         let mut written = 0usize;
@@ -508,15 +493,15 @@ impl<B: NetBackend> Pair<B> {
         let mut fits = true;
         self.rx_used.clear();
         while written < len {
-            let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
+            let Some(head) = ring.pop() else {
                 for _ in 0..self.rx_used.len() {
-                    q.go_to_previous_position();
+                    ring.unpop();
                 }
                 self.rx_used.clear();
                 return Ok(false);
             };
             let mut in_chain = 0u32;
-            let mut chain = Chain::new(mem, q, head, self.indirect());
+            let mut chain = Chain::new(ring, head, self.indirect());
             for desc in chain.by_ref() {
                 let Some(desc) = desc.ok().filter(|d| d.is_write_only()) else {
                     fits = false;
@@ -554,7 +539,7 @@ impl<B: NetBackend> Pair<B> {
             // forever: drop it instead. A driver has at most a queue size of descriptors
             // in flight, so a frame that walked that many without fitting never will (the
             // chains that share descriptors to make it look otherwise cost this much).
-            if !fits || !mergeable || walked >= u32::from(q.size()) {
+            if !fits || !mergeable || walked >= u32::from(ring.size()) {
                 break;
             }
         }
@@ -574,17 +559,22 @@ impl<B: NetBackend> Pair<B> {
         }
         for &(head, used_len) in &self.rx_used {
             let l = if complete { used_len } else { 0 };
-            q.add_used(mem, head, l).map_err(|_| ())?;
+            if ring.push_used(head, l).is_err() {
+                // What was returned stays returned: the used index never lags the device.
+                let _ = ring.publish_used();
+                return Err(());
+            }
         }
+        ring.publish_used().map_err(|_| ())?;
         self.rx_used.clear();
         Ok(true)
     }
 
     /// Gives every chain held in the receive window back to the ring. They are always the
     /// last ones popped, so stepping the ring back returns exactly them.
-    fn release_window(&mut self, q: &mut Queue) {
+    fn release_window(&mut self, ring: &mut Ring) {
         for _ in 0..self.win_chains.len() {
-            q.go_to_previous_position();
+            ring.unpop();
         }
         self.win_chains.clear();
         self.win_iovs.clear();
@@ -597,19 +587,20 @@ impl<B: NetBackend> Pair<B> {
     /// uses the first chains of the window and the rest wait for the next frame. When the
     /// ring cannot fill the window, the caller releases it and falls back to the bounce
     /// buffer, which can wait for buffers frame by frame.
-    fn rx_direct(&mut self, q: &mut Queue, mem: &GuestMemoryMmap, budget: &mut Budget) -> Direct {
+    fn rx_direct(&mut self, ring: &mut Ring, budget: &mut Budget) -> Direct {
+        let mem = ring.mem();
         // Descriptors read to fill the window in this call: like a frame's, at most a
         // queue size (see `deliver`).
         let mut walked = 0u32;
         while self.win_capacity < MAX_FRAME_LEN {
-            let Some(head) = q.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
+            let Some(head) = ring.pop() else {
                 return Direct::NotEnoughBuffers;
             };
             let before = self.win_iovs.len();
             let mut capacity = 0u32;
             let mut first = None;
             let mut usable = true;
-            let mut chain = Chain::new(mem, q, head, self.indirect());
+            let mut chain = Chain::new(ring, head, self.indirect());
             for desc in chain.by_ref() {
                 let Ok(desc) = desc else {
                     usable = false;
@@ -623,12 +614,12 @@ impl<B: NetBackend> Pair<B> {
                 if len == 0 {
                     continue;
                 }
-                match mem.get_slice(desc.addr(), len) {
-                    Ok(slice) => self.win_iovs.push_back(libc::iovec {
+                match ring.buffer(desc.addr(), len) {
+                    Some(slice) => self.win_iovs.push_back(libc::iovec {
                         iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                         iov_len: len,
                     }),
-                    Err(_) => {
+                    None => {
                         usable = false;
                         break;
                     }
@@ -641,7 +632,7 @@ impl<B: NetBackend> Pair<B> {
             let Some(first) = first.filter(|_| usable) else {
                 // An odd chain goes back; the bounce path drops exactly the frame it gets.
                 self.win_iovs.truncate(before);
-                q.go_to_previous_position();
+                ring.unpop();
                 return Direct::NotEnoughBuffers;
             };
             self.win_chains.push_back(WindowChain {
@@ -651,17 +642,17 @@ impl<B: NetBackend> Pair<B> {
                 first,
             });
             self.win_capacity += capacity as usize;
-            if self.win_chains.len() >= usize::from(q.size())
+            if self.win_chains.len() >= usize::from(ring.size())
                 || self.win_iovs.len() > MAX_IOVECS
-                || walked >= u32::from(q.size())
+                || walked >= u32::from(ring.size())
             {
                 return Direct::NotEnoughBuffers;
             }
         }
         let iovs = self.win_iovs.make_contiguous();
-        // SAFETY: every iovec comes from a guest-memory slice that `get_slice` bounds-checked
-        // for a device-writable descriptor; guest memory stays mapped for the VM's life and
-        // no Rust reference points into it during the call.
+        // SAFETY: every iovec comes from a guest-memory slice that `Ring::buffer`
+        // bounds-checked for a device-writable descriptor; guest memory stays mapped for the
+        // VM's life and no Rust reference points into it during the call.
         let n = match unsafe { self.backend.recv_iovecs(iovs) } {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Direct::Drained,
@@ -698,9 +689,14 @@ impl<B: NetBackend> Pair<B> {
             remaining -= len;
             self.win_capacity -= c.capacity as usize;
             self.win_iovs.drain(..c.iovs);
-            if q.add_used(mem, c.head, len as u32).is_err() {
+            if ring.push_used(c.head, len as u32).is_err() {
+                // What was returned stays returned: the used index never lags the device.
+                let _ = ring.publish_used();
                 return Direct::Broken;
             }
+        }
+        if ring.publish_used().is_err() {
+            return Direct::Broken;
         }
         self.stats.rx_frames += 1;
         self.stats.rx_bytes += (n - VNET_HDR_LEN) as u64;
@@ -717,6 +713,10 @@ impl<B: NetBackend> Pair<B> {
         mem: &GuestMemoryMmap,
         budget: &mut Budget,
     ) -> (bool, bool) {
+        let Some(mut ring) = Ring::new(q, mem) else {
+            return (false, false);
+        };
+        let ring = &mut ring;
         let mut delivered = false;
         let mut unfinished = false;
         let mergeable = self.acked & F_MRG_RXBUF != 0;
@@ -731,22 +731,22 @@ impl<B: NetBackend> Pair<B> {
             // read plus a short copy is cheaper than handing the kernel a whole window of
             // iovecs. The last frame's size predicts the next one (bulk TCP: big frames).
             if self.rx_pending == 0 && mergeable && self.rx_last_len > DIRECT_RX_MIN {
-                match self.rx_direct(q, mem, budget) {
+                match self.rx_direct(ring, budget) {
                     Direct::Delivered => {
                         delivered = true;
                         continue;
                     }
                     Direct::Drained => break,
                     Direct::Broken => {
-                        self.release_window(q);
+                        self.release_window(ring);
                         return (false, false);
                     }
-                    Direct::NotEnoughBuffers => self.release_window(q),
+                    Direct::NotEnoughBuffers => self.release_window(ring),
                 }
             } else {
                 // The bounce path pops from the ring's next position: chains the window
                 // still holds must go back first, or frames would land out of order.
-                self.release_window(q);
+                self.release_window(ring);
             }
             if self.rx_pending == 0 {
                 match self.backend.recv(&mut self.rx_buf) {
@@ -761,13 +761,13 @@ impl<B: NetBackend> Pair<B> {
                     Err(_) => break,
                 }
             }
-            match self.deliver(q, mem, budget) {
+            match self.deliver(ring, budget) {
                 Ok(true) => {
                     self.rx_pending = 0;
                     delivered = true;
                 }
                 // Out of buffers: ask to be told when the guest adds some, unless it just did.
-                Ok(false) => match arm_for_more_buffers(q, mem) {
+                Ok(false) => match arm_for_more_buffers(ring) {
                     Ok(true) => continue,
                     _ => break,
                 },
@@ -776,7 +776,7 @@ impl<B: NetBackend> Pair<B> {
         }
         // A full window stays popped for the next pass: releasing and popping it again
         // every time the backend runs dry cost as much ring work as delivering a frame.
-        let interrupt = delivered && q.needs_notification(mem).unwrap_or(false);
+        let interrupt = delivered && ring.needs_interrupt();
         (interrupt, unfinished)
     }
 }
@@ -809,16 +809,14 @@ enum Direct {
 /// `enable_notification` alone would set `avail_event` to our position, and with
 /// EVENT_IDX the driver only notifies when its index crosses that value: buffers already
 /// posted would make it never cross, and the frame would wait forever.
-fn arm_for_more_buffers(q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, ()> {
-    let before = q.avail_idx(mem, Ordering::Acquire).map_err(|_| ())?;
-    q.enable_notification(mem).map_err(|_| ())?;
-    if q.event_idx_enabled() {
-        let avail_event = super::avail_event_addr(q).ok_or(())?;
-        mem.write_obj(before.0.to_le(), avail_event)
-            .map_err(|_| ())?;
+fn arm_for_more_buffers(ring: &mut Ring) -> Result<bool, ()> {
+    let before = ring.avail_idx().ok_or(())?;
+    ring.enable_notification().map_err(|_| ())?;
+    if ring.event_idx_enabled() {
+        ring.set_avail_event(before.0).map_err(|_| ())?;
     }
     std::sync::atomic::fence(Ordering::SeqCst);
-    let after = q.avail_idx(mem, Ordering::Acquire).map_err(|_| ())?;
+    let after = ring.avail_idx().ok_or(())?;
     Ok(after != before)
 }
 

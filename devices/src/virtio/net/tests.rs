@@ -1214,7 +1214,8 @@ fn rings_at_garbage_addresses() {
 #[test]
 fn descriptor_table_crossing_the_end_of_memory() {
     let mut rig = Rig::new(VIRTIO_F_VERSION_1);
-    // Entries 0..4 are in memory, 4..16 are not.
+    // Entries 0..4 are in memory, 4..16 are not. Activation refuses such a queue; this one
+    // was moved after it, as a transport bug or a stale address would.
     let table = MEM_SIZE - 4 * 16;
     for q in 0..2 {
         rig.queue_mut(q)
@@ -1226,24 +1227,19 @@ fn descriptor_table_crossing_the_end_of_memory() {
     };
     rig.write(BUFS, &frame(20, 0));
     tx_table.set_desc(&rig.mem, 0, BUFS, 32, 0, 0);
-    // A chain that continues into the part of the table that is not there.
-    tx_table.set_desc(&rig.mem, 1, BUFS, 12, F_NEXT, 9);
-    for head in [9, 0, 1] {
+    for head in [0, 1] {
         rig.tx.publish(&rig.mem, head);
     }
-    rig.wake(Wake::Queue(1));
-    assert_eq!(rig.tx.used_idx(&rig.mem), 3);
-    assert_eq!(rig.tx.used(&rig.mem, 0), (9, 0));
-    // The whole chain 0 is in memory; chain 1 ends where the table does (a truncated frame,
-    // the guest's own doing).
-    assert_eq!(rig.sent()[0], frame(20, 0));
-    assert!(rig.stats().tx_invalid >= 1);
-
     rig.push_frame(frame(20, 1));
-    rig.rx.publish(&rig.mem, 12);
+    rig.rx.publish(&rig.mem, 0);
     let before = rig.snapshot();
-    rig.wake(Wake::Backend(0));
-    assert_eq!(rig.rx.used(&rig.mem, 0), (12, 0));
+    // Such a queue is not served at all, not even the chains that are in memory: the
+    // guest's network stops, nothing else does.
+    assert!(!rig.wake(Wake::Queue(1)));
+    assert!(!rig.wake(Wake::Backend(0)));
+    assert_eq!(rig.tx.used_idx(&rig.mem), 0);
+    assert_eq!(rig.rx.used_idx(&rig.mem), 0);
+    assert!(rig.sent().is_empty());
     rig.assert_changes_within(&before, &[]);
 }
 

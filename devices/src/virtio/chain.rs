@@ -142,8 +142,8 @@ impl<'a> Chain<'a> {
         if entries > u32::from(self.queue_size) {
             return Err(bad(BadTable::TooBig));
         }
-        // Guest memory regions never touch (see vmm's memory layout), so a table in guest
-        // memory is within one region.
+        // One slice, so a table across two regions is refused too: in vmm's memory layout
+        // regions never touch, so such a table has a hole in it anyway.
         self.table = self
             .mem
             .get_slice(desc.addr(), len as usize)

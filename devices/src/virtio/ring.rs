@@ -59,9 +59,9 @@ pub struct Ring<'a> {
 }
 
 impl<'a> Ring<'a> {
-    /// `q`'s areas in `mem`, or `None` when one of them is not guest memory (the queue is
-    /// then unusable; a ready queue's areas were checked when the driver set it ready, but
-    /// a reset or a changed memory map could make them stale).
+    /// `q`'s areas in `mem`, or `None` when one of them is not wholly in one region of
+    /// guest memory: the queue is then unusable. Activation already refuses such a queue,
+    /// so this only meets one changed behind the transport's back.
     pub fn new(q: &'a mut Queue, mem: &'a GuestMemoryMmap) -> Option<Self> {
         let size = q.size();
         let n = usize::from(size);

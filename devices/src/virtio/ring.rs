@@ -64,6 +64,10 @@ impl<'a> Ring<'a> {
     /// so this only meets one changed behind the transport's back.
     pub fn new(q: &'a mut Queue, mem: &'a GuestMemoryMmap) -> Option<Self> {
         let size = q.size();
+        // virtio-queue never leaves a size of 0, but every index below is taken modulo it.
+        if size == 0 {
+            return None;
+        }
         let n = usize::from(size);
         let area = |at: u64, len: usize| mem.get_slice(GuestAddress(at), len).ok();
         // A 2-byte event word follows each ring's entries (used_event, avail_event).

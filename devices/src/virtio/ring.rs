@@ -163,8 +163,17 @@ impl<'a> Ring<'a> {
 
     /// Returns the chain at `head` to the driver with `len` bytes written into it. The
     /// driver sees it at the next [`Ring::publish_used`]. `Err` when `head` is not a
-    /// descriptor of this queue or the used ring cannot be written.
+    /// descriptor of this queue or the used ring cannot be written; what was pushed before
+    /// is then published, so the used index never lags what the device returned.
     pub fn push_used(&mut self, head: u16, len: u32) -> Result<(), RingError> {
+        let pushed = self.write_used(head, len);
+        if pushed.is_err() {
+            let _ = self.publish_used();
+        }
+        pushed
+    }
+
+    fn write_used(&mut self, head: u16, len: u32) -> Result<(), RingError> {
         if head >= self.size {
             return Err(RingError::NoSuchHead {
                 head,
@@ -323,16 +332,19 @@ mod tests {
             (id, len)
         };
         assert_eq!((elem(0), elem(1)), ((3, 1500), (1, 7)));
+        ring.push_used(2, 5).unwrap();
         assert_eq!(
             ring.push_used(4, 0),
             Err(RingError::NoSuchHead { head: 4, size: 4 })
         );
+        // The entry pushed before the refused one was published with the refusal.
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 3);
         // Wraps around the ring.
         for _ in 0..3 {
             ring.add_used(0, 9).unwrap();
         }
         assert_eq!(elem(0), (0, 9));
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 5);
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED + 2)).unwrap(), 6);
     }
 
     #[test]

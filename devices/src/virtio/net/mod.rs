@@ -559,11 +559,7 @@ impl<B: NetBackend> Pair<B> {
         }
         for &(head, used_len) in &self.rx_used {
             let l = if complete { used_len } else { 0 };
-            if ring.push_used(head, l).is_err() {
-                // What was returned stays returned: the used index never lags the device.
-                let _ = ring.publish_used();
-                return Err(());
-            }
+            ring.push_used(head, l).map_err(|_| ())?;
         }
         ring.publish_used().map_err(|_| ())?;
         self.rx_used.clear();
@@ -690,8 +686,6 @@ impl<B: NetBackend> Pair<B> {
             self.win_capacity -= c.capacity as usize;
             self.win_iovs.drain(..c.iovs);
             if ring.push_used(c.head, len as u32).is_err() {
-                // What was returned stays returned: the used index never lags the device.
-                let _ = ring.publish_used();
                 return Direct::Broken;
             }
         }

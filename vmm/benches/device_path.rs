@@ -124,6 +124,7 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
+#[derive(Default)]
 struct Figure {
     frames: u64,
     bytes: u64,
@@ -609,7 +610,15 @@ fn main() {
                             continue;
                         }
                     }
-                    let (mut dev, mut raw, mut at_ring) = (zero(), zero(), zero());
+                    // RX1: one frame per wake-up, as when frames trickle in; RX: as many as
+                    // the ring holds.
+                    let n = if dir == "RX1" {
+                        1
+                    } else {
+                        frames_per_round(len)
+                    };
+                    let (mut dev, mut raw, mut at_ring) =
+                        (Figure::default(), Figure::default(), Figure::default());
                     for _ in 0..SLICES {
                         // The device gets its own descriptor on the same queue; raw uses
                         // the subject's after the device is done.
@@ -619,13 +628,6 @@ fn main() {
                             raw += tx_raw(&mut sub.tap, len);
                             at_ring += tx_raw_at_ring(&mut sub.tap, len);
                         } else {
-                            // RX1: one frame per wake-up, as when frames trickle in; RX: as
-                            // many as the ring holds.
-                            let n = if dir == "RX1" {
-                                1
-                            } else {
-                                frames_per_round(len)
-                            };
                             dev += rx_device(dev_tap, sub.via, len, n);
                             raw += rx_raw(&mut sub.tap, sub.via, len, n);
                             at_ring += rx_raw_scattered(&mut sub.tap, sub.via, len, n);
@@ -651,15 +653,6 @@ fn main() {
     if let Err(e) = result {
         eprintln!("device_path benchmark needs a network namespace and /dev/net/tun: {e}");
         std::process::exit(1);
-    }
-}
-
-fn zero() -> Figure {
-    Figure {
-        frames: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        refused: 0,
     }
 }
 

@@ -201,7 +201,13 @@ pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
         [format!("rx{n}"), format!("tx{n}")]
     });
     let names: Vec<String> = names.chain(["ctrl".to_string()]).collect();
-    for (name, q) in names.iter().zip(&r.rings.queues) {
+    let counts = r
+        .rings
+        .counts
+        .iter()
+        .map(Some)
+        .chain(std::iter::repeat(None));
+    for ((name, q), c) in names.iter().zip(&r.rings.queues).zip(counts) {
         let Some(q) = q else { continue };
         let fields = [
             ("avail", q.avail),
@@ -215,6 +221,16 @@ pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
                 line.push_str(&format!(" {name}_{key}={v}"));
             }
         }
+        if let Some(c) = c {
+            line.push_str(&format!(
+                " {name}_wakes={} {name}_resumed={} {name}_interrupts={}",
+                c.wakes, c.resumed, c.interrupts
+            ));
+        }
+    }
+    for (p, wakes) in r.rings.backend_wakes.iter().enumerate() {
+        let n = if p == 0 { String::new() } else { p.to_string() };
+        line.push_str(&format!(" rx{n}_backend_wakes={wakes}"));
     }
     line.push_str(&format!(" isr={}", r.rings.interrupt_status));
     line
@@ -416,7 +432,7 @@ mod tests {
 
     #[test]
     fn counters_line_names_the_nic_every_counter_and_the_rings() {
-        use devices::virtio::core::QueueState;
+        use devices::virtio::core::{QueueCounts, QueueState};
         let r = NicReport {
             datapath: "user",
             queues: 1,
@@ -445,6 +461,18 @@ mod tests {
                     }),
                     None,
                 ],
+                counts: vec![
+                    QueueCounts {
+                        wakes: 14,
+                        resumed: 15,
+                        interrupts: 16,
+                    },
+                    QueueCounts {
+                        wakes: 99,
+                        ..QueueCounts::default()
+                    },
+                ],
+                backend_wakes: vec![17],
                 interrupt_status: 1,
             },
         };
@@ -475,6 +503,10 @@ mod tests {
                 ("rx_taken", 11),
                 ("rx_used", 12),
                 ("rx_used_event", 13),
+                ("rx_wakes", 14),
+                ("rx_resumed", 15),
+                ("rx_interrupts", 16),
+                ("rx_backend_wakes", 17),
                 ("isr", 1),
             ]
         );

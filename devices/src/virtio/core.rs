@@ -19,6 +19,10 @@ const DRIVER_STATUS_BITS: u32 =
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RingState {
     pub queues: Vec<Option<QueueState>>,
+    /// Each queue's wake-ups and interrupts since the VM started (all queues, ready or not).
+    pub counts: Vec<QueueCounts>,
+    /// Wake-ups by each backend (its fd became readable), since the VM started.
+    pub backend_wakes: Vec<u64>,
     /// virtio-mmio's InterruptStatus, virtio-pci's ISR; with MSI-X, bit 0 says that a vector
     /// is pending behind a mask.
     pub interrupt_status: u32,
@@ -40,6 +44,21 @@ pub struct QueueState {
     pub used_event: Option<u16>,
     /// The device wants a notification when `avail` passes this (EVENT_IDX only).
     pub avail_event: Option<u16>,
+}
+
+/// How busy one queue kept the event loop and the driver. A notification per chain and an
+/// interrupt per used buffer is a device and driver waking each other for every frame, and
+/// each of those is a VM exit or an injected interrupt: what a slow (nested) host pays most
+/// for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Runs of the queue's work on its notifier: the driver's notifications and the
+    /// device's own resumptions (an eventfd merges those that arrive together).
+    pub wakes: u64,
+    /// Wake-ups the budget cut short, which the device resumed through the notifier.
+    pub resumed: u64,
+    /// Interrupts the device asked for on this queue's behalf.
+    pub interrupts: u64,
 }
 
 impl QueueState {
@@ -115,6 +134,9 @@ pub struct VirtioCore<D: VirtioDevice> {
     pub(super) status: u32,
     pub(super) config_generation: u32,
     pub(super) active: bool,
+    /// Indexed by queue; kept over resets, like the device's frame counters.
+    counts: Vec<QueueCounts>,
+    backend_wakes: Vec<u64>,
 }
 
 impl<D: VirtioDevice> VirtioCore<D> {
@@ -128,6 +150,7 @@ impl<D: VirtioDevice> VirtioCore<D> {
             })?);
             queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(TransportError::EventFd)?);
         }
+        let queues_len = queues.len();
         Ok(Self {
             device,
             mem,
@@ -141,6 +164,8 @@ impl<D: VirtioDevice> VirtioCore<D> {
             status: 0,
             config_generation: 0,
             active: false,
+            counts: vec![QueueCounts::default(); queues_len],
+            backend_wakes: Vec::new(),
         })
     }
 
@@ -152,6 +177,8 @@ impl<D: VirtioDevice> VirtioCore<D> {
                 .iter()
                 .map(|q| q.ready().then(|| QueueState::read(q, &self.mem)))
                 .collect(),
+            counts: self.counts.clone(),
+            backend_wakes: self.backend_wakes.clone(),
             interrupt_status,
         }
     }
@@ -162,12 +189,32 @@ impl<D: VirtioDevice> VirtioCore<D> {
         if !self.active {
             return 0;
         }
+        match wake {
+            Wake::Queue(i) => {
+                if let Some(c) = self.counts.get_mut(usize::from(i)) {
+                    c.wakes += 1;
+                }
+            }
+            Wake::Backend(b) => {
+                let b = usize::from(b);
+                if self.backend_wakes.len() <= b {
+                    self.backend_wakes.resize(b + 1, 0);
+                }
+                self.backend_wakes[b] += 1;
+            }
+            Wake::Activated => {}
+        }
         let done: Processed = self.device.process(wake, &mut self.queues);
         // The rest of a wake-up the budget cut short: notified as the guest would, through
         // the queue's eventfd, so the event loop first serves whatever else is ready.
-        for (i, evt) in self.queue_evts.iter().enumerate().take(32) {
-            if done.unfinished & (1 << i) != 0 {
+        for (i, (evt, c)) in self.queue_evts.iter().zip(&mut self.counts).enumerate() {
+            let bit = 1u32.checked_shl(i as u32).unwrap_or(0);
+            if done.unfinished & bit != 0 {
+                c.resumed += 1;
                 let _ = evt.write(1);
+            }
+            if done.interrupt & bit != 0 {
+                c.interrupts += 1;
             }
         }
         done.interrupt

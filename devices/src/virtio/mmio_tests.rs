@@ -887,6 +887,11 @@ fn ring_state_says_who_waits_for_whom() {
     assert_eq!(tx.used_event, Some(0), "the driver's field, untouched");
     assert_eq!(state.interrupt_status, INT_VRING);
     assert_eq!(rig.t.core.device().stats().rx_waiting, 112);
+    // One backend wake-up, one TX notification and the interrupt for its used buffer.
+    assert_eq!(state.backend_wakes, vec![1]);
+    let (rx, tx) = (state.counts[0], state.counts[1]);
+    assert_eq!((rx.wakes, rx.resumed, rx.interrupts), (0, 0, 0));
+    assert_eq!((tx.wakes, tx.resumed, tx.interrupts), (1, 0, 1));
 }
 
 #[test]
@@ -984,6 +989,9 @@ fn a_hostile_ring_gets_a_budget_per_turn_while_another_nic_is_served() {
         a.lock().unwrap().device().stats().tx_invalid,
         u64::from(BIG)
     );
+    // The report counts the driver's one kick and each turn the device resumed itself.
+    let tx = a.lock().unwrap().ring_state().counts[1];
+    assert_eq!((tx.wakes, tx.resumed), (turns, turns - 1));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@
 //!   microvm: the same transport and its one interrupt line for both.
 //!
 //! All in one boot of the emulated lab host, which gets the host's own qemu-system-x86_64,
-//! its shared libraries and the few firmware files it loads. Each round boots each VMM once
-//! (netvmm, QEMU pc, QEMU microvm, in that order, so drift hits all of them); each boot runs
+//! its shared libraries and the few firmware files it loads. Each round boots each VMM once,
+//! odd rounds in the table's order and even rounds in reverse, so that the lab's drift over
+//! a round does not always favour the rows booted first; each boot runs
 //! `iperf3 -t 5` up, then down. The table shows medians over the rounds. The figures are
 //! bounded by the lab's emulation: only the ratios between VMMs mean anything. A lab host
 //! that hangs or crashes (a known fault of the emulation) costs only its round: the rounds
@@ -157,98 +158,133 @@ qemu() {
     >/tmp/q.err 2>&1
 }
 
-for r in $(seq $FIRST $RUNS); do
-  echo "vs_qemu: round $r of $RUNS: netvmm"
-  rm -f /tmp/n.log
-  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-    --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-  collect netvmm $r $? /tmp/n.log /tmp/n.err
-
-  echo "vs_qemu: round $r of $RUNS: netvmm --transport pci"
-  rm -f /tmp/n.log
-  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-    --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-  collect netvmm-pci $r $? /tmp/n.log /tmp/n.err
-
-  echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci)"
-  rm -f /tmp/q.log
-  qemu off -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
-    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
-  collect qemu-pc $r $? /tmp/q.log /tmp/q.err
-
-  echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio)"
-  rm -f /tmp/q.log
-  qemu off -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
-    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
-  collect qemu-microvm $r $? /tmp/q.log /tmp/q.err
-
-  echo "vs_qemu: round $r of $RUNS: netvmm vhost=on"
-  rm -f /tmp/n.log
-  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-    --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-  collect netvmm-vhost $r $? /tmp/n.log /tmp/n.err
-
-  echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, vhost=on"
-  rm -f /tmp/n.log
-  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-    --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-  collect netvmm-pci-vhost $r $? /tmp/n.log /tmp/n.err
-
-  echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on"
-  rm -f /tmp/q.log
-  qemu on -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
-    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
-  collect qemu-pc-vhost $r $? /tmp/q.log /tmp/q.err
-
-  for vh in off on; do
-    key=netvmm-mq; [ $vh = on ] && key=netvmm-vhost-mq
-    echo "vs_qemu: round $r of $RUNS: netvmm queues=2, 2 vCPUs, vhost=$vh"
+# row KEY ROUND: boots the VMM of row KEY (a key of the bench's VMMS) and collects its
+# figures for round ROUND.
+row() {
+  r=$2
+  case $1 in
+  netvmm)
+    echo "vs_qemu: round $r of $RUNS: netvmm"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm $r $? /tmp/n.log /tmp/n.err
+    ;;
+  netvmm-pci)
+    echo "vs_qemu: round $r of $RUNS: netvmm --transport pci"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+      --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm-pci $r $? /tmp/n.log /tmp/n.err
+    ;;
+  qemu-pc)
+    echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci)"
+    rm -f /tmp/q.log
+    qemu off -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
+      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
+    collect qemu-pc $r $? /tmp/q.log /tmp/q.err
+    ;;
+  qemu-microvm)
+    echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio)"
+    rm -f /tmp/q.log
+    qemu off -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
+      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
+    collect qemu-microvm $r $? /tmp/q.log /tmp/q.err
+    ;;
+  netvmm-vhost)
+    echo "vs_qemu: round $r of $RUNS: netvmm vhost=on"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm-vhost $r $? /tmp/n.log /tmp/n.err
+    ;;
+  netvmm-pci-vhost)
+    echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, vhost=on"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
+      --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm-pci-vhost $r $? /tmp/n.log /tmp/n.err
+    ;;
+  qemu-pc-vhost)
+    echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on"
+    rm -f /tmp/q.log
+    qemu on -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
+      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
+    collect qemu-pc-vhost $r $? /tmp/q.log /tmp/q.err
+    ;;
+  netvmm-mq)
+    echo "vs_qemu: round $r of $RUNS: netvmm queues=2, 2 vCPUs, vhost=off"
     rm -f /tmp/n.log
     netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=$vh \
+      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=off \
       --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect $key $r $? /tmp/n.log /tmp/n.err
-  done
+    collect netvmm-mq $r $? /tmp/n.log /tmp/n.err
+    ;;
+  netvmm-vhost-mq)
+    echo "vs_qemu: round $r of $RUNS: netvmm queues=2, 2 vCPUs, vhost=on"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
+      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=on \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm-vhost-mq $r $? /tmp/n.log /tmp/n.err
+    ;;
+  netvmm-pci-vhost-mq)
+    echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, queues=2, 2 vCPUs, vhost=on"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
+      --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=on \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm-pci-vhost-mq $r $? /tmp/n.log /tmp/n.err
+    ;;
+  qemu-pc-vhost-mq)
+    echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on, queues=2, 2 vCPUs"
+    rm -f /tmp/q.log
+    timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
+      -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
+      -netdev tap,id=n0,ifname=bt2,script=no,downscript=no,vhost=on,queues=2 -kernel $K \
+      -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=6 \
+      -append "console=ttyS0 quiet panic=1 netvmm.ip=203.0.113.2/24 netvmm.run=\"$(gcmd_mq 203.0.113.1)\"" \
+      >/tmp/q.err 2>&1
+    collect qemu-pc-vhost-mq $r $? /tmp/q.log /tmp/q.err
+    ;;
+  netvmm-vhost-2cpu)
+    # vhost with 2 vCPUs and one queue, on the one-interrupt transport both VMMs share
+    # (virtio-mmio): what is netvmm's and what is the transport's.
+    echo "vs_qemu: round $r of $RUNS: netvmm vhost=on, 2 vCPUs, 1 queue"
+    rm -f /tmp/n.log
+    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
+      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+    collect netvmm-vhost-2cpu $r $? /tmp/n.log /tmp/n.err
+    ;;
+  qemu-microvm-vhost-2cpu)
+    echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio), vhost=on, 2 vCPUs"
+    rm -f /tmp/q.log
+    timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
+      -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
+      -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=on -kernel $K \
+      -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
+      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd_mq 198.51.100.1)\"" \
+      >/tmp/q.err 2>&1
+    collect qemu-microvm-vhost-2cpu $r $? /tmp/q.log /tmp/q.err
+    ;;
+  *) echo "vs_qemu: no row $1"; return 1 ;;
+  esac
+}
 
-  echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, queues=2, 2 vCPUs, vhost=on"
-  rm -f /tmp/n.log
-  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-    --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=on \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-  collect netvmm-pci-vhost-mq $r $? /tmp/n.log /tmp/n.err
-
-  echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on, queues=2, 2 vCPUs"
-  rm -f /tmp/q.log
-  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
-    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
-    -netdev tap,id=n0,ifname=bt2,script=no,downscript=no,vhost=on,queues=2 -kernel $K \
-    -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=6 \
-    -append "console=ttyS0 quiet panic=1 netvmm.ip=203.0.113.2/24 netvmm.run=\"$(gcmd_mq 203.0.113.1)\"" \
-    >/tmp/q.err 2>&1
-  collect qemu-pc-vhost-mq $r $? /tmp/q.log /tmp/q.err
-
-  # vhost with 2 vCPUs and one queue, on the one-interrupt transport both VMMs share
-  # (virtio-mmio): what is netvmm's and what is the transport's.
-  echo "vs_qemu: round $r of $RUNS: netvmm vhost=on, 2 vCPUs, 1 queue"
-  rm -f /tmp/n.log
-  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-    --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-  collect netvmm-vhost-2cpu $r $? /tmp/n.log /tmp/n.err
-
-  echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio), vhost=on, 2 vCPUs"
-  rm -f /tmp/q.log
-  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
-    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
-    -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=on -kernel $K \
-    -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
-    -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd_mq 198.51.100.1)\"" \
-    >/tmp/q.err 2>&1
-  collect qemu-microvm-vhost-2cpu $r $? /tmp/q.log /tmp/q.err
+for r in $(seq $FIRST $RUNS); do
+  # Even rounds boot the rows in reverse: the lab's speed drifts over a round, and a fixed
+  # order would hand the same rows the same share of it.
+  order=$ROWS
+  if [ $((r % 2)) = 0 ]; then
+    order=""
+    for k in $ROWS; do order="$k $order"; done
+  fi
+  for k in $order; do row $k $r; done
 done
 "#;
 
@@ -521,6 +557,7 @@ fn bench() -> Result<(), String> {
     let mut faults = Vec::new();
     // The fault that ended the last lab host before every round was run.
     let mut lost = None;
+    let row_keys = VMMS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(" ");
     for boot in 1..=LAB_BOOTS {
         let console = Arc::new(Mutex::new(String::new()));
         let mut run = LabRun::new(SCENARIO, context.clone());
@@ -529,6 +566,7 @@ fn bench() -> Result<(), String> {
             ("FIRST".into(), first.to_string()),
             ("RUNS".into(), runs.to_string()),
             ("T".into(), IPERF_SECONDS.to_string()),
+            ("ROWS".into(), row_keys.clone()),
         ];
         let results = tmp.0.join("results");
         run.outputs = vec![("/tmp/results".into(), results.clone())];
@@ -559,14 +597,7 @@ fn bench() -> Result<(), String> {
                 // The rounds whose last boot reported its status are whole; the round the
                 // lab host died in runs again from its start.
                 let seen = console.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let (last, _) = VMMS[VMMS.len() - 1];
-                let done = parse_results(&seen)
-                    .statuses
-                    .iter()
-                    .filter(|(v, _, _)| v == last)
-                    .map(|(_, r, _)| *r)
-                    .max()
-                    .unwrap_or(first - 1);
+                let done = last_whole_round(&parse_results(&seen).statuses, first);
                 text.extend(
                     seen.lines()
                         .filter(|l| round_of(l).is_some_and(|r| r <= done))
@@ -695,7 +726,7 @@ fn bench() -> Result<(), String> {
     }
     println!("(ratio = netvmm / QEMU; > 1 means netvmm is faster)");
     println!();
-    println!("per round, up/down Mbit/s, in boot order (drift shows as a trend down a column):");
+    println!("per round, up/down Mbit/s (odd rounds boot the rows left to right, even rounds right to left):");
     print!("{:<6}", "round");
     for (_, label) in VMMS {
         print!(" {label:>28}");
@@ -735,6 +766,20 @@ fn bench() -> Result<(), String> {
         Some(f) => Err(format!("the rounds were not all run: {f}")),
         None => Ok(()),
     }
+}
+
+/// The last round, counting up from `first`, whose every row reported its exit status
+/// (`first - 1` if none did). Rounds run in turn, and an even round boots the rows in
+/// reverse, so no single row's status marks a round's end.
+fn last_whole_round(statuses: &[(String, u32, i32)], first: u32) -> u32 {
+    let whole = |round: u32| {
+        VMMS.iter()
+            .all(|(key, _)| statuses.iter().any(|(v, r, _)| v == key && *r == round))
+    };
+    (first..)
+        .take_while(|&r| whole(r))
+        .last()
+        .unwrap_or(first - 1)
 }
 
 /// The result lines of one lab host's console `seen` whose boot reported its exit status:

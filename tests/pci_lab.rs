@@ -45,7 +45,7 @@ for path in off on; do
     --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(guest 192.0.2.1); $(printf '%s\n' "$R" | sed 's/HOST/192.0.2.1/g; s/GUEST/192.0.2.2/g')\"" \
     >/dev/null 2>/tmp/p$path.err
   s=$?
-  [ $s = 0 ] || cat /tmp/p$path.err
+  [ $s = 0 ] || { cat /tmp/p$path.err; tail -n 40 /tmp/p$path.log; }
   echo "case=pci-vhost-$path $(report /tmp/p$path $s) gone=$(v /tmp/p$path.log gone) reset_ping=$(v /tmp/p$path.log reset_ping) after=$(v /tmp/p$path.log after)"
 done
 
@@ -59,7 +59,7 @@ MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
 NETVMM_BOOT_REPORT=1 netvmm run $G --cpus 2 --net tap,host-ip=192.0.2.1/24,queues=2 --serial-log /tmp/mq.log \
   --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n%s\n' "$IRQ" "$MQ")\"" >/dev/null 2>/tmp/mq.err
 s=$?
-[ $s = 0 ] || cat /tmp/mq.err
+[ $s = 0 ] || { cat /tmp/mq.err; tail -n 40 /tmp/mq.log; }
 echo "case=pci-mq status=$s queues=$(v /tmp/mq.log queues | tr ' ' ,) up=$(v /tmp/mq.log up) in0=$(v /tmp/mq.log input.0) out0=$(v /tmp/mq.log output.0) in1=$(v /tmp/mq.log input.1) out1=$(v /tmp/mq.log output.1) q1rx=$(nic /tmp/mq.err q1_rx_frames) q1tx=$(nic /tmp/mq.err q1_tx_frames)"
 "#;
 

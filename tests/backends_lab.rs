@@ -15,7 +15,6 @@ mod common;
 const SCENARIO: &str = r#"
 IP=/sbin/ip
 G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout 300"
-v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
 ready() { i=0; while ! grep -q 'netvmm-guest: ready' "$1" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; }
 ping1() { echo "ping -c 2 -W 2 $1 >/dev/null; echo $2=\\\$?;"; }
 # A guest that stays up (answering pings) until killed.

@@ -18,7 +18,6 @@ const SCENARIO: &str = r#"
 IP=/sbin/ip
 G0="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --memory 384"
 G="$G0 --timeout 300"
-v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
 # Field N of the "Ip:" counters line of /proc/net/snmp, from a line saved with _ for spaces.
 ipf() { echo "$1" | tr _ ' ' | cut -d ' ' -f "$2"; }
 snmp() { grep '^Ip: [0-9]' /proc/net/snmp | tr ' ' _; }
@@ -62,7 +61,6 @@ R='(iperf3 -c HOST -p 5202 -t 6 >/dev/null 2>&1 &); sleep 2;
   sleep 1; ip addr add GUEST/24 dev eth0; ip link set eth0 up; sleep 1;
   ping -c 2 -W 3 HOST >/dev/null; echo reset_ping=\$?;
   echo after=\$(iperf3 -c HOST -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7)'
-nic() { grep "netvmm-nic-report: eth0 " "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 report() { echo "status=$2 ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) )) said=$(grep -c 'data path: vhost-net' $1.err)"; }
 
 NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24,vhost=on --serial-log /tmp/vt.log \
@@ -102,13 +100,8 @@ MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
   echo up=\$(grep SUM.*receiver /tmp/i2 | tr -s \" \" | cut -d \" \" -f 6)'
 mq() { echo "status=$2 queues=$(v $1.log queues | tr ' ' ,) up=$(v $1.log up) path=$(nic $1.err datapath) nq=$(nic $1.err queues) active=$(nic $1.err active_pairs) ctrl_ok=$(nic $1.err ctrl_ok) ctrl_err=$(nic $1.err ctrl_err) q0rx=$(nic $1.err q0_rx_frames) q0tx=$(nic $1.err q0_tx_frames) q1rx=$(nic $1.err q1_rx_frames) q1tx=$(nic $1.err q1_tx_frames) rx0u=$(nic $1.err rx_used) tx0u=$(nic $1.err tx_used) rx1u=$(nic $1.err rx1_used) tx1u=$(nic $1.err tx1_used) said=$(grep -c 'eth0 .*; 2 queue pairs' $1.err)"; }
 # mqrun CASE NET GUEST-IP PEER FLOWS: one two-pair guest on the --net NET, FLOWS streams
-# per client. Two faults of the emulated lab (resources/README.md) make a case run once
-# more, with the first try printed as rerun=: a guest that stopped taking an interrupt
-# netvmm raised ("a guest cut off mid-run": the timeout, with InterruptStatus still
-# pending in the exit report; the bit is netvmm's own raise even under vhost, the
-# kernel's signals do not set it), and a guest that triple-faulted without a word from
-# its kernel (no panic, oops or BUG line on its console: the lab's stress loop shows such
-# crashes with no device in use). Anything else fails at once.
+# per client. A fault of the emulated lab (`lab_fault`, tests/common/prelude.sh) makes a
+# case run once more, with the first try printed as rerun=; anything else fails at once.
 mqrun() {
   for try in 1 2; do
     a=$mqport; b=$((mqport + 1)); mqport=$((mqport + 2))
@@ -118,11 +111,7 @@ mqrun() {
       --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g; s/PORTA/$a/; s/PORTB/$b/")\"" >/dev/null 2>/tmp/$1.err
     s=$?
     [ $s = 0 ] || { cat /tmp/$1.err; tail -n 5 /tmp/$1.log; }
-    i=$(nic /tmp/$1.err isr)
-    why=
-    [ $s = 124 ] && [ -n "$i" ] && [ "$i" != 0 ] && why=missed-interrupt
-    [ $s = 3 ] && grep -q 'triple-faulted' /tmp/$1.err &&
-      ! grep -q -e 'Kernel panic' -e 'Oops' -e 'BUG:' /tmp/$1.log && why=silent-triple-fault
+    why=$(lab_fault $s /tmp/$1.err /tmp/$1.log)
     [ $try = 1 ] && [ -n "$why" ] || break
     echo "rerun=$1 why=$why $(grep -e 'triple-faulted' -e 'netvmm-nic-report: eth0 ' /tmp/$1.err | tr ' ' _ | tr '\n' ' ')"
   done
@@ -159,11 +148,7 @@ fn datapath_end_to_end() {
     let out = common::lab(SCENARIO, 1500);
     let dump = out.dump();
     // A rerun after a fault of the emulated lab is said, and kept with the lab host hangs.
-    for rerun in out.stdout.lines().filter(|l| l.starts_with("rerun=")) {
-        let why = rerun.split(' ').find_map(|w| w.strip_prefix("why="));
-        let why = why.unwrap_or("no reason given");
-        common::record_rerun(&format!("datapath_end_to_end: {why}"), rerun);
-    }
+    out.record_reruns("datapath_end_to_end");
     assert_eq!(out.status, 0, "{dump}");
     let f = |case: &str, key: &str| out.field(case, key).unwrap_or_default();
 

@@ -11,7 +11,6 @@ const SCENARIO: &str = r#"
 IP=/sbin/ip
 iperf3 -s -D >/dev/null 2>&1
 G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout 300 --memory 384"
-v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
 ours() { ls /sys/class/net | grep -c -E '^(nvtap|vmnet1)' ; }
 
 # A: two NICs, ping both, iperf3 both ways on eth0, then a device reset and ping again.

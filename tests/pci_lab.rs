@@ -4,17 +4,14 @@
 //! vhost=on (the kernel's used-buffer eventfds on the queues' vectors); two queue pairs
 //! with two vCPUs interrupt on four vectors; unbinding virtio-pci from the function and
 //! binding it again (MSI-X torn down and set up anew, a reset) under traffic leaves a
-//! working NIC. One lab boot for all cases.
+//! working NIC. One lab boot for all cases; a case that met a fault of the emulated lab
+//! (`lab_fault`, tests/common/prelude.sh) runs once more, and says so.
 
 mod common;
 
 // The guest's init evaluates its command line once: every `$` meant for the guest is `\$`.
 const SCENARIO: &str = r#"
 G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout 300 --memory 384 --transport pci"
-v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
-nic() { grep "netvmm-nic-report: eth0 " "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-iperf3 -s -D >/dev/null 2>&1
-iperf3 -s -D -p 5202 >/dev/null 2>&1
 printf 'netvmm-pci-disk' > /tmp/disk.img; truncate -s 1M /tmp/disk.img
 # Interrupts a vector took on every vCPU, by its name in /proc/interrupts.
 IRQ='irq() { awk -v n=\$1 \"\\\$NF == n { s = 0; for (i = 2; i < NF; i++) if (\\\$i ~ /^[0-9]+\\\$/) s += \\\$i; print s }\" /proc/interrupts; };'
@@ -24,49 +21,65 @@ T='echo where=\$(readlink -f /sys/class/net/eth0/device | cut -d / -f 4-5);
   echo disk_where=\$(readlink -f /sys/block/vda/device | cut -d / -f 4-5);
   echo disk=\$(head -c 15 /dev/vda);
   echo msix=\$(grep virtio0- /proc/interrupts | grep -c MSI);
-  ping -c 2 -W 3 HOST >/dev/null; echo ping=\$?;
-  echo up=\$(iperf3 -c HOST -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7);
-  echo down=\$(iperf3 -c HOST -t 2 -f m -R | grep receiver | tr -s \" \" | cut -d \" \" -f 7);
+  ping -c 2 -W 3 192.0.2.1 >/dev/null; echo ping=\$?;
+  echo up=\$(iperf3 -c 192.0.2.1 -p PORTA -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7);
+  echo down=\$(iperf3 -c 192.0.2.1 -p PORTA -t 2 -f m -R | grep receiver | tr -s \" \" | cut -d \" \" -f 7);
   echo in0=\$(irq virtio0-input.0) out0=\$(irq virtio0-output.0)'
 # The PCI driver unbound from the function and bound again while iperf3 sends.
-R='(iperf3 -c HOST -p 5202 -t 6 >/dev/null 2>&1 &); sleep 2;
+R='(iperf3 -c 192.0.2.1 -p PORTB -t 6 >/dev/null 2>&1 &); sleep 2;
   f=\$(basename \$(readlink -f /sys/class/net/eth0/device/..));
   echo \$f > /sys/bus/pci/drivers/virtio-pci/unbind; echo gone=\$(ls /sys/class/net | grep -c eth0);
   echo \$f > /sys/bus/pci/drivers/virtio-pci/bind;
-  sleep 1; ip addr add GUEST/24 dev eth0; ip link set eth0 up; sleep 1;
-  ping -c 2 -W 3 HOST >/dev/null; echo reset_ping=\$?;
-  echo after=\$(iperf3 -c HOST -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7)'
-guest() { printf "%s\n%s\n" "$IRQ" "$T" | sed "s/HOST/$1/g"; }
-report() { echo "status=$2 where=$(v $1.log where) disk_where=$(v $1.log disk_where) disk=$(v $1.log disk) msix=$(v $1.log msix) ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) in0=$(v $1.log in0 | cut -d ' ' -f 1) out0=$(tr -d '\r' < $1.log | sed -n 's/.*out0=//p' | head -n 1) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) ))"; }
-
-for path in off on; do
-  NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24,vhost=$path --disk /tmp/disk.img \
-    --serial-log /tmp/p$path.log \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(guest 192.0.2.1); $(printf '%s\n' "$R" | sed 's/HOST/192.0.2.1/g; s/GUEST/192.0.2.2/g')\"" \
-    >/dev/null 2>/tmp/p$path.err
-  s=$?
-  [ $s = 0 ] || { cat /tmp/p$path.err; tail -n 40 /tmp/p$path.log; }
-  echo "case=pci-vhost-$path $(report /tmp/p$path $s) gone=$(v /tmp/p$path.log gone) reset_ping=$(v /tmp/p$path.log reset_ping) after=$(v /tmp/p$path.log after)"
-done
-
+  sleep 1; ip addr add 192.0.2.2/24 dev eth0; ip link set eth0 up; sleep 1;
+  ping -c 2 -W 3 192.0.2.1 >/dev/null; echo reset_ping=\$?;
+  echo after=\$(iperf3 -c 192.0.2.1 -p PORTA -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7)'
 # Two queue pairs, two vCPUs: an iperf3 client pinned to each vCPU (XPS: vCPU i sends on
 # tx queue i), and every queue's vector took interrupts.
 MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
-  iperf3 -c 192.0.2.1 -t 3 -P 2 -A 0 >/dev/null 2>&1 &
-  iperf3 -c 192.0.2.1 -p 5202 -t 3 -P 2 -A 1 -f m >/tmp/i2 2>&1; wait;
+  iperf3 -c 192.0.2.1 -p PORTA -t 3 -P 2 -A 0 >/dev/null 2>&1 &
+  iperf3 -c 192.0.2.1 -p PORTB -t 3 -P 2 -A 1 -f m >/tmp/i2 2>&1; wait;
   echo up=\$(grep SUM.*receiver /tmp/i2 | tr -s \" \" | cut -d \" \" -f 6);
   for q in input.0 output.0 input.1 output.1; do echo \$q=\$(irq virtio0-\$q); done'
-NETVMM_BOOT_REPORT=1 netvmm run $G --cpus 2 --net tap,host-ip=192.0.2.1/24,queues=2 --serial-log /tmp/mq.log \
-  --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n%s\n' "$IRQ" "$MQ")\"" >/dev/null 2>/tmp/mq.err
-s=$?
-[ $s = 0 ] || { cat /tmp/mq.err; tail -n 40 /tmp/mq.log; }
-echo "case=pci-mq status=$s queues=$(v /tmp/mq.log queues | tr ' ' ,) up=$(v /tmp/mq.log up) in0=$(v /tmp/mq.log input.0) out0=$(v /tmp/mq.log output.0) in1=$(v /tmp/mq.log input.1) out1=$(v /tmp/mq.log output.1) q1rx=$(nic /tmp/mq.err q1_rx_frames) q1tx=$(nic /tmp/mq.err q1_tx_frames)"
+
+# pcirun CASE SCRIPT NETVMM-ARGS...: one guest (192.0.2.2 on the host's 192.0.2.1) that
+# runs SCRIPT (one line to the guest's kernel: its commands end in `;`), its console in /tmp/CASE.log and netvmm's stderr in /tmp/CASE.err. Each try
+# has two iperf3 servers of its own (PORTA, PORTB): a guest that died mid-test leaves its
+# server busy waiting for it. A fault of the emulated lab (`lab_fault`) makes the case run
+# once more, the first try printed as rerun=; anything else fails at once.
+port=5201
+pcirun() {
+  c=$1; script=$2; shift 2
+  for try in 1 2; do
+    a=$port; b=$((port + 1)); port=$((port + 2))
+    iperf3 -s -D -p $a >/dev/null 2>&1
+    iperf3 -s -D -p $b >/dev/null 2>&1
+    NETVMM_BOOT_REPORT=1 netvmm run $G "$@" --serial-log /tmp/$c.log \
+      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n' "$script" | sed "s/PORTA/$a/g; s/PORTB/$b/g")\"" \
+      >/dev/null 2>/tmp/$c.err
+    s=$?
+    [ $s = 0 ] || { cat /tmp/$c.err; tail -n 40 /tmp/$c.log; }
+    why=$(lab_fault $s /tmp/$c.err /tmp/$c.log pci)
+    [ $try = 1 ] && [ -n "$why" ] || break
+    echo "rerun=$c why=$why $(grep -e 'triple-faulted' -e 'netvmm-nic-report: eth0 ' /tmp/$c.err | tr ' ' _ | tr '\n' ' ')"
+  done
+}
+report() { echo "status=$s tries=$try where=$(v $1.log where) disk_where=$(v $1.log disk_where) disk=$(v $1.log disk) msix=$(v $1.log msix) ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) in0=$(v $1.log in0 | cut -d ' ' -f 1) out0=$(tr -d '\r' < $1.log | sed -n 's/.*out0=//p' | head -n 1) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) ))"; }
+
+for path in off on; do
+  pcirun p$path "$(printf '%s\n%s; %s\n' "$IRQ" "$T" "$R")" \
+    --net tap,host-ip=192.0.2.1/24,vhost=$path --disk /tmp/disk.img
+  echo "case=pci-vhost-$path $(report /tmp/p$path) gone=$(v /tmp/p$path.log gone) reset_ping=$(v /tmp/p$path.log reset_ping) after=$(v /tmp/p$path.log after)"
+done
+
+pcirun mq "$(printf '%s\n%s\n' "$IRQ" "$MQ")" --cpus 2 --net tap,host-ip=192.0.2.1/24,queues=2
+echo "case=pci-mq status=$s tries=$try queues=$(v /tmp/mq.log queues | tr ' ' ,) up=$(v /tmp/mq.log up) in0=$(v /tmp/mq.log input.0) out0=$(v /tmp/mq.log output.0) in1=$(v /tmp/mq.log input.1) out1=$(v /tmp/mq.log output.1) q1rx=$(nic /tmp/mq.err q1_rx_frames) q1tx=$(nic /tmp/mq.err q1_tx_frames)"
 "#;
 
 #[test]
 fn pci_transport_end_to_end() {
     let out = common::lab(SCENARIO, 1200);
     let dump = out.dump();
+    out.record_reruns("pci_transport_end_to_end");
     assert_eq!(out.status, 0, "{dump}");
     let f = |case: &str, key: &str| out.field(case, key).unwrap_or_default();
     let n = |case: &str, key: &str| f(case, key).parse::<u64>().unwrap_or(0);

@@ -52,6 +52,16 @@ impl LabOutput {
             .map(str::to_string)
     }
 
+    /// Says and keeps (`record_rerun`) each case the scenario ran once more after a fault
+    /// of the emulated lab: the lines `rerun=CASE why=WHY ...` (`lab_fault` in prelude.sh).
+    pub fn record_reruns(&self, test: &str) {
+        for rerun in self.stdout.lines().filter(|l| l.starts_with("rerun=")) {
+            let why = rerun.split(' ').find_map(|w| w.strip_prefix("why="));
+            let why = why.unwrap_or("no reason given");
+            record_rerun(&format!("{test}: {why}"), rerun);
+        }
+    }
+
     pub fn dump(&self) -> String {
         format!(
             "lab status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -182,11 +192,14 @@ fn lab_exec(
         .expect("netvmm lab exec runs")
 }
 
+/// The shell functions every scenario may use (`v`, `nic`, `lab_fault`), put before it.
+pub const PRELUDE: &str = include_str!("prelude.sh");
+
 fn with_scenario_file(script: &str, run: impl FnOnce(&std::path::Path) -> Output) -> LabOutput {
     let dir = std::env::temp_dir().join(format!("netvmm-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("scenario.sh");
-    std::fs::write(&path, script).unwrap();
+    std::fs::write(&path, format!("{PRELUDE}\n{script}")).unwrap();
     let out = run(&path);
     let _ = std::fs::remove_dir_all(&dir);
     LabOutput {

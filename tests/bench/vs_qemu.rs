@@ -149,129 +149,65 @@ collect() {
     tail -n 30 "$4"; tail -n 20 "$5"
   fi
 }
-# qemu on|off ARGS: QEMU with its netdev's vhost on or off.
-qemu() {
-  vh=$1; shift
-  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 1 \
-    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
-    -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=$vh -kernel $K "$@" \
-    >/tmp/q.err 2>&1
+# nv KEY WHAT CPUS GCMD NETVMM-ARGS...: boots netvmm for row KEY (WHAT in the progress
+# line), its guest running GCMD (gcmd or gcmd_mq) on the host's bt0, and collects its
+# figures.
+nv() {
+  key=$1; what=$2; cpus=$3; g=$4; shift 4
+  echo "vs_qemu: round $r of $RUNS: $what"
+  rm -f /tmp/n.log
+  netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus $cpus --timeout 180 \
+    --serial-log /tmp/n.log "$@" \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$($g 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
+  collect $key $r $? /tmp/n.log /tmp/n.err
 }
+# qv KEY WHAT CPUS GCMD TAP NET NETDEV-OPTIONS QEMU-ARGS...: the same for QEMU, its netdev
+# on the host's TAP (whose address is NET.1; the guest's NET.2) with NETDEV-OPTIONS.
+qv() {
+  key=$1; what=$2; cpus=$3; g=$4; tap=$5; net=$6; nd=$7; shift 7
+  echo "vs_qemu: round $r of $RUNS: $what"
+  rm -f /tmp/q.log
+  timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp $cpus \
+    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
+    -netdev tap,id=n0,ifname=$tap,script=no,downscript=no,$nd -kernel $K \
+    -initrd $NETVMM_GUEST_INITRD "$@" \
+    -append "console=ttyS0 quiet panic=1 netvmm.ip=$net.2/24 netvmm.run=\"$($g $net.1)\"" \
+    >/tmp/q.err 2>&1
+  collect $key $r $? /tmp/q.log /tmp/q.err
+}
+PC="-M pc -device virtio-net-pci,netdev=n0,romfile="
+MICROVM="-M microvm -device virtio-net-device,netdev=n0"
+TAP=tap=bt0,host-ip=192.0.2.1/24
 
 # row KEY ROUND: boots the VMM of row KEY (a key of the bench's VMMS) and collects its
 # figures for round ROUND.
 row() {
   r=$2
   case $1 in
-  netvmm)
-    echo "vs_qemu: round $r of $RUNS: netvmm"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm $r $? /tmp/n.log /tmp/n.err
-    ;;
-  netvmm-pci)
-    echo "vs_qemu: round $r of $RUNS: netvmm --transport pci"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-      --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24 \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-pci $r $? /tmp/n.log /tmp/n.err
-    ;;
-  qemu-pc)
-    echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci)"
-    rm -f /tmp/q.log
-    qemu off -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
-      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
-    collect qemu-pc $r $? /tmp/q.log /tmp/q.err
-    ;;
-  qemu-microvm)
-    echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio)"
-    rm -f /tmp/q.log
-    qemu off -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
-      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
-    collect qemu-microvm $r $? /tmp/q.log /tmp/q.err
-    ;;
-  netvmm-vhost)
-    echo "vs_qemu: round $r of $RUNS: netvmm vhost=on"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-vhost $r $? /tmp/n.log /tmp/n.err
-    ;;
+  netvmm) nv $1 "netvmm" 1 gcmd --net $TAP ;;
+  netvmm-pci) nv $1 "netvmm --transport pci" 1 gcmd --transport pci --net $TAP ;;
+  qemu-pc) qv $1 "QEMU pc (virtio-net-pci)" 1 gcmd bt1 198.51.100 vhost=off $PC ;;
+  qemu-microvm) qv $1 "QEMU microvm (virtio-mmio)" 1 gcmd bt1 198.51.100 vhost=off $MICROVM ;;
+  netvmm-vhost) nv $1 "netvmm vhost=on" 1 gcmd --net $TAP,vhost=on ;;
   netvmm-pci-vhost)
-    echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, vhost=on"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 1 --timeout 180 \
-      --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-pci-vhost $r $? /tmp/n.log /tmp/n.err
-    ;;
-  qemu-pc-vhost)
-    echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on"
-    rm -f /tmp/q.log
-    qemu on -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile= \
-      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd 198.51.100.1)\""
-    collect qemu-pc-vhost $r $? /tmp/q.log /tmp/q.err
-    ;;
+    nv $1 "netvmm --transport pci, vhost=on" 1 gcmd --transport pci --net $TAP,vhost=on ;;
+  qemu-pc-vhost) qv $1 "QEMU pc (virtio-net-pci), vhost=on" 1 gcmd bt1 198.51.100 vhost=on $PC ;;
   netvmm-mq)
-    echo "vs_qemu: round $r of $RUNS: netvmm queues=2, 2 vCPUs, vhost=off"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=off \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-mq $r $? /tmp/n.log /tmp/n.err
-    ;;
+    nv $1 "netvmm queues=2, 2 vCPUs, vhost=off" 2 gcmd_mq --net $TAP,queues=2,vhost=off ;;
   netvmm-vhost-mq)
-    echo "vs_qemu: round $r of $RUNS: netvmm queues=2, 2 vCPUs, vhost=on"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=on \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-vhost-mq $r $? /tmp/n.log /tmp/n.err
-    ;;
+    nv $1 "netvmm queues=2, 2 vCPUs, vhost=on" 2 gcmd_mq --net $TAP,queues=2,vhost=on ;;
   netvmm-pci-vhost-mq)
-    echo "vs_qemu: round $r of $RUNS: netvmm --transport pci, queues=2, 2 vCPUs, vhost=on"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-      --transport pci --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,queues=2,vhost=on \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-pci-vhost-mq $r $? /tmp/n.log /tmp/n.err
-    ;;
+    nv $1 "netvmm --transport pci, queues=2, 2 vCPUs, vhost=on" 2 gcmd_mq \
+      --transport pci --net $TAP,queues=2,vhost=on ;;
   qemu-pc-vhost-mq)
-    echo "vs_qemu: round $r of $RUNS: QEMU pc (virtio-net-pci), vhost=on, queues=2, 2 vCPUs"
-    rm -f /tmp/q.log
-    timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
-      -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
-      -netdev tap,id=n0,ifname=bt2,script=no,downscript=no,vhost=on,queues=2 -kernel $K \
-      -M pc -initrd $NETVMM_GUEST_INITRD -device virtio-net-pci,netdev=n0,romfile=,mq=on,vectors=6 \
-      -append "console=ttyS0 quiet panic=1 netvmm.ip=203.0.113.2/24 netvmm.run=\"$(gcmd_mq 203.0.113.1)\"" \
-      >/tmp/q.err 2>&1
-    collect qemu-pc-vhost-mq $r $? /tmp/q.log /tmp/q.err
-    ;;
-  netvmm-vhost-2cpu)
-    # vhost with 2 vCPUs and one queue, on the one-interrupt transport both VMMs share
-    # (virtio-mmio): what is netvmm's and what is the transport's.
-    echo "vs_qemu: round $r of $RUNS: netvmm vhost=on, 2 vCPUs, 1 queue"
-    rm -f /tmp/n.log
-    netvmm run --kernel $K --initrd $NETVMM_GUEST_INITRD --memory 512 --cpus 2 --timeout 180 \
-      --serial-log /tmp/n.log --net tap=bt0,host-ip=192.0.2.1/24,vhost=on \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(gcmd_mq 192.0.2.1)\"" >/dev/null 2>/tmp/n.err
-    collect netvmm-vhost-2cpu $r $? /tmp/n.log /tmp/n.err
-    ;;
+    qv $1 "QEMU pc (virtio-net-pci), vhost=on, queues=2, 2 vCPUs" 2 gcmd_mq bt2 203.0.113 \
+      vhost=on,queues=2 $PC,mq=on,vectors=6 ;;
+  # vhost with 2 vCPUs and one queue, on the one-interrupt transport both VMMs share
+  # (virtio-mmio): what is netvmm's and what is the transport's.
+  netvmm-vhost-2cpu) nv $1 "netvmm vhost=on, 2 vCPUs, 1 queue" 2 gcmd_mq --net $TAP,vhost=on ;;
   qemu-microvm-vhost-2cpu)
-    echo "vs_qemu: round $r of $RUNS: QEMU microvm (virtio-mmio), vhost=on, 2 vCPUs"
-    rm -f /tmp/q.log
-    timeout 180 qemu-system-x86_64 -L /lab/qemu-share -accel kvm -cpu host -m 512 -smp 2 \
-      -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/q.log \
-      -netdev tap,id=n0,ifname=bt1,script=no,downscript=no,vhost=on -kernel $K \
-      -M microvm -initrd $NETVMM_GUEST_INITRD -device virtio-net-device,netdev=n0 \
-      -append "console=ttyS0 quiet panic=1 netvmm.ip=198.51.100.2/24 netvmm.run=\"$(gcmd_mq 198.51.100.1)\"" \
-      >/tmp/q.err 2>&1
-    collect qemu-microvm-vhost-2cpu $r $? /tmp/q.log /tmp/q.err
-    ;;
+    qv $1 "QEMU microvm (virtio-mmio), vhost=on, 2 vCPUs" 2 gcmd_mq bt1 198.51.100 vhost=on \
+      $MICROVM ;;
   *) echo "vs_qemu: no row $1"; return 1 ;;
   esac
 }

@@ -58,7 +58,7 @@ pcirun() {
       >/dev/null 2>/tmp/$c.err
     s=$?
     [ $s = 0 ] || { cat /tmp/$c.err; tail -n 40 /tmp/$c.log; }
-    why=$(lab_fault $s /tmp/$c.err /tmp/$c.log pci)
+    why=$(lab_fault $s /tmp/$c.err /tmp/$c.log)
     [ $try = 1 ] && [ -n "$why" ] || break
     echo "rerun=$c why=$why $(grep -e 'triple-faulted' -e 'netvmm-nic-report: eth0 ' /tmp/$c.err | tr ' ' _ | tr '\n' ' ')"
   done

@@ -5,23 +5,24 @@ v() { tr -d '\r' < "$1" | sed -n "s/^$2=//p" | head -n 1; }
 # nic FILE KEY: KEY's value in eth0's exit report, in the netvmm stderr saved in FILE.
 nic() { grep "netvmm-nic-report: eth0 " "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 
-# lab_fault STATUS ERR LOG [pci]: names the fault of the emulated lab (resources/README.md)
-# that a `NETVMM_BOOT_REPORT=1 netvmm run` exiting with STATUS met, its stderr in ERR and
-# its guest's console in LOG (`pci`: the guest's devices were virtio-pci); prints nothing
-# when netvmm may be at fault, and then the case fails.
+# lab_fault STATUS ERR LOG: names the fault of the emulated lab (resources/README.md) that
+# a `NETVMM_BOOT_REPORT=1 netvmm run` exiting with STATUS met, its stderr in ERR and its
+# guest's console in LOG; prints nothing when netvmm may be at fault, and then the case
+# fails.
 # - silent-triple-fault: the guest triple-faulted without a word from its kernel (no panic,
 #   oops or BUG line): the lab's stress loop shows such crashes with no device in use.
 # - missed-interrupt (virtio-mmio only): the timeout, with InterruptStatus still pending in
-#   the exit report: the guest stopped taking an interrupt netvmm raised. The bit is
+#   eth0's exit report: the guest stopped taking an interrupt netvmm raised. The bit is
 #   netvmm's own raise even under vhost (the kernel's signals do not set it). virtio-pci's
 #   ISR is set on every raise and never read under MSI-X, so it says nothing there.
 lab_fault() {
+  # Not `nic`: a scenario may define its own.
+  report=$(grep "netvmm-nic-report: eth0 " "$2" | tr ' ' '\n')
   if [ "$1" = 3 ] && grep -q 'triple-faulted' "$2" &&
     ! grep -q -e 'Kernel panic' -e 'Oops' -e 'BUG:' "$3"; then
     echo silent-triple-fault
-  elif [ "$1" = 124 ] && [ "$4" != pci ]; then
-    # Not `nic`: a scenario may define its own.
-    i=$(grep "netvmm-nic-report: eth0 " "$2" | tr ' ' '\n' | sed -n 's/^isr=//p')
+  elif [ "$1" = 124 ] && echo "$report" | grep -qx transport=mmio; then
+    i=$(echo "$report" | sed -n 's/^isr=//p')
     [ -n "$i" ] && [ "$i" != 0 ] && echo missed-interrupt
   fi
   return 0

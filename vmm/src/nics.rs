@@ -162,6 +162,8 @@ pub struct NicReport {
     /// "vhost" or "user": which path carried the frames (with vhost the device counters
     /// stay 0, the kernel moved them).
     pub datapath: &'static str,
+    /// "mmio" or "pci": the virtio transport the guest reaches the NIC through.
+    pub transport: &'static str,
     /// Queue pairs the NIC has, and those the driver uses (VQ_PAIRS_SET).
     pub queues: usize,
     pub active_pairs: usize,
@@ -172,17 +174,17 @@ pub struct NicReport {
     pub rings: RingState,
 }
 
-/// One report line per NIC: its counters (with several queue pairs, the pairs in use and
-/// each pair's frames, `q1_rx_frames=`, and the control queue's commands), then, for each
-/// ready queue (`rx`, `tx`, then `rx1`, `tx1`, ..., `ctrl`), the driver's avail index,
+/// One report line per NIC: the path and the transport it ran on, its counters (with
+/// several queue pairs, the pairs in use and each pair's frames, `q1_rx_frames=`, and the
+/// control queue's commands), then, for each ready queue (`rx`, `tx`, then `rx1`, `tx1`, ..., `ctrl`), the driver's avail index,
 /// the chains the device took, the used ring's index (what the kernel returned too, under
 /// vhost), the two EVENT_IDX fields, and the pending interrupt bits. A network that
 /// stopped says here whether the device waits for the guest or the guest for the device.
 pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
     let s = &r.stats;
     let mut line = format!(
-        "netvmm-nic-report: {guest_name} datapath={} queues={} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
-        r.datapath, r.queues, s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
+        "netvmm-nic-report: {guest_name} datapath={} transport={} queues={} rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_invalid={} tx_backend_errors={} rx_waiting={} rx_window={}",
+        r.datapath, r.transport, r.queues, s.rx_frames, s.rx_bytes, s.rx_dropped, s.tx_frames, s.tx_bytes, s.tx_invalid, s.tx_backend_errors, s.rx_waiting, s.rx_window
     );
     if r.queues > 1 {
         line.push_str(&format!(
@@ -292,6 +294,7 @@ pub fn build(
         nics.counters.push(NicCounters(Box::new(move || {
             placed.inspect(|d, rings| NicReport {
                 datapath: d.datapath(),
+                transport: placed.transport(),
                 queues: d.pairs(),
                 active_pairs: d.active_pairs(),
                 stats: d.stats(),
@@ -435,6 +438,7 @@ mod tests {
         use devices::virtio::core::{QueueCounts, QueueState};
         let r = NicReport {
             datapath: "user",
+            transport: "pci",
             queues: 1,
             active_pairs: 1,
             pairs: Vec::new(),
@@ -478,7 +482,7 @@ mod tests {
         };
         let line = counters_line("eth1", &r);
         let rest = line
-            .strip_prefix("netvmm-nic-report: eth1 datapath=user queues=1 ")
+            .strip_prefix("netvmm-nic-report: eth1 datapath=user transport=pci queues=1 ")
             .unwrap();
         let kv: Vec<(&str, u64)> = rest
             .split(' ')

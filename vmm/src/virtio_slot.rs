@@ -76,6 +76,14 @@ pub enum Placed<D: VirtioDevice> {
 }
 
 impl<D: VirtioDevice> Placed<D> {
+    /// The transport, as `--transport` names it.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Placed::Mmio(_) => "mmio",
+            Placed::Pci(_) => "pci",
+        }
+    }
+
     /// Runs `f` on the device and where its rings stand, under the transport's lock.
     pub fn inspect<R>(&self, f: impl FnOnce(&D, RingState) -> R) -> R {
         match self {

@@ -118,6 +118,7 @@ fn compare_measures_every_backend_and_the_kernel_semantics_hold() {
 
     let doc = read_report(&stdout, &dump);
     assert_eq!(doc.lab, "emulated", "{dump}");
+    assert_eq!(doc.transport, "mmio", "{dump}");
     let results = &doc.results;
     let names: Vec<&str> = results.iter().map(|r| r.backend.name()).collect();
     assert_eq!(
@@ -193,7 +194,7 @@ const NATIVE: &str = r#"
 # Progress comes out as it happens (tee), so that a lab that stops shows where. The tap
 # guest is cut off from the network before its host_to_guest run, as the nested lab has been
 # seen to do: compare must replace it and still measure.
-{ NETVMM_COMPARE_CUT=tap:host_to_guest netvmm compare --backends tap,macvtap-bridge --datapath both --duration 1 --json --explain > /tmp/c.json; echo $? > /tmp/c.st; } 2>&1 | tee /tmp/c.err
+{ NETVMM_COMPARE_CUT=tap:host_to_guest netvmm compare --backends tap,macvtap-bridge --datapath both --transport pci --duration 1 --json --explain > /tmp/c.json; echo $? > /tmp/c.st; } 2>&1 | tee /tmp/c.err
 s=$(cat /tmp/c.st)
 echo "case=native status=$s netns=$(ls /run/netns 2>/dev/null | wc -l) links=$(ls /sys/class/net | grep -vc '^lo$')"
 echo "--- json"; cat /tmp/c.json; echo "--- end"
@@ -203,7 +204,8 @@ echo "--- json"; cat /tmp/c.json; echo "--- end"
 /// netvmm makes on the host it runs on (here the lab host), measured, and gone after; a
 /// guest cut off mid-run is replaced, on the record, and its rings are in its exit report.
 /// Both data paths: every backend also through vhost-net, which reaches what the userspace
-/// path reaches.
+/// path reaches. On virtio-pci (`--transport pci`; the emulated run above is on
+/// virtio-mmio), which every guest's exit report must confirm.
 #[test]
 fn compare_runs_natively_where_kvm_boots_the_guest() {
     let out = common::lab(NATIVE, 900);
@@ -227,6 +229,11 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
         .replace('\r', "");
     let doc = read_report(&text, &dump);
     assert_eq!(doc.lab, "native", "{dump}");
+    assert_eq!(doc.transport, "pci", "{dump}");
+    assert!(
+        out.stdout.contains("NIC: virtio-net on virtio-pci"),
+        "{dump}"
+    );
     let results = &doc.results;
     let rows: Vec<String> = results.iter().map(|r| r.label()).collect();
     assert_eq!(
@@ -260,10 +267,10 @@ fn compare_runs_natively_where_kvm_boots_the_guest() {
             user.label()
         );
     }
-    // Every row ran on its own data path: the guests' exit reports said so.
+    // Every row ran on its own data path and on virtio-pci: the guests' exit reports
+    // said so.
     assert!(
-        !out.stdout
-            .contains("the measured guest's NIC reported datapath="),
+        !out.stdout.contains("the measured guest's NIC reported "),
         "{dump}"
     );
     assert!(

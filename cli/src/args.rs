@@ -111,6 +111,16 @@ pub enum Transport {
     Pci,
 }
 
+impl Transport {
+    /// As `--transport` and netvmm's NIC exit report (`transport=`) write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Mmio => "mmio",
+            Transport::Pci => "pci",
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Switch {
     On,

@@ -11,14 +11,30 @@ use serde::{Deserialize, Serialize};
 
 use super::observed::{Dir, NetUp};
 use super::traffic::ping_reply_ms;
+use crate::args::Transport;
 
-/// The guest image and how long a guest may run.
+/// The guest image, how long a guest may run and how it reaches its NIC.
 #[derive(Debug, Clone)]
 pub struct Image {
     pub netvmm: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub timeout_s: u64,
+    pub transport: Transport,
+}
+
+impl Image {
+    /// `netvmm run` of this image on its transport; the caller adds the rest.
+    pub fn run_command(&self) -> Command {
+        let mut cmd = Command::new(&self.netvmm);
+        cmd.arg("run")
+            .arg("--kernel")
+            .arg(&self.kernel)
+            .arg("--initrd")
+            .arg(&self.initrd)
+            .args(["--transport", self.transport.name()]);
+        cmd
+    }
 }
 
 /// What a guest is started with.
@@ -45,13 +61,8 @@ impl Guest {
     pub fn start(image: &Image, spec: Spec) -> std::io::Result<Guest> {
         let _ = std::fs::remove_file(&spec.log);
         let err = std::fs::File::create(&spec.err)?;
-        let mut cmd = Command::new(&image.netvmm);
-        cmd.arg("run")
-            .arg("--kernel")
-            .arg(&image.kernel)
-            .arg("--initrd")
-            .arg(&image.initrd)
-            .args(["--timeout", &image.timeout_s.to_string()])
+        let mut cmd = image.run_command();
+        cmd.args(["--timeout", &image.timeout_s.to_string()])
             .args(["--memory", &spec.memory_mib.to_string()])
             .args(["--net", spec.net])
             .arg("--serial-log")

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::args::Transport;
 use net::private_fs::PrivateDir;
 use vmm::kvm_kind::{self, KvmKind};
 
@@ -70,6 +71,10 @@ pub struct CompareArgs {
     /// kernel's vhost-net (vhost=on), or both, each backend measured through each.
     #[arg(long, value_enum, default_value_t = DatapathChoice::User)]
     pub datapath: DatapathChoice,
+    /// How every guest reaches its NIC, as `netvmm run --transport`: virtio-mmio (one
+    /// interrupt line) or virtio-pci (an MSI-X vector per queue).
+    #[arg(long, value_enum, value_name = "mmio|pci", default_value_t = Transport::Mmio)]
+    pub transport: Transport,
     /// Where to run: natively in a private network namespace (needs a KVM that boots stock
     /// kernels, CAP_NET_ADMIN and CAP_SYS_ADMIN), in the emulated lab host, or whichever
     /// this host allows.
@@ -224,16 +229,22 @@ pub fn run(args: CompareArgs) -> Result<i32> {
     };
     say(&format!("lab: {}{inside} ({why})", lab.name()));
     say(&format!(
-        "rows: {}; iperf3 {} s per direction",
+        "rows: {}; iperf3 {} s per direction; NICs on virtio-{}",
         rows.iter()
             .map(|r| r.label())
             .collect::<Vec<_>>()
             .join(", "),
-        args.duration
+        args.duration,
+        args.transport.name()
     ));
     let got = match lab {
-        Lab::Emulated => run_emulated(&rows, args.duration)?,
-        Lab::Native => run_native(&rows, args.duration, args.results_to.is_some())?,
+        Lab::Emulated => run_emulated(&rows, args.duration, args.transport)?,
+        Lab::Native => run_native(
+            &rows,
+            args.duration,
+            args.transport,
+            args.results_to.is_some(),
+        )?,
     };
     if let Some(path) = &args.results_to {
         let lines: String = got.seen.iter().map(result_line).collect();
@@ -250,7 +261,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
 
     let mut report = table::table(&outcomes);
     report.push('\n');
-    report.push_str(&table::legend(lab.line()));
+    report.push_str(&table::legend(lab.line(), args.transport.name()));
     let notes = table::notes(&outcomes);
     if !notes.is_empty() {
         report.push_str("\nNot measured, and why:\n");
@@ -263,7 +274,7 @@ pub fn run(args: CompareArgs) -> Result<i32> {
         eprint!("\n{report}");
         println!(
             "{}",
-            report::Report::new(lab.name(), outcomes.clone()).to_json()
+            report::Report::new(lab.name(), args.transport.name(), outcomes.clone()).to_json()
         );
     } else {
         print!("\n{report}");
@@ -338,11 +349,11 @@ struct Got {
 /// The same native compare inside the emulated lab host. Should the lab host die (the
 /// emulated machine under nested KVM has, rarely, crashed under load), the backends it did
 /// not finish run once more in a fresh one; what finished is kept.
-fn run_emulated(rows: &[Row], duration: u32) -> Result<Got> {
+fn run_emulated(rows: &[Row], duration: u32, transport: Transport) -> Result<Got> {
     let mut seen: Vec<Observed> = Vec::new();
     let mut pending = rows.to_vec();
     for attempt in 1..=2 {
-        let (outcome, got, stalled) = lab_once(&pending, duration)?;
+        let (outcome, got, stalled) = lab_once(&pending, duration, transport)?;
         // A rerun that covers more rows than were left (tap, but only tap+vhost left)
         // keeps what finished first.
         seen.extend(got.into_iter().filter(|o| pending.contains(&o.row())));
@@ -386,14 +397,15 @@ fn run_emulated(rows: &[Row], duration: u32) -> Result<Got> {
 
 /// The command the lab host runs: the native compare of (at least) `rows`, its every line
 /// on the console.
-fn lab_command(rows: &[Row], duration: u32) -> String {
+fn lab_command(rows: &[Row], duration: u32, transport: Transport) -> String {
     let mut names: Vec<&str> = rows.iter().map(|r| r.backend.name()).collect();
     names.dedup();
     let paths: Vec<_> = rows.iter().map(|r| r.datapath).collect();
     format!(
-        "netvmm compare --lab native --backends {} --datapath {} --duration {duration} --results-to {LAB_RESULTS} >/dev/null\n",
+        "netvmm compare --lab native --backends {} --datapath {} --transport {} --duration {duration} --results-to {LAB_RESULTS} >/dev/null\n",
         names.join(","),
-        DatapathChoice::covering(&paths).name()
+        DatapathChoice::covering(&paths).name(),
+        transport.name()
     )
 }
 
@@ -403,11 +415,12 @@ fn lab_command(rows: &[Row], duration: u32) -> String {
 fn lab_once(
     rows: &[Row],
     duration: u32,
+    transport: Transport,
 ) -> Result<(std::result::Result<i32, lab::LabError>, Vec<Observed>, bool)> {
     let tmp = TempDir::new()?;
     let results = tmp.path().join("results");
     let context = crate::lab_cmd::lab_context()?;
-    let mut run = lab::LabRun::new(lab_command(rows, duration), context);
+    let mut run = lab::LabRun::new(lab_command(rows, duration, transport), context);
     run.outputs = vec![(LAB_RESULTS.to_string(), results.clone())];
     // The compare inside stops its own scenario at this limit; the lab host gets a margin.
     run.timeout = scenario::scenario_timeout(rows.len(), duration) + Duration::from_secs(120);
@@ -479,7 +492,7 @@ fn enter_private_namespaces() -> std::io::Result<()> {
 }
 
 /// The scenario on this host, inside a fresh network and mount namespace.
-fn run_native(rows: &[Row], duration: u32, forward: bool) -> Result<Got> {
+fn run_native(rows: &[Row], duration: u32, transport: Transport, forward: bool) -> Result<Got> {
     let (kernel, initrd) = guest_image()?;
     let tmp = TempDir::new()?;
     let work = tmp.path().join("work");
@@ -489,6 +502,7 @@ fn run_native(rows: &[Row], duration: u32, forward: bool) -> Result<Got> {
     cmd.arg("__compare-scenario")
         .args(["--rows", &names.join(",")])
         .args(["--duration", &duration.to_string()])
+        .args(["--transport", transport.name()])
         .arg("--work")
         .arg(&work)
         .arg("--kernel")
@@ -596,24 +610,26 @@ mod tests {
             &[Backend::MacvtapBridgeHost, Backend::MacvtapPassthru],
             DatapathChoice::User.paths(),
         );
-        let c = lab_command(&rows, 3);
+        let c = lab_command(&rows, 3, Transport::Pci);
         assert_eq!(
             c,
-            "netvmm compare --lab native --backends macvtap-bridge+host,macvtap-passthru --datapath user --duration 3 --results-to /tmp/cmp-results >/dev/null\n"
+            "netvmm compare --lab native --backends macvtap-bridge+host,macvtap-passthru --datapath user --transport pci --duration 3 --results-to /tmp/cmp-results >/dev/null\n"
         );
         // A vhost row left alone of its backend: the rerun covers it.
         let left = [Row {
             backend: Backend::Tap,
             datapath: backend::Datapath::Vhost,
         }];
-        assert!(lab_command(&left, 3).contains("--backends tap --datapath vhost "));
+        assert!(lab_command(&left, 3, Transport::Mmio)
+            .contains("--backends tap --datapath vhost --transport mmio "));
         let both = backend::rows(
             &[Backend::Tap, Backend::Bridge],
             DatapathChoice::Both.paths(),
         );
-        assert!(lab_command(&both, 3).contains("--backends tap,bridge --datapath both "));
+        assert!(lab_command(&both, 3, Transport::Mmio)
+            .contains("--backends tap,bridge --datapath both "));
         // What it says parses back into the same arguments.
-        let words: Vec<&str> = c.split_whitespace().take(12).collect();
+        let words: Vec<&str> = c.split_whitespace().take(14).collect();
         let cli = <crate::args::Cli as clap::Parser>::try_parse_from(words).unwrap();
         match cli.command {
             crate::args::Command::Compare(a) => {
@@ -623,6 +639,7 @@ mod tests {
                 );
                 assert_eq!(a.lab, LabChoice::Native);
                 assert_eq!(a.datapath, DatapathChoice::User);
+                assert_eq!(a.transport, Transport::Pci);
                 assert_eq!(a.results_to, Some(PathBuf::from(LAB_RESULTS)));
             }
             other => panic!("{other:?}"),
@@ -687,6 +704,10 @@ mod tests {
             DatapathChoice::Both
         );
         assert!(parse(&["--datapath", "kernel"]).is_err());
+        assert_eq!(a.transport, Transport::Mmio);
+        let pci = parse(&["--transport", "pci"]).unwrap().transport;
+        assert_eq!(pci, Transport::Pci);
+        assert!(parse(&["--transport", "isa"]).is_err());
         let a = parse(&[
             "--backends",
             "macvtap-vepa,tap",

@@ -18,15 +18,18 @@ pub struct Report {
     pub schema_version: u32,
     /// `native` or `emulated`.
     pub lab: String,
+    /// `mmio` or `pci`: how every guest reached its NIC (`--transport`).
+    pub transport: String,
     /// One per backend, in run order.
     pub results: Vec<Outcome>,
 }
 
 impl Report {
-    pub fn new(lab: &str, results: Vec<Outcome>) -> Self {
+    pub fn new(lab: &str, transport: &str, results: Vec<Outcome>) -> Self {
         Self {
             schema_version: SCHEMA_VERSION,
             lab: lab.into(),
+            transport: transport.into(),
             results,
         }
     }

@@ -52,11 +52,12 @@ fn literal(text: &str) -> Value {
 
 #[test]
 fn every_figure_present_is_written_in_the_schema() {
-    let got = json_of(&Report::new("emulated", vec![measured()]));
+    let got = json_of(&Report::new("emulated", "mmio", vec![measured()]));
     let want = literal(
         r#"{
           "schema_version": 1,
           "lab": "emulated",
+          "transport": "mmio",
           "results": [{
             "backend": "tap",
             "datapath": "user",
@@ -87,11 +88,12 @@ fn every_figure_present_is_written_in_the_schema() {
 
 #[test]
 fn missing_figures_are_null_and_a_skip_says_why() {
-    let got = json_of(&Report::new("native", with_nulls().to_vec()));
+    let got = json_of(&Report::new("native", "pci", with_nulls().to_vec()));
     let want = literal(
         r#"{
           "schema_version": 1,
           "lab": "native",
+          "transport": "pci",
           "results": [{
             "backend": "macvtap-private",
             "datapath": "vhost",
@@ -145,7 +147,7 @@ fn missing_figures_are_null_and_a_skip_says_why() {
 #[test]
 fn a_report_reads_back_as_it_was_written() {
     let [partial, skipped] = with_nulls();
-    let report = Report::new("emulated", vec![measured(), partial, skipped]);
+    let report = Report::new("emulated", "pci", vec![measured(), partial, skipped]);
     let back: Report = serde_json::from_str(&report.to_json()).unwrap();
     // The notes are for the terminal only.
     let mut want = report;
@@ -155,7 +157,7 @@ fn a_report_reads_back_as_it_was_written() {
 
 #[test]
 fn the_version_leads_the_document() {
-    let text = Report::new("native", vec![]).to_json();
+    let text = Report::new("native", "mmio", vec![]).to_json();
     assert_eq!(SCHEMA_VERSION, 1);
     assert!(
         text.starts_with("{\n  \"schema_version\": 1,\n  \"lab\": \"native\""),

@@ -17,6 +17,7 @@ use super::lan_watch::EchoWatch;
 use super::observed::{Dir, Flow, Observed, SecondGuest};
 use super::topology::{self, Addressing, Topology, LAN_PEER};
 use super::traffic;
+use crate::args::Transport;
 
 const VHOST_NET: &str = "/dev/vhost-net";
 
@@ -40,6 +41,8 @@ pub struct ScenarioArgs {
     pub kernel: PathBuf,
     #[arg(long)]
     pub initrd: PathBuf,
+    #[arg(long, value_enum, default_value_t = Transport::Mmio)]
+    pub transport: Transport,
 }
 
 /// What the measured guest may take at most: its boot and pings (the scenario waits 180 s
@@ -93,6 +96,7 @@ pub fn run(args: ScenarioArgs) -> i32 {
         kernel: args.kernel.clone(),
         initrd: args.initrd.clone(),
         timeout_s: guest_timeout(args.duration).as_secs(),
+        transport: args.transport,
     };
     say(&format!(
         "building the topology: NIC lanA, its wire to the LAN host (switch sw0, peer {LAN_PEER})"
@@ -420,13 +424,8 @@ impl Measure<'_> {
     fn try_second_passthru_guest(&mut self) {
         self.say("trying a second guest on the same NIC");
         let err = self.file("B.err");
-        let mut cmd = std::process::Command::new(&self.image.netvmm);
-        cmd.arg("run")
-            .arg("--kernel")
-            .arg(&self.image.kernel)
-            .arg("--initrd")
-            .arg(&self.image.initrd)
-            .args(["--timeout", "120", "--net", &self.addr.net_a])
+        let mut cmd = self.image.run_command();
+        cmd.args(["--timeout", "120", "--net", &self.addr.net_a])
             .args(["--cmdline", "quiet netvmm.run=true"]);
         let second = match traffic::run_limited(cmd, Duration::from_secs(180)) {
             Ok(r) => {
@@ -669,20 +668,17 @@ impl Measure<'_> {
             }
             self.note(format!("the measured guests' device counters: {counters}"));
         }
-        // The data path the measured guest's NIC really ran (its exit report says).
-        let want = self.row.datapath.name();
+        // The data path and transport the measured guest's NIC really ran on (its exit
+        // report says).
+        let want = [
+            ("datapath", self.row.datapath.name()),
+            ("transport", self.image.transport.name()),
+        ];
         for l in guest::console_lines(first_err) {
-            if !l.starts_with("netvmm-nic-report:") {
-                continue;
-            }
-            let ran = l
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("datapath="))
-                .unwrap_or("(none)");
-            if ran != want {
-                self.note(format!(
-                    "the measured guest's NIC reported datapath={ran}, not {want}"
-                ));
+            if l.starts_with("netvmm-nic-report:") {
+                for m in report_mismatches(&l, &want) {
+                    self.note(format!("the measured guest's NIC reported {m}"));
+                }
             }
         }
         let facts = guest::console_facts(&guest::console_lines(first_log));
@@ -690,6 +686,21 @@ impl Measure<'_> {
         self.obs.netup = facts.netup;
         self.obs.pings.extend(facts.pings);
     }
+}
+
+/// Where a NIC exit report line (`netvmm-nic-report: eth0 datapath=user transport=mmio
+/// ...`) disagrees with what was asked for, `want`'s (key, value) pairs: `key=got, not
+/// value` for each, `(none)` for a key the line lacks.
+fn report_mismatches(line: &str, want: &[(&str, &str)]) -> Vec<String> {
+    want.iter()
+        .filter_map(|&(key, value)| {
+            let got = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or("(none)");
+            (got != value).then(|| format!("{key}={got}, not {value}"))
+        })
+        .collect()
 }
 
 /// What netvmm may leave behind in the scenario's namespace once its guests have ended:
@@ -775,6 +786,24 @@ fn cut_off(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_that_ran_another_path_or_transport_is_said() {
+        let line = "netvmm-nic-report: eth0 datapath=user transport=mmio queues=1 rx_frames=3";
+        let ok = [("datapath", "user"), ("transport", "mmio")];
+        assert!(report_mismatches(line, &ok).is_empty());
+        let asked = [("datapath", "vhost"), ("transport", "pci")];
+        assert_eq!(
+            report_mismatches(line, &asked),
+            ["datapath=user, not vhost", "transport=mmio, not pci"]
+        );
+        // A key the line lacks, and one that only starts like it (transport_x=).
+        let old = "netvmm-nic-report: eth0 datapath=user transport_x=pci";
+        assert_eq!(
+            report_mismatches(old, &[("transport", "pci")]),
+            ["transport=(none), not pci"]
+        );
+    }
 
     #[test]
     fn a_lost_guest_is_replaced_once() {

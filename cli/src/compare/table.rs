@@ -111,9 +111,13 @@ pub fn table(outcomes: &[Outcome]) -> String {
 }
 
 /// What the columns mean, and which lab the figures come from.
-pub fn legend(lab_line: &str) -> String {
+pub fn legend(lab_line: &str, transport: &str) -> String {
+    let nic = format!(
+        "NIC: virtio-net on virtio-{transport} in every guest (--transport), the same for every row."
+    );
     [
         lab_line,
+        &nic,
         "boot: from netvmm's start to the guest's first ping reply from the LAN peer.",
         "RTT: 20 pings, 0.2 s apart, after a warm-up ping; p99 is the nearest-rank 99th percentile, which for 20 samples is the largest.",
         "throughput: iperf3 TCP, one stream; g = the guest, h = the host, L = the LAN peer (another host, behind the NIC).",
@@ -200,6 +204,10 @@ mod tests {
             notes(&[a, b]),
             "macvtap-bridge:\n  throughput guest_to_host: no path\n"
         );
-        assert!(legend("lab: emulated").starts_with("lab: emulated\n"));
+        let l = legend("lab: emulated", "pci");
+        assert!(
+            l.starts_with("lab: emulated\nNIC: virtio-net on virtio-pci "),
+            "{l}"
+        );
     }
 }

@@ -42,10 +42,11 @@ MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
   for q in input.0 output.0 input.1 output.1; do echo \$q=\$(irq virtio0-\$q); done'
 
 # pcirun CASE SCRIPT NETVMM-ARGS...: one guest (192.0.2.2 on the host's 192.0.2.1) that
-# runs SCRIPT (one line to the guest's kernel: its commands end in `;`), its console in /tmp/CASE.log and netvmm's stderr in /tmp/CASE.err. Each try
-# has two iperf3 servers of its own (PORTA, PORTB): a guest that died mid-test leaves its
-# server busy waiting for it. A fault of the emulated lab (`lab_fault`) makes the case run
-# once more, the first try printed as rerun=; anything else fails at once.
+# runs SCRIPT (one line to the guest's kernel: its commands end in `;`), its console in
+# /tmp/CASE.log and netvmm's stderr in /tmp/CASE.err; its status in $s, its tries in $try.
+# Each try has two iperf3 servers of its own (PORTA, PORTB): a guest that died mid-test
+# leaves its server busy waiting for it. A fault of the emulated lab (`lab_fault`) makes
+# the case run once more, the first try printed as rerun=; anything else fails at once.
 port=5201
 pcirun() {
   c=$1; script=$2; shift 2

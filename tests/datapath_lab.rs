@@ -100,21 +100,17 @@ MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
   echo up=\$(grep SUM.*receiver /tmp/i2 | tr -s \" \" | cut -d \" \" -f 6)'
 mq() { echo "status=$2 queues=$(v $1.log queues | tr ' ' ,) up=$(v $1.log up) path=$(nic $1.err datapath) nq=$(nic $1.err queues) active=$(nic $1.err active_pairs) ctrl_ok=$(nic $1.err ctrl_ok) ctrl_err=$(nic $1.err ctrl_err) q0rx=$(nic $1.err q0_rx_frames) q0tx=$(nic $1.err q0_tx_frames) q1rx=$(nic $1.err q1_rx_frames) q1tx=$(nic $1.err q1_tx_frames) rx0u=$(nic $1.err rx_used) tx0u=$(nic $1.err tx_used) rx1u=$(nic $1.err rx1_used) tx1u=$(nic $1.err tx1_used) said=$(grep -c 'eth0 .*; 2 queue pairs' $1.err)"; }
 # mqrun CASE NET GUEST-IP PEER FLOWS: one two-pair guest on the --net NET, FLOWS streams
-# per client. A fault of the emulated lab (`lab_fault`, tests/common/prelude.sh) makes a
-# case run once more, with the first try printed as rerun=; anything else fails at once.
+# per client, through `lab_try` (tests/common/prelude.sh: run once more after a fault of
+# the emulated lab, anything else fails at once).
+mqrun_once() {
+  a=$mqport; b=$((mqport + 1)); mqport=$((mqport + 2))
+  iperf3 -s -D -1 -p $a >/dev/null 2>&1
+  iperf3 -s -D -1 -p $b >/dev/null 2>&1
+  NETVMM_BOOT_REPORT=1 netvmm run $G0 --timeout 90 --cpus 2 --net "$2" --serial-log /tmp/$1.log \
+    --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g; s/PORTA/$a/; s/PORTB/$b/")\"" >/dev/null 2>/tmp/$1.err
+}
 mqrun() {
-  for try in 1 2; do
-    a=$mqport; b=$((mqport + 1)); mqport=$((mqport + 2))
-    iperf3 -s -D -1 -p $a >/dev/null 2>&1
-    iperf3 -s -D -1 -p $b >/dev/null 2>&1
-    NETVMM_BOOT_REPORT=1 netvmm run $G0 --timeout 90 --cpus 2 --net "$2" --serial-log /tmp/$1.log \
-      --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g; s/PORTA/$a/; s/PORTB/$b/")\"" >/dev/null 2>/tmp/$1.err
-    s=$?
-    [ $s = 0 ] || { cat /tmp/$1.err; tail -n 5 /tmp/$1.log; }
-    why=$(lab_fault $s /tmp/$1.err /tmp/$1.log)
-    [ $try = 1 ] && [ -n "$why" ] || break
-    echo "rerun=$1 why=$why $(grep -e 'triple-faulted' -e 'netvmm-nic-report: eth0 ' /tmp/$1.err | tr ' ' _ | tr '\n' ' ')"
-  done
+  lab_try $1 mqrun_once "$@"
   echo "case=$1 $(mq /tmp/$1 $s) tries=$try"
 }
 for path in off on; do

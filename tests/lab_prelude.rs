@@ -1,6 +1,7 @@
 //! The lab scenarios' shell prelude (tests/common/prelude.sh) on this host's /bin/sh: which
-//! endings of a guest `lab_fault` calls a fault of the emulated lab (the case runs once
-//! more) and which it leaves as failures. A rerun must never hide netvmm's own.
+//! endings of a guest `lab_fault` calls a fault of the emulated lab and which it leaves as
+//! failures, and that `lab_try` runs a case once more after the first kind only. A rerun
+//! must never hide netvmm's own failure.
 
 mod common;
 
@@ -85,4 +86,59 @@ fn other_endings_are_failures() {
         let err = format!("{TRIPLE}{}", report("mmio", 1));
         assert_eq!(lab_fault(status, &err, BOOTED), "");
     }
+}
+
+/// Runs `lab_try` on a command whose tries end as `endings` say, one per try: (status,
+/// netvmm's stderr). Returns what the scenario printed and `s=$s try=$try` after it.
+fn lab_try(endings: &[(u32, &str)]) -> (String, String) {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let case = format!(
+        "netvmm-lab-try-{}-{}",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    );
+    // Try N of the command writes ending N's stderr and a clean console, and exits with
+    // ending N's status.
+    let mut tries = String::from("n=0\nguest() {\n  n=$((n + 1))\n  case $n in\n");
+    for (i, (status, err)) in endings.iter().enumerate() {
+        tries.push_str(&format!(
+            "  {}) printf '%s' '{err}' > /tmp/{case}.err; printf '%s' '{BOOTED}' > /tmp/{case}.log; return {status} ;;\n",
+            i + 1
+        ));
+    }
+    tries.push_str("  esac\n  return 99\n}\n");
+    let script = format!(
+        "{}\n{tries}lab_try {case} guest\necho \"s=$s try=$try\"\n",
+        common::PRELUDE
+    );
+    let out = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .output()
+        .expect("/bin/sh runs");
+    for ext in ["err", "log"] {
+        let _ = std::fs::remove_file(format!("/tmp/{case}.{ext}"));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    (stdout, last)
+}
+
+#[test]
+fn lab_try_runs_a_case_once_more_after_a_fault_of_the_lab_only() {
+    let (out, end) = lab_try(&[(3, TRIPLE), (0, "")]);
+    assert_eq!(end, "s=0 try=2", "{out}");
+    let reruns: Vec<&str> = out.lines().filter(|l| l.starts_with("rerun=")).collect();
+    assert_eq!(reruns.len(), 1, "{out}");
+    assert!(reruns[0].contains(" why=silent-triple-fault "), "{out}");
+
+    // netvmm's own failure: no second try.
+    let (out, end) = lab_try(&[(1, "netvmm: eth0: cannot open /dev/net/tun\n"), (0, "")]);
+    assert_eq!(end, "s=1 try=1", "{out}");
+    assert!(!out.contains("rerun="), "{out}");
+    // The failed try's stderr is shown.
+    assert!(out.contains("cannot open /dev/net/tun"), "{out}");
+
+    // Two faults in a row: two tries in all, and the second one's ending stands.
+    let (out, end) = lab_try(&[(3, TRIPLE), (3, TRIPLE), (0, "")]);
+    assert_eq!(end, "s=3 try=2", "{out}");
 }

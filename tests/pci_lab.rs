@@ -43,27 +43,20 @@ MQ='echo queues=\$(ls /sys/class/net/eth0/queues);
 
 # pcirun CASE SCRIPT NETVMM-ARGS...: one guest (192.0.2.2 on the host's 192.0.2.1) that
 # runs SCRIPT (one line to the guest's kernel: its commands end in `;`), its console in
-# /tmp/CASE.log and netvmm's stderr in /tmp/CASE.err; its status in $s, its tries in $try.
-# Each try has two iperf3 servers of its own (PORTA, PORTB): a guest that died mid-test
-# leaves its server busy waiting for it. A fault of the emulated lab (`lab_fault`) makes
-# the case run once more, the first try printed as rerun=; anything else fails at once.
+# /tmp/CASE.log and netvmm's stderr in /tmp/CASE.err, through `lab_try` (run again after
+# a fault of the emulated lab; $s and $try). Each try has two iperf3 servers of its own
+# (PORTA, PORTB): a guest that died mid-test leaves its server busy waiting for it.
 port=5201
-pcirun() {
+pcirun_once() {
   c=$1; script=$2; shift 2
-  for try in 1 2; do
-    a=$port; b=$((port + 1)); port=$((port + 2))
-    iperf3 -s -D -p $a >/dev/null 2>&1
-    iperf3 -s -D -p $b >/dev/null 2>&1
-    NETVMM_BOOT_REPORT=1 netvmm run $G "$@" --serial-log /tmp/$c.log \
-      --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n' "$script" | sed "s/PORTA/$a/g; s/PORTB/$b/g")\"" \
-      >/dev/null 2>/tmp/$c.err
-    s=$?
-    [ $s = 0 ] || { cat /tmp/$c.err; tail -n 40 /tmp/$c.log; }
-    why=$(lab_fault $s /tmp/$c.err /tmp/$c.log)
-    [ $try = 1 ] && [ -n "$why" ] || break
-    echo "rerun=$c why=$why $(grep -e 'triple-faulted' -e 'netvmm-nic-report: eth0 ' /tmp/$c.err | tr ' ' _ | tr '\n' ' ')"
-  done
+  a=$port; b=$((port + 1)); port=$((port + 2))
+  iperf3 -s -D -p $a >/dev/null 2>&1
+  iperf3 -s -D -p $b >/dev/null 2>&1
+  NETVMM_BOOT_REPORT=1 netvmm run $G "$@" --serial-log /tmp/$c.log \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n' "$script" | sed "s/PORTA/$a/g; s/PORTB/$b/g")\"" \
+    >/dev/null 2>/tmp/$c.err
 }
+pcirun() { lab_try $1 pcirun_once "$@"; }
 report() { echo "status=$s tries=$try where=$(v $1.log where) disk_where=$(v $1.log disk_where) disk=$(v $1.log disk) msix=$(v $1.log msix) ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) in0=$(v $1.log in0 | cut -d ' ' -f 1) out0=$(tr -d '\r' < $1.log | sed -n 's/.*out0=//p' | head -n 1) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) ))"; }
 
 for path in off on; do

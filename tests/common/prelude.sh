@@ -27,3 +27,19 @@ lab_fault() {
   fi
   return 0
 }
+
+# lab_try CASE CMD...: runs CMD (which boots one guest: netvmm's stderr in /tmp/CASE.err,
+# the guest's console in /tmp/CASE.log) and, once more, when `lab_fault` names how it ended,
+# printing the first try as rerun=CASE (the test says it and keeps it); a failed try shows
+# its stderr and console tail. Leaves the status in $s and the tries in $try.
+lab_try() {
+  lt_case=$1; shift
+  for try in 1 2; do
+    "$@"
+    s=$?
+    [ $s = 0 ] || { cat /tmp/$lt_case.err; tail -n 40 /tmp/$lt_case.log; }
+    why=$(lab_fault $s /tmp/$lt_case.err /tmp/$lt_case.log)
+    [ $try = 1 ] && [ -n "$why" ] || break
+    echo "rerun=$lt_case why=$why $(grep -e 'triple-faulted' -e 'netvmm-nic-report: eth0 ' /tmp/$lt_case.err | tr ' ' _ | tr '\n' ' ')"
+  done
+}

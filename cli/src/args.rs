@@ -112,12 +112,18 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// As `--transport` and netvmm's NIC exit report (`transport=`) write it.
-    pub fn name(self) -> &'static str {
+    /// What the VM is configured with.
+    pub fn virtio(self) -> vmm::config::VirtioTransport {
         match self {
-            Transport::Mmio => "mmio",
-            Transport::Pci => "pci",
+            Transport::Mmio => vmm::config::VirtioTransport::Mmio,
+            Transport::Pci => vmm::config::VirtioTransport::Pci,
         }
+    }
+
+    /// As `--transport` and netvmm's NIC exit report (`transport=`) write it: the VM's
+    /// own name for it, so that compare's check of the report cannot disagree.
+    pub fn name(self) -> &'static str {
+        self.virtio().name()
     }
 }
 
@@ -150,10 +156,7 @@ impl RunArgs {
         c.serial_log = self.serial_log;
         c.timeout = self.timeout;
         c.seccomp = self.seccomp == Switch::On;
-        c.transport = match self.transport {
-            Transport::Mmio => vmm::config::VirtioTransport::Mmio,
-            Transport::Pci => vmm::config::VirtioTransport::Pci,
-        };
+        c.transport = self.transport.virtio();
         c.nets = self
             .nets
             .iter()

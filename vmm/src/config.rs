@@ -52,6 +52,16 @@ pub enum VirtioTransport {
     Pci,
 }
 
+impl VirtioTransport {
+    /// As `--transport` and the NIC exit report (`transport=`) write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            VirtioTransport::Mmio => "mmio",
+            VirtioTransport::Pci => "pci",
+        }
+    }
+}
+
 impl VmConfig {
     pub fn new(kernel: PathBuf) -> Self {
         Self {

@@ -176,8 +176,8 @@ pub struct NicReport {
 
 /// One report line per NIC: the path and the transport it ran on, its counters (with
 /// several queue pairs, the pairs in use and each pair's frames, `q1_rx_frames=`, and the
-/// control queue's commands), then, for each ready queue (`rx`, `tx`, then `rx1`, `tx1`, ..., `ctrl`), the driver's avail index,
-/// the chains the device took, the used ring's index (what the kernel returned too, under
+/// control queue's commands), then, for each ready queue (`rx`, `tx`, then `rx1`, `tx1`,
+/// ..., `ctrl`), the driver's avail index, the chains the device took, the used ring's index (what the kernel returned too, under
 /// vhost), the two EVENT_IDX fields, and the pending interrupt bits. A network that
 /// stopped says here whether the device waits for the guest or the guest for the device.
 pub fn counters_line(guest_name: &str, r: &NicReport) -> String {
@@ -294,7 +294,7 @@ pub fn build(
         nics.counters.push(NicCounters(Box::new(move || {
             placed.inspect(|d, rings| NicReport {
                 datapath: d.datapath(),
-                transport: placed.transport(),
+                transport: placed.transport().name(),
                 queues: d.pairs(),
                 active_pairs: d.active_pairs(),
                 stats: d.stats(),

@@ -76,11 +76,11 @@ pub enum Placed<D: VirtioDevice> {
 }
 
 impl<D: VirtioDevice> Placed<D> {
-    /// The transport, as `--transport` names it.
-    pub fn transport(&self) -> &'static str {
+    /// The transport it sits on.
+    pub fn transport(&self) -> VirtioTransport {
         match self {
-            Placed::Mmio(_) => "mmio",
-            Placed::Pci(_) => "pci",
+            Placed::Mmio(_) => VirtioTransport::Mmio,
+            Placed::Pci(_) => VirtioTransport::Pci,
         }
     }
 

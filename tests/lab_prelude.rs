@@ -8,28 +8,34 @@ mod common;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// A name of its own for one check's /tmp/NAME.err and /tmp/NAME.log: the tests run in
+/// parallel threads.
+fn unique_case() -> String {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    format!("netvmm-prelude-{}-{call}", std::process::id())
+}
+
+/// Runs `script` after the prelude on /bin/sh, then removes `case`'s files.
+fn sh(case: &str, script: &str) -> std::process::Output {
+    let out = Command::new("/bin/sh")
+        .args(["-c", &format!("{}\n{script}", common::PRELUDE)])
+        .output()
+        .expect("/bin/sh runs");
+    for ext in ["err", "log"] {
+        let _ = std::fs::remove_file(format!("/tmp/{case}.{ext}"));
+    }
+    out
+}
+
 /// What `lab_fault STATUS ERR LOG` prints for a netvmm stderr `err` and a guest console
 /// `log`.
 fn lab_fault(status: u32, err: &str, log: &str) -> String {
-    // Tests run in parallel threads: a directory per call.
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-    let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("netvmm-prelude-{}-{call}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a temporary directory");
-    let (e, l) = (dir.join("g.err"), dir.join("g.log"));
+    let case = unique_case();
+    let (e, l) = (format!("/tmp/{case}.err"), format!("/tmp/{case}.log"));
     std::fs::write(&e, err).expect("write the stderr");
     std::fs::write(&l, log).expect("write the console");
-    let script = format!(
-        "{}\nlab_fault {status} {} {}",
-        common::PRELUDE,
-        e.display(),
-        l.display()
-    );
-    let out = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .output()
-        .expect("/bin/sh runs");
-    let _ = std::fs::remove_dir_all(&dir);
+    let out = sh(&case, &format!("lab_fault {status} {e} {l}"));
     assert!(out.status.success(), "lab_fault failed: {out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -91,12 +97,7 @@ fn other_endings_are_failures() {
 /// Runs `lab_try` on a command whose tries end as `endings` say, one per try: (status,
 /// netvmm's stderr). Returns what the scenario printed and `s=$s try=$try` after it.
 fn lab_try(endings: &[(u32, &str)]) -> (String, String) {
-    static CALLS: AtomicU32 = AtomicU32::new(0);
-    let case = format!(
-        "netvmm-lab-try-{}-{}",
-        std::process::id(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
-    );
+    let case = unique_case();
     // Try N of the command writes ending N's stderr and a clean console, and exits with
     // ending N's status.
     let mut tries = String::from("n=0\nguest() {\n  n=$((n + 1))\n  case $n in\n");
@@ -107,17 +108,10 @@ fn lab_try(endings: &[(u32, &str)]) -> (String, String) {
         ));
     }
     tries.push_str("  esac\n  return 99\n}\n");
-    let script = format!(
-        "{}\n{tries}lab_try {case} guest\necho \"s=$s try=$try\"\n",
-        common::PRELUDE
+    let out = sh(
+        &case,
+        &format!("{tries}lab_try {case} guest\necho \"s=$s try=$try\"\n"),
     );
-    let out = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .output()
-        .expect("/bin/sh runs");
-    for ext in ["err", "log"] {
-        let _ = std::fs::remove_file(format!("/tmp/{case}.{ext}"));
-    }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let last = stdout.lines().last().unwrap_or_default().to_string();
     (stdout, last)

@@ -53,7 +53,7 @@ impl LabOutput {
     }
 
     /// Says and keeps (`record_rerun`) each case the scenario ran once more after a fault
-    /// of the emulated lab: the lines `rerun=CASE why=WHY ...` (`lab_fault` in prelude.sh).
+    /// of the emulated lab: the lines `rerun=CASE why=WHY ...` (`lab_try` in prelude.sh).
     pub fn record_reruns(&self, test: &str) {
         for rerun in self.stdout.lines().filter(|l| l.starts_with("rerun=")) {
             let why = rerun.split(' ').find_map(|w| w.strip_prefix("why="));
@@ -192,7 +192,8 @@ fn lab_exec(
         .expect("netvmm lab exec runs")
 }
 
-/// The shell functions every scenario may use (`v`, `nic`, `lab_fault`), put before it.
+/// The shell functions every scenario may use (`v`, `nic`, `lab_fault`, `lab_try`), put
+/// before it.
 pub const PRELUDE: &str = include_str!("prelude.sh");
 
 fn with_scenario_file(script: &str, run: impl FnOnce(&std::path::Path) -> Output) -> LabOutput {

@@ -57,7 +57,8 @@ pcirun_once() {
     >/dev/null 2>/tmp/$c.err
 }
 pcirun() { lab_try $1 pcirun_once "$@"; }
-report() { echo "status=$s tries=$try where=$(v $1.log where) disk_where=$(v $1.log disk_where) disk=$(v $1.log disk) msix=$(v $1.log msix) ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) in0=$(v $1.log in0 | cut -d ' ' -f 1) out0=$(tr -d '\r' < $1.log | sed -n 's/.*out0=//p' | head -n 1) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) ))"; }
+# (`+0`: a guest that never reported leaves `nic` empty, and the sum still parses.)
+report() { echo "status=$s tries=$try where=$(v $1.log where) disk_where=$(v $1.log disk_where) disk=$(v $1.log disk) msix=$(v $1.log msix) ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) in0=$(v $1.log in0 | cut -d ' ' -f 1) out0=$(tr -d '\r' < $1.log | sed -n 's/.*out0=//p' | head -n 1) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames)+0 + $(nic $1.err tx_frames)+0 ))"; }
 
 for path in off on; do
   pcirun p$path "$(printf '%s\n%s; %s\n' "$IRQ" "$T" "$R")" \

@@ -8,19 +8,21 @@
 //! Checked: no panic, no hang, no access outside guest memory; device status holds only
 //! defined bits; an active device has DRIVER_OK and FEATURES_OK and does not await a
 //! reset; a queue's MSI-X vector reads back as one the table has or NO_VECTOR; every MSI
-//! route the transport asks for is on one of its own GSIs.
+//! route the transport asks for is on one of its own GSIs; the queues' notification
+//! ioeventfds sit exactly at BAR 0's notification addresses while it decodes, and nowhere
+//! while it does not, and are never removed where they are not.
 
 #![no_main]
 
 use std::sync::{Arc, Mutex};
 
 use devices::pci::msix::{MsiMessage, MsiRoutes, NO_VECTOR};
-use devices::pci::PciFunction;
+use devices::pci::{NotifyEvents, PciFunction};
 use devices::virtio::events::Transport;
 use devices::virtio::net::{Net, OFFERED_FEATURES};
 use devices::virtio::pci::{
     PciTransport, BAR_SIZE, DEVICE_OFFSET, ISR_OFFSET, MSIX_PBA_OFFSET, MSIX_TABLE_OFFSET,
-    NOTIFY_OFFSET,
+    NOTIFY_MULTIPLIER, NOTIFY_OFFSET,
 };
 use devices::virtio::{status, Wake};
 use libfuzzer_sys::fuzz_target;
@@ -65,6 +67,26 @@ impl MsiRoutes for Routes {
         Ok(())
     }
     fn unbind(&self, _evt: &EventFd, _gsi: u32) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The attached notification ioeventfds, as (address, data).
+#[derive(Default)]
+struct Notify(Mutex<Vec<(u64, u16)>>);
+
+impl NotifyEvents for Notify {
+    fn attach(&self, _evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        let mut n = self.0.lock().unwrap();
+        assert!(!n.contains(&(addr, data)), "attached twice at {addr:#x}");
+        n.push((addr, data));
+        Ok(())
+    }
+    fn detach(&self, _evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        let mut n = self.0.lock().unwrap();
+        let at = n.iter().position(|&e| e == (addr, data));
+        let at = at.unwrap_or_else(|| panic!("detached {addr:#x}, never attached"));
+        n.swap_remove(at);
         Ok(())
     }
 }
@@ -125,14 +147,17 @@ fuzz_target!(|data: &[u8]| {
     let backend = Backend::new();
     let frames = backend.incoming.clone();
     let routes = Arc::new(Routes::default());
+    let notify = Arc::new(Notify::default());
     let mut t = PciTransport::new(
         Net::new(backend, MAC),
         mem.clone(),
         0xe000_0000,
         GSI_BASE,
         routes.clone(),
+        notify.clone(),
     )
     .unwrap();
+    let queues = t.queue_events().len();
     let vectors = PciTransport::<Net<Backend>>::vectors_for(
         devices::virtio::VirtioDevice::queue_max_sizes(t.device()).len(),
     )
@@ -252,6 +277,18 @@ fuzz_target!(|data: &[u8]| {
             vector < vectors || vector == NO_VECTOR,
             "queue vector {vector}"
         );
+        let mut attached = notify.0.lock().unwrap().clone();
+        attached.sort();
+        let wanted: Vec<(u64, u16)> = match t.bar() {
+            Some((bar, _)) => (0..queues)
+                .map(|q| {
+                    let at = bar + NOTIFY_OFFSET + q as u64 * u64::from(NOTIFY_MULTIPLIER);
+                    (at, q as u16)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        assert_eq!(attached, wanted, "notification ioeventfds");
         for gsi in routes.0.lock().unwrap().iter() {
             assert!(
                 (GSI_BASE..GSI_BASE + u32::from(vectors)).contains(gsi),

@@ -154,10 +154,11 @@ impl std::fmt::Display for DiskInfo {
 }
 
 /// Reads one disk's device counters.
-pub struct DiskCounters(Box<dyn Fn() -> BlockStats + Send>);
+pub struct DiskCounters(Box<dyn Fn() -> (BlockStats, Option<String>) + Send>);
 
 impl DiskCounters {
-    pub fn read(&self) -> BlockStats {
+    /// The counters, and what the hypervisor refused of the transport's setup if anything.
+    pub fn read(&self) -> (BlockStats, Option<String>) {
         (self.0)()
     }
 }
@@ -196,7 +197,8 @@ pub fn build(specs: &[DiskSpec], placer: &mut virtio_slot::Placer) -> Result<Dis
                 source,
             })?;
         disks.counters.push(DiskCounters(Box::new(move || {
-            placed.inspect(|d, _| d.stats())
+            let fault = placed.fault();
+            (placed.inspect(|d, _| d.stats()), fault)
         })));
         disks.infos.push(DiskInfo {
             guest_name: name,

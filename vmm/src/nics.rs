@@ -172,6 +172,8 @@ pub struct NicReport {
     /// Each pair's counters (with more than one pair).
     pub pairs: Vec<NetStats>,
     pub rings: RingState,
+    /// What the hypervisor refused of the transport's setup, if anything.
+    pub fault: Option<String>,
 }
 
 /// One report line per NIC: the path and the transport it ran on, its counters (with
@@ -292,6 +294,7 @@ pub fn build(
             )
             .map_err(|source| NicError::Wire { index, source })?;
         nics.counters.push(NicCounters(Box::new(move || {
+            let fault = placed.fault();
             placed.inspect(|d, rings| NicReport {
                 datapath: d.datapath(),
                 transport: placed.transport().name(),
@@ -300,6 +303,7 @@ pub fn build(
                 stats: d.stats(),
                 pairs: d.pair_stats(),
                 rings,
+                fault,
             })
         })));
     }
@@ -479,6 +483,7 @@ mod tests {
                 backend_wakes: vec![17],
                 interrupt_status: 1,
             },
+            fault: None,
         };
         let line = counters_line("eth1", &r);
         let rest = line

@@ -16,6 +16,9 @@ pub enum Notice {
     NotRestored(String),
     /// These vCPUs did not leave the guest when kicked at the end; they were left running.
     VcpusStuck(Vec<u8>),
+    /// The hypervisor refused part of a device's transport setup (the device's guest name,
+    /// what was refused).
+    TransportFault(String, String),
 }
 
 impl std::fmt::Display for Notice {
@@ -27,6 +30,7 @@ impl std::fmt::Display for Notice {
                 "warning: left by netvmm processes that are gone: {found} (remove them with `netvmm cleanup`)"
             ),
             Notice::NotRestored(problem) => write!(f, "warning: {problem}"),
+            Notice::TransportFault(device, what) => write!(f, "warning: {device}: {what}"),
             Notice::VcpusStuck(ids) => {
                 let ids: Vec<String> = ids.iter().map(|i| format!("vCPU {i}")).collect();
                 write!(

@@ -13,13 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::{lock, Bus};
 use devices::pci::msix::MsiRoutes;
-use devices::pci::{PciBus, PciConfigIo, PciFunction, PciMmioWindow};
+use devices::pci::{NotifyEvents, PciBus, PciConfigIo, PciFunction, PciMmioWindow};
 use devices::virtio::core::RingState;
 use devices::virtio::events::Transport;
 use devices::virtio::mmio::{MmioEvents, MmioFront, MmioTransport, QUEUE_NOTIFY};
-use devices::virtio::pci::{
-    PciEvents, PciTransport, PciTransportError, BAR_SIZE, NOTIFY_MULTIPLIER, NOTIFY_OFFSET,
-};
+use devices::virtio::pci::{PciEvents, PciTransport, PciTransportError, BAR_SIZE};
 use devices::virtio::VirtioDevice;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -69,6 +67,23 @@ fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WireError {
     move |source| WireError::Kvm { what, source }
 }
 
+/// Queue notifications on KVM ioeventfds.
+struct KvmNotify(Arc<VmFd>);
+
+impl NotifyEvents for KvmNotify {
+    fn attach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        self.0
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), data)
+            .map_err(|e| e.to_string())
+    }
+
+    fn detach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        self.0
+            .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), data)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// A placed device, for counters and reports.
 pub enum Placed<D: VirtioDevice> {
     Mmio(Arc<Mutex<MmioTransport<D>>>),
@@ -81,6 +96,15 @@ impl<D: VirtioDevice> Placed<D> {
         match self {
             Placed::Mmio(_) => VirtioTransport::Mmio,
             Placed::Pci(_) => VirtioTransport::Pci,
+        }
+    }
+
+    /// Why the hypervisor refused part of the transport's setup the guest asked for, if
+    /// it did (virtio-mmio asks nothing of it after placing).
+    pub fn fault(&self) -> Option<String> {
+        match self {
+            Placed::Mmio(_) => None,
+            Placed::Pci(t) => lock(t).fault().map(str::to_owned),
         }
     }
 
@@ -220,17 +244,16 @@ impl<'a> Placer<'a> {
         let bar = PCI_MMIO_START + self.placed as u64 * BAR_SIZE;
         let vectors = PciTransport::<D>::vectors_for(device.queue_max_sizes().len())?;
         let routes: Arc<dyn MsiRoutes> = self.routes.clone();
-        let transport =
-            PciTransport::new(device, self.mem.clone(), bar as u32, self.next_gsi, routes)?;
+        let notify: Arc<dyn NotifyEvents> = Arc::new(KvmNotify(self.vm.clone()));
+        let transport = PciTransport::new(
+            device,
+            self.mem.clone(),
+            bar as u32,
+            self.next_gsi,
+            routes,
+            notify,
+        )?;
         self.next_gsi += u32::from(vectors);
-        // Each queue has a notification address of its own: no data to match. The driver
-        // writes the queue's index there, 16 bits.
-        for (q, evt) in transport.queue_events().iter().enumerate() {
-            let at = bar + NOTIFY_OFFSET + q as u64 * u64::from(NOTIFY_MULTIPLIER);
-            self.vm
-                .register_ioevent(evt, &IoEventAddress::Mmio(at), q as u16)
-                .map_err(kvm("register its queue ioeventfd"))?;
-        }
         let transport = Arc::new(Mutex::new(transport));
         let function: Arc<Mutex<dyn PciFunction>> = transport.clone();
         self.pci.add(function)?;
@@ -269,5 +292,31 @@ impl<'a> Placer<'a> {
             mmio_slots: self.mmio_slots,
             pci,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_notify_places_and_removes_one_ioeventfd_per_address_and_data() {
+        let vm = match kvm_ioctls::Kvm::new().and_then(|k| k.create_vm()) {
+            Ok(vm) => Arc::new(vm),
+            Err(e) => {
+                eprintln!("skipping: /dev/kvm unusable here: {e}");
+                return;
+            }
+        };
+        let notify = KvmNotify(vm);
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let at = PCI_MMIO_START + 0x3004;
+        notify.attach(&evt, at, 1).unwrap();
+        // KVM holds it: the same place and data again is refused, as is a second removal.
+        assert!(notify.attach(&evt, at, 1).is_err());
+        notify.attach(&evt, at, 2).unwrap();
+        notify.detach(&evt, at, 1).unwrap();
+        assert!(notify.detach(&evt, at, 1).is_err());
+        notify.attach(&evt, at, 1).unwrap();
     }
 }

@@ -398,16 +398,21 @@ impl Vmm {
         let outcome = looped??;
         let mut report = Vec::new();
         for (info, counters) in self.nics.iter().zip(&self.nic_counters) {
-            report.push(crate::nics::counters_line(
-                &info.guest_name,
-                &counters.read(),
-            ));
+            let nic = counters.read();
+            if let Some(fault) = &nic.fault {
+                (self.notices)(Notice::TransportFault(
+                    info.guest_name.clone(),
+                    fault.clone(),
+                ));
+            }
+            report.push(crate::nics::counters_line(&info.guest_name, &nic));
         }
         for (info, counters) in self.disks.infos.iter().zip(&self.disks.counters) {
-            report.push(crate::disks::counters_line(
-                &info.guest_name,
-                &counters.read(),
-            ));
+            let (stats, fault) = counters.read();
+            if let Some(fault) = fault {
+                (self.notices)(Notice::TransportFault(info.guest_name.clone(), fault));
+            }
+            report.push(crate::disks::counters_line(&info.guest_name, &stats));
         }
         report.push(self.boot_report(first_run.get().copied()));
         Ok(Finished { outcome, report })

@@ -10,6 +10,8 @@ pub mod msix;
 
 use std::sync::{Arc, Mutex};
 
+use vmm_sys_util::eventfd::EventFd;
+
 use crate::bus::{lock, BusDevice};
 use config::{ConfigSpace, Identity};
 
@@ -23,6 +25,15 @@ pub trait PciFunction: Send {
     fn bar(&self) -> Option<(u64, u64)>;
     fn bar_read(&mut self, offset: u64, data: &mut [u8]);
     fn bar_write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// The VMM's side of queue notifications: the hypervisor signals an eventfd for a guest's
+/// write to an address (KVM's ioeventfd), with no exit to the VMM.
+pub trait NotifyEvents: Send + Sync {
+    /// Makes a 16-bit write of `data` at guest address `addr` signal `evt`.
+    fn attach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String>;
+    /// Undoes [`NotifyEvents::attach`].
+    fn detach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String>;
 }
 
 /// Devices per bus.

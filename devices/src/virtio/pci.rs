@@ -1,7 +1,8 @@
 //! The virtio-pci transport (virtio 1.2, 4.1), modern interface only, with MSI-X: a
 //! vector per queue, so an interrupt says which queue it is for and the driver reads no
-//! status register, and each queue's notification address of its own (an ioeventfd with
-//! no data match to decode).
+//! status register, and each queue's notification address of its own (an ioeventfd that
+//! matches the queue's index, which the driver writes there). The ioeventfds follow BAR 0:
+//! they sit where the BAR decodes, and nowhere while memory decoding is off.
 //!
 //! BAR 0 (32-bit memory) holds, at fixed offsets: the common configuration, the ISR byte,
 //! the device configuration, the notification addresses, the MSI-X table and its
@@ -18,10 +19,11 @@ use super::core::{Ring, RingState, StatusChange, TransportError, VirtioCore};
 use super::events::{QueueEvents, Transport};
 use super::{VirtioDevice, Wake};
 use crate::pci::config::{ConfigSpace, Identity};
+use crate::pci::config::{BAR0, COMMAND};
 use crate::pci::msix::{
     MsiRoutes, Msix, MsixError, CONTROL_ENABLE, CONTROL_FUNCTION_MASK, NO_VECTOR,
 };
-use crate::pci::PciFunction;
+use crate::pci::{NotifyEvents, PciFunction};
 
 /// The PCI vendor of virtio devices; a modern device's ID is 0x1040 plus its virtio type.
 const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -87,6 +89,12 @@ pub enum PciTransportError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Msix(#[from] MsixError),
+    #[error("cannot place queue {queue}'s notification at {addr:#x}: {reason}")]
+    Notify {
+        queue: usize,
+        addr: u64,
+        reason: String,
+    },
     #[error("a virtio-pci function has at most {max} vectors; this device needs {needed}")]
     TooManyQueues { needed: usize, max: u16 },
 }
@@ -112,6 +120,13 @@ pub struct PciTransport<D: VirtioDevice> {
     /// The kernel-served queues' used-buffer eventfds bound to their vectors' GSIs: while
     /// the kernel serves them and their vector is unmasked.
     kernel_bound: Vec<(usize, u32)>,
+    notify: Arc<dyn NotifyEvents>,
+    /// Where the queues' notification ioeventfds are attached: BAR 0's notification area
+    /// while the BAR decodes.
+    notify_at: Option<u64>,
+    /// The last move of the ioeventfds the hypervisor refused (kicks then reach the
+    /// transport through the BAR, slower).
+    notify_error: Option<String>,
 }
 
 fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -125,13 +140,15 @@ fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
 
 impl<D: VirtioDevice> PciTransport<D> {
     /// `bar` is BAR 0's initial address (a multiple of [`BAR_SIZE`]); the vectors get GSIs
-    /// `gsi_base..gsi_base + vectors()`.
+    /// `gsi_base..gsi_base + vectors()`; `notify` places the queues' ioeventfds once the
+    /// driver turns memory decoding on.
     pub fn new(
         device: D,
         mem: GuestMemoryMmap,
         bar: u32,
         gsi_base: u32,
         routes: Arc<dyn MsiRoutes>,
+        notify: Arc<dyn NotifyEvents>,
     ) -> Result<Self, PciTransportError> {
         let queues = device.queue_max_sizes().len();
         let vectors = Self::vectors_for(queues)?;
@@ -166,6 +183,9 @@ impl<D: VirtioDevice> PciTransport<D> {
             isr: Arc::new(AtomicU32::new(0)),
             kernel_serving: false,
             kernel_bound: Vec::new(),
+            notify,
+            notify_at: None,
+            notify_error: None,
         })
     }
 
@@ -223,9 +243,57 @@ impl<D: VirtioDevice> PciTransport<D> {
         self.core.ring_state(isr)
     }
 
-    /// Why an MSI-X route was refused, if one was.
-    pub fn route_error(&self) -> Option<&str> {
-        self.msix.route_error.as_deref()
+    /// Why the hypervisor last refused an MSI-X route or a move of the queue
+    /// notifications, if it ever did.
+    pub fn fault(&self) -> Option<&str> {
+        self.msix
+            .route_error
+            .as_deref()
+            .or(self.notify_error.as_deref())
+    }
+
+    /// Where queue `q` is notified when BAR 0's notification area is at `area`.
+    fn notify_addr(area: u64, q: usize) -> u64 {
+        area + q as u64 * u64::from(NOTIFY_MULTIPLIER)
+    }
+
+    /// Moves the queues' ioeventfds to where BAR 0 decodes now (after the driver wrote the
+    /// BAR or the command register): left at an old address they would catch the kicks of
+    /// whatever function the driver put there next.
+    fn follow_bar(&mut self) -> Result<(), PciTransportError> {
+        let wanted = self.bar().map(|(addr, _)| addr + NOTIFY_OFFSET);
+        if wanted == self.notify_at {
+            return Ok(());
+        }
+        let evts = self.core.queue_events();
+        if let Some(area) = self.notify_at.take() {
+            for (q, evt) in evts.iter().enumerate() {
+                // One that will not go stays signalling an eventfd nobody else reads.
+                let _ = self
+                    .notify
+                    .detach(evt, Self::notify_addr(area, q), q as u16);
+            }
+        }
+        let Some(area) = wanted else {
+            return Ok(());
+        };
+        for (q, evt) in evts.iter().enumerate() {
+            let addr = Self::notify_addr(area, q);
+            if let Err(reason) = self.notify.attach(evt, addr, q as u16) {
+                for (done, evt) in evts.iter().enumerate().take(q) {
+                    let _ = self
+                        .notify
+                        .detach(evt, Self::notify_addr(area, done), done as u16);
+                }
+                return Err(PciTransportError::Notify {
+                    queue: q,
+                    addr,
+                    reason,
+                });
+            }
+        }
+        self.notify_at = Some(area);
+        Ok(())
     }
 
     fn raise_queues(&mut self, queues: u32) {
@@ -465,7 +533,8 @@ impl<D: VirtioDevice> PciTransport<D> {
         if within(COMMON_OFFSET, COMMON_LEN) && data.len() <= 4 {
             self.write_common((offset - COMMON_OFFSET, data.len()), value());
         } else if within(NOTIFY_OFFSET, notify_len) {
-            // Reaches here only where no ioeventfd took it (the driver moved the BAR).
+            // Reaches here only where no ioeventfd took it: a write of another width or
+            // value, or one the hypervisor would not place.
             let queue = (offset - NOTIFY_OFFSET) / u64::from(NOTIFY_MULTIPLIER);
             self.core.notify(queue as u32);
         } else if within(MSIX_TABLE_OFFSET, Msix::table_size(self.msix.vectors())) {
@@ -507,6 +576,14 @@ impl<D: VirtioDevice> PciFunction for PciTransport<D> {
             return;
         }
         self.config.write(offset, data);
+        let touches = |field: usize, len: usize| {
+            offset < field + len && offset.saturating_add(data.len()) > field
+        };
+        if touches(COMMAND, 2) || touches(BAR0, 4) {
+            if let Err(e) = self.follow_bar() {
+                self.notify_error = Some(e.to_string());
+            }
+        }
         // Message control sits in the upper half of the capability's first dword.
         let control = self.caps.msix + 2;
         if offset <= control + 1 && offset.saturating_add(data.len()) > control {

@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::*;
 use crate::pci::config::{CAPABILITIES_POINTER, COMMAND, COMMAND_MEMORY};
 use crate::pci::msix::MsiMessage;
+use crate::pci::NotifyEvents;
 use crate::virtio::{status, Processed, VIRTIO_F_VERSION_1};
 
 const BAR: u32 = 0xe000_0000;
@@ -22,6 +23,32 @@ struct Kvm {
     bound: Mutex<Vec<(u32, EventFd)>>,
     unbound: Mutex<Vec<(i32, u32)>>,
     routes: Mutex<Vec<(u32, MsiMessage)>>,
+    /// Attached ioeventfds: (address, data, eventfd).
+    notify: Mutex<Vec<(u64, u16, i32)>>,
+    refuse_notify: std::sync::atomic::AtomicBool,
+}
+
+impl NotifyEvents for Kvm {
+    fn attach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        if self.refuse_notify.load(Ordering::SeqCst) {
+            return Err("out of ioeventfds".into());
+        }
+        let mut n = self.notify.lock().unwrap();
+        if n.iter().any(|&(a, d, _)| (a, d) == (addr, data)) {
+            return Err("File exists".into());
+        }
+        n.push((addr, data, evt.as_raw_fd()));
+        Ok(())
+    }
+    fn detach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        let mut n = self.notify.lock().unwrap();
+        let before = n.len();
+        n.retain(|&e| e != (addr, data, evt.as_raw_fd()));
+        if n.len() == before {
+            return Err("No such file or directory".into());
+        }
+        Ok(())
+    }
 }
 
 impl MsiRoutes for Kvm {
@@ -122,7 +149,7 @@ impl Rig {
             },
             activated: false,
         };
-        let t = PciTransport::new(toy, mem, BAR, GSI_BASE, kvm.clone()).unwrap();
+        let t = PciTransport::new(toy, mem, BAR, GSI_BASE, kvm.clone(), kvm.clone()).unwrap();
         Self { t, kvm }
     }
 
@@ -354,6 +381,67 @@ fn a_masked_vector_holds_back_the_kernels_interrupts_until_unmasked() {
     rig.w(MSIX_TABLE_OFFSET + 12, 4, 1);
     rig.w(MSIX_TABLE_OFFSET + 12, 4, 0);
     assert_eq!((bound(&rig), unbound(&rig)), (3, 3));
+}
+
+impl Rig {
+    /// Where the queues' ioeventfds sit: (address, data) in queue order.
+    fn notify_addrs(&self) -> Vec<(u64, u16)> {
+        let mut n: Vec<(u64, u16)> = (self.kvm.notify.lock().unwrap().iter())
+            .map(|&(a, d, _)| (a, d))
+            .collect();
+        n.sort();
+        n
+    }
+}
+
+#[test]
+fn the_queue_ioeventfds_follow_bar_0_and_memory_decode() {
+    let mut rig = Rig::new(false);
+    let at = |bar: u32| {
+        let area = u64::from(bar) + NOTIFY_OFFSET;
+        vec![(area, 0), (area + u64::from(NOTIFY_MULTIPLIER), 1)]
+    };
+    assert!(rig.notify_addrs().is_empty(), "none before decoding");
+    rig.cfg_w(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+    assert_eq!(rig.notify_addrs(), at(BAR));
+    // Sizing with decoding off, as Linux does, then a new place.
+    rig.cfg_w(COMMAND, &0u16.to_le_bytes());
+    assert!(rig.notify_addrs().is_empty());
+    rig.cfg_w(0x10, &u32::MAX.to_le_bytes());
+    rig.cfg_w(0x10, &0xe001_0000u32.to_le_bytes());
+    assert!(rig.notify_addrs().is_empty());
+    rig.cfg_w(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+    assert_eq!(rig.notify_addrs(), at(0xe001_0000));
+    // Moved while decoding: the old place is free for another function's kicks.
+    rig.cfg_w(0x10, &BAR.to_le_bytes());
+    assert_eq!(rig.notify_addrs(), at(BAR));
+    assert_eq!(rig.t.fault(), None);
+}
+
+#[test]
+fn a_refused_ioeventfd_is_a_fault_and_kicks_still_arrive_through_the_bar() {
+    let mut rig = Rig::new(false);
+    rig.kvm.refuse_notify.store(true, Ordering::SeqCst);
+    rig.cfg_w(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+    assert!(rig.notify_addrs().is_empty());
+    let fault = rig.t.fault().unwrap_or_default().to_owned();
+    assert!(
+        fault.contains("queue 0") && fault.contains("0xe0003000") && fault.contains("out of"),
+        "{fault}"
+    );
+    rig.msix_on();
+    rig.init();
+    for evt in rig.t.queue_events() {
+        let _ = evt.read();
+    }
+    rig.w(NOTIFY_OFFSET + u64::from(NOTIFY_MULTIPLIER), 2, 1);
+    assert!(rig.t.queue_events()[1].read().is_ok(), "queue 1's kick");
+    assert!(rig.t.queue_events()[0].read().is_err());
+    // Once the hypervisor takes them, the next decode change places them.
+    rig.kvm.refuse_notify.store(false, Ordering::SeqCst);
+    rig.cfg_w(COMMAND, &0u16.to_le_bytes());
+    rig.cfg_w(COMMAND, &COMMAND_MEMORY.to_le_bytes());
+    assert_eq!(rig.notify_addrs().len(), 2);
 }
 
 #[test]

@@ -39,6 +39,14 @@ pub const KVM_IRQFD: u64 = ioctl_expr(
     std::mem::size_of::<kvm_bindings::kvm_irqfd>() as u32,
 ) as u64;
 
+/// <linux/kvm.h>: _IOW(KVMIO, 0x79, struct kvm_ioeventfd).
+pub const KVM_IOEVENTFD: u64 = ioctl_expr(
+    _IOC_WRITE,
+    KVMIO,
+    0x79,
+    std::mem::size_of::<kvm_bindings::kvm_ioeventfd>() as u32,
+) as u64;
+
 /// <linux/vhost.h>, the per-ring ioctls a vCPU makes when the driver activates or resets
 /// a vhost=on NIC (STATUS writes run on the vCPU thread). Opening /dev/vhost-net,
 /// VHOST_SET_OWNER and VHOST_SET_MEM_TABLE happen at setup, before any filter.
@@ -206,6 +214,9 @@ pub fn vcpu() -> Rules {
         // queues' vectors (a reset unbinds them).
         .ioctl(KVM_SET_GSI_ROUTING)
         .ioctl(KVM_IRQFD)
+        // virtio-pci: the queues' notification ioeventfds follow BAR 0, placed when the
+        // driver turns memory decoding on and moved when it moves the BAR.
+        .ioctl(KVM_IOEVENTFD)
         // vCPU 0 marks the set-up CPU time for the boot report as it enters the guest.
         .any(libc::SYS_getrusage)
         // A vCPU thread that ends (the VM ended) closes its vCPU fd, and, holding the
@@ -308,6 +319,7 @@ mod tests {
         // As strace prints them on x86_64.
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
         assert_eq!(KVM_IRQFD, 0x4020_ae76);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
     }
 
     #[test]

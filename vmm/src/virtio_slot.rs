@@ -67,11 +67,21 @@ fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> WireError {
     move |source| WireError::Kvm { what, source }
 }
 
-/// Queue notifications on KVM ioeventfds.
+/// Queue notifications on KVM ioeventfds, inside the PCI window only: a BAR the driver put
+/// elsewhere reaches no function (the window is where the bus decodes BARs), and its
+/// ioeventfds would shadow whatever sits there, KVM's own IOAPIC or LAPIC included.
 struct KvmNotify(Arc<VmFd>);
 
 impl NotifyEvents for KvmNotify {
     fn attach(&self, evt: &EventFd, addr: u64, data: u16) -> Result<(), String> {
+        let window = PCI_MMIO_START..PCI_MMIO_START + PCI_MMIO_SIZE;
+        if !window.contains(&addr) {
+            return Err(format!(
+                "{addr:#x} is outside the PCI window {:#x}-{:#x}",
+                window.start,
+                window.end - 1
+            ));
+        }
         self.0
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), data)
             .map_err(|e| e.to_string())
@@ -300,7 +310,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kvm_notify_places_and_removes_one_ioeventfd_per_address_and_data() {
+    fn kvm_notify_places_one_ioeventfd_per_address_and_data_in_the_window() {
         let vm = match kvm_ioctls::Kvm::new().and_then(|k| k.create_vm()) {
             Ok(vm) => Arc::new(vm),
             Err(e) => {
@@ -318,5 +328,7 @@ mod tests {
         notify.detach(&evt, at, 1).unwrap();
         assert!(notify.detach(&evt, at, 1).is_err());
         notify.attach(&evt, at, 1).unwrap();
+        let refused = notify.attach(&evt, 0xfec0_0000, 0).unwrap_err();
+        assert!(refused.contains("outside the PCI window"), "{refused}");
     }
 }

@@ -8,7 +8,6 @@
 pub mod backend;
 pub mod vhost;
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 
@@ -152,8 +151,10 @@ struct Pair<B: NetBackend> {
     rx_buf: Vec<u8>,
     rx_pending: usize,
     rx_used: Vec<(u16, u32)>,
-    win_chains: VecDeque<WindowChain>,
-    win_iovs: VecDeque<libc::iovec>,
+    /// The receive window, oldest chain first. Plain vectors: a frame takes chains from the
+    /// front, and in bulk traffic it takes the whole window, so the shift is of nothing.
+    win_chains: Vec<WindowChain>,
+    win_iovs: Vec<libc::iovec>,
     win_capacity: usize,
     /// Length of the last frame received, to pick the receive path for the next.
     rx_last_len: usize,
@@ -176,8 +177,8 @@ impl<B: NetBackend> Pair<B> {
             rx_buf: vec![0; MAX_FRAME_LEN],
             rx_pending: 0,
             rx_used: Vec::with_capacity(usize::from(QUEUE_SIZE)),
-            win_chains: VecDeque::with_capacity(usize::from(QUEUE_SIZE)),
-            win_iovs: VecDeque::with_capacity(usize::from(QUEUE_SIZE)),
+            win_chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            win_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             win_capacity: 0,
             rx_last_len: 0,
             tx_iovs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
@@ -584,7 +585,6 @@ impl<B: NetBackend> Pair<B> {
     /// ring cannot fill the window, the caller releases it and falls back to the bounce
     /// buffer, which can wait for buffers frame by frame.
     fn rx_direct(&mut self, ring: &mut Ring, budget: &mut Budget) -> Direct {
-        let mem = ring.mem();
         // Descriptors read to fill the window in this call: like a frame's, at most a
         // queue size (see `deliver`).
         let mut walked = 0u32;
@@ -594,7 +594,6 @@ impl<B: NetBackend> Pair<B> {
             };
             let before = self.win_iovs.len();
             let mut capacity = 0u32;
-            let mut first = None;
             let mut usable = true;
             let mut chain = Chain::new(ring, head, self.indirect());
             for desc in chain.by_ref() {
@@ -603,7 +602,7 @@ impl<B: NetBackend> Pair<B> {
                     break;
                 };
                 let len = desc.len() as usize;
-                if !desc.is_write_only() || (first.is_none() && len < VNET_HDR_LEN) {
+                if !desc.is_write_only() || (self.win_iovs.len() == before && len < VNET_HDR_LEN) {
                     usable = false;
                     break;
                 }
@@ -611,7 +610,7 @@ impl<B: NetBackend> Pair<B> {
                     continue;
                 }
                 match ring.buffer(desc.addr(), len) {
-                    Some(slice) => self.win_iovs.push_back(libc::iovec {
+                    Some(slice) => self.win_iovs.push(libc::iovec {
                         iov_base: slice.ptr_guard_mut().as_ptr().cast(),
                         iov_len: len,
                     }),
@@ -620,22 +619,20 @@ impl<B: NetBackend> Pair<B> {
                         break;
                     }
                 }
-                first.get_or_insert(desc.addr());
                 capacity = capacity.saturating_add(len as u32);
             }
             budget.charge(chain.read());
             walked += chain.read();
-            let Some(first) = first.filter(|_| usable) else {
+            if !usable || self.win_iovs.len() == before {
                 // An odd chain goes back; the bounce path drops exactly the frame it gets.
                 self.win_iovs.truncate(before);
                 ring.unpop();
                 return Direct::NotEnoughBuffers;
-            };
-            self.win_chains.push_back(WindowChain {
+            }
+            self.win_chains.push(WindowChain {
                 head,
                 capacity,
                 iovs: self.win_iovs.len() - before,
-                first,
             });
             self.win_capacity += capacity as usize;
             if self.win_chains.len() >= usize::from(ring.size())
@@ -645,7 +642,7 @@ impl<B: NetBackend> Pair<B> {
                 return Direct::NotEnoughBuffers;
             }
         }
-        let iovs = self.win_iovs.make_contiguous();
+        let iovs = self.win_iovs.as_mut_slice();
         // SAFETY: every iovec comes from a guest-memory slice that `Ring::buffer`
         // bounds-checked for a device-writable descriptor; guest memory stays mapped for the
         // VM's life and no Rust reference points into it during the call.
@@ -670,25 +667,31 @@ impl<B: NetBackend> Pair<B> {
             covered += c.capacity as usize;
             used += 1;
         }
-        if let Some(c) = self.win_chains.front() {
-            let _ = mem.write_obj(
-                (used as u16).to_le(),
-                c.first.unchecked_add(NUM_BUFFERS_OFFSET),
-            );
+        // The window's first iovec is its first chain's header descriptor, which is at
+        // least VNET_HDR_LEN long (checked when the chain joined).
+        let header = self.win_iovs[0].iov_base.cast::<u8>();
+        // SAFETY: the header descriptor's buffer was bounds-checked in guest memory, which
+        // stays mapped; NUM_BUFFERS_OFFSET + 2 <= VNET_HDR_LEN <= its length, and [u8; 2]
+        // needs no alignment. Volatile: the guest may be looking at the same bytes.
+        unsafe {
+            header
+                .add(NUM_BUFFERS_OFFSET as usize)
+                .cast::<[u8; 2]>()
+                .write_volatile((used as u16).to_le_bytes());
         }
         let mut remaining = n;
-        for _ in 0..used {
-            let Some(c) = self.win_chains.pop_front() else {
-                break;
-            };
+        let mut iovs_used = 0;
+        for c in &self.win_chains[..used] {
             let len = remaining.min(c.capacity as usize);
             remaining -= len;
             self.win_capacity -= c.capacity as usize;
-            self.win_iovs.drain(..c.iovs);
+            iovs_used += c.iovs;
             if ring.push_used(c.head, len as u32).is_err() {
                 return Direct::Broken;
             }
         }
+        self.win_chains.drain(..used);
+        self.win_iovs.drain(..iovs_used);
         if ring.publish_used().is_err() {
             return Direct::Broken;
         }
@@ -779,10 +782,9 @@ impl<B: NetBackend> Pair<B> {
 struct WindowChain {
     head: u16,
     capacity: u32,
-    /// How many of the window's iovecs belong to this chain.
+    /// How many of the window's iovecs belong to this chain; the first of them is where
+    /// the vnet header (and num_buffers) goes.
     iovs: usize,
-    /// Its first descriptor, where the vnet header (and num_buffers) goes.
-    first: GuestAddress,
 }
 
 /// What one zero-copy receive attempt came to.

@@ -179,6 +179,26 @@ fn what_each_backend_reaches() {
     assert!(f("passthru", "msg").contains("passthru"), "{dump}");
     assert_eq!(f("passthru", "left"), "0", "{dump}");
 
+    // host-access: the host reaches a bridge-mode macvtap guest through the shim, which
+    // stays while a guest uses it and goes with the last; the parent gets no address, and
+    // a mode the shim cannot serve is one line of refusal.
+    assert_eq!(f("shim", "status"), "0", "{dump}");
+    assert_eq!(
+        f("shim", "host_to_guest"),
+        "0",
+        "host -> guest via the shim\n{dump}"
+    );
+    assert_eq!(
+        f("shim", "guest_to_host"),
+        "0",
+        "guest -> host via the shim\n{dump}"
+    );
+    assert_eq!(f("shim", "shims_while_one_left"), "1", "{dump}");
+    assert_eq!(f("shim", "shims_after"), "0", "shim removed\n{dump}");
+    assert_eq!(f("shim", "lanA_addrs"), "0", "{dump}");
+    assert_eq!(f("shim", "vepa_refused"), "1", "{dump}");
+    assert_eq!(f("shim", "vepa_lines"), "1", "{dump}");
+
     assert_eq!(
         f("crash", "leftover"),
         "1",

@@ -17,6 +17,8 @@ IP=/sbin/ip
 G="--kernel $NETVMM_GUEST_KERNEL --initrd $NETVMM_GUEST_INITRD --timeout 300"
 ready() { i=0; while ! grep -q 'netvmm-guest: ready' "$1" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; }
 ping1() { echo "ping -c 2 -W 2 $1 >/dev/null; echo $2=\\\$?;"; }
+# The guests that run a command and exit go through `lab_run` (tests/common/prelude.sh):
+# once more after a fault of the emulated lab.
 # A guest that stays up (answering pings) until killed.
 background() { log=$1; shift; netvmm run $G "$@" --serial-log $log --cmdline "quiet netvmm.ip=$IPADDR netvmm.run=\"sleep 120\"" >/dev/null 2>&1 & bg=$!; ready $log; }
 
@@ -35,8 +37,7 @@ $IP link add br0 type bridge; $IP link set lanA master br0; $IP link set br0 up
 $IP addr add 203.0.113.10/24 dev br0
 before=$($IP -o link show master br0 | wc -l)
 IPADDR=203.0.113.2/24 background /tmp/b1.log --net bridge=br0
-netvmm run $G --net bridge=br0 --serial-log /tmp/b2.log --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.1 lan) $(ping1 203.0.113.10 host) $(ping1 203.0.113.2 guest)\"" >/dev/null 2>&1
-s=$?
+lab_run b2 $G --net bridge=br0 --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.1 lan) $(ping1 203.0.113.10 host) $(ping1 203.0.113.2 guest)\""
 kill $bg; wait $bg
 after=$($IP -o link show master br0 | wc -l)
 echo "case=bridge status=$s lan=$(v /tmp/b2.log lan) host=$(v /tmp/b2.log host) guest=$(v /tmp/b2.log guest) ports_before=$before ports_after=$after taps=$(ls /sys/class/net | grep -c '^nvtap')"
@@ -60,16 +61,16 @@ $IP link set lanA nomaster; $IP link del br0
 $IP addr add 203.0.113.10/24 dev lanA
 for mode in bridge private vepa; do
   IPADDR=203.0.113.2/24 background /tmp/m1-$mode.log --net macvtap=lanA,mode=$mode
-  netvmm run $G --net macvtap=lanA,mode=$mode --serial-log /tmp/m2-$mode.log --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.1 lan) $(ping1 203.0.113.10 host) $(ping1 203.0.113.2 guest)\"" >/dev/null 2>&1
-  s=$?
+  lab_run m2-$mode $G --net macvtap=lanA,mode=$mode --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.1 lan) $(ping1 203.0.113.10 host) $(ping1 203.0.113.2 guest)\""
+  s2=$s
   $IP neigh flush all
   ping -c 2 -W 2 203.0.113.2 >/dev/null; h2g=$?
   # the same, with the switch port hairpinning
   $LAN /sbin/bridge link set dev lanB hairpin on
-  netvmm run $G --net macvtap=lanA,mode=$mode --serial-log /tmp/m3-$mode.log --cmdline "quiet netvmm.ip=203.0.113.4/24 netvmm.run=\"$(ping1 203.0.113.2 guest)\"" >/dev/null 2>&1
+  lab_run m3-$mode $G --net macvtap=lanA,mode=$mode --cmdline "quiet netvmm.ip=203.0.113.4/24 netvmm.run=\"$(ping1 203.0.113.2 guest)\""
   $LAN /sbin/bridge link set dev lanB hairpin off
   kill $bg; wait $bg
-  echo "case=macvtap-$mode status=$s lan=$(v /tmp/m2-$mode.log lan) host=$(v /tmp/m2-$mode.log host) guest=$(v /tmp/m2-$mode.log guest) host_to_guest=$h2g guest_hairpin=$(v /tmp/m3-$mode.log guest) left=$(ls /sys/class/net | grep -c '^nvmvt')"
+  echo "case=macvtap-$mode status=$s2 hairpin_status=$s lan=$(v /tmp/m2-$mode.log lan) host=$(v /tmp/m2-$mode.log host) guest=$(v /tmp/m2-$mode.log guest) host_to_guest=$h2g guest_hairpin=$(v /tmp/m3-$mode.log guest) left=$(ls /sys/class/net | grep -c '^nvmvt')"
 done
 
 # --- passthru: one guest owns the NIC, a second is refused
@@ -87,8 +88,7 @@ IPADDR=203.0.113.2/24 background /tmp/h1.log --net macvtap=lanA,host-access=203.
 bg1=$bg
 $IP neigh flush all
 ping -c 2 -W 2 203.0.113.2 >/dev/null; h2g=$?
-netvmm run $G --net macvtap=lanA,host-access=203.0.113.20/24 --serial-log /tmp/h2.log --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.20 host)\"" >/dev/null 2>&1
-s=$?
+lab_run h2 $G --net macvtap=lanA,host-access=203.0.113.20/24 --cmdline "quiet netvmm.ip=203.0.113.3/24 netvmm.run=\"$(ping1 203.0.113.20 host)\""
 shims_while_one_left=$(ls /sys/class/net | grep -c '^nvshim')
 kill $bg1; wait $bg1
 netvmm run $G --net macvtap=lanA,mode=vepa,host-access=203.0.113.20/24 >/dev/null 2>/tmp/h3.err; refused=$?
@@ -109,6 +109,7 @@ echo "case=crash leftover=$leftover warned=$warned removed=$(grep -c '^removed n
 fn what_each_backend_reaches() {
     let out = common::lab(SCENARIO, 1500);
     let dump = out.dump();
+    out.record_reruns("what_each_backend_reaches");
     assert_eq!(out.status, 0, "{dump}");
     let f = |case: &str, key: &str| out.field(case, key).unwrap_or_default();
 
@@ -166,6 +167,9 @@ fn what_each_backend_reaches() {
         "0",
         "vepa with hairpin\n{dump}"
     );
+    for m in ["bridge", "private", "vepa"] {
+        assert_eq!(f(&format!("macvtap-{m}"), "hairpin_status"), "0", "{dump}");
+    }
     for m in ["bridge", "private", "vepa"] {
         assert_eq!(
             f(&format!("macvtap-{m}"), "left"),

@@ -1,7 +1,8 @@
 //! The lab scenarios' shell prelude (tests/common/prelude.sh) on this host's /bin/sh: which
 //! endings of a guest `lab_fault` calls a fault of the emulated lab and which it leaves as
-//! failures, and that `lab_try` runs a case once more after the first kind only. A rerun
-//! must never hide netvmm's own failure.
+//! failures, that `lab_try` runs a case once more after the first kind only, and that
+//! `lab_run` boots a guest the way `lab_try` judges it. A rerun must never hide netvmm's
+//! own failure.
 
 mod common;
 
@@ -135,4 +136,31 @@ fn lab_try_runs_a_case_once_more_after_a_fault_of_the_lab_only() {
     // Two faults in a row: two tries in all, and the second one's ending stands.
     let (out, end) = lab_try(&[(3, TRIPLE), (3, TRIPLE), (0, "")]);
     assert_eq!(end, "s=3 try=2", "{out}");
+}
+
+#[test]
+fn lab_run_boots_one_guest_with_its_report_where_lab_try_looks() {
+    let case = unique_case();
+    // A stand-in netvmm: its first call triple-faults, its second boots; each shows
+    // what it was given, with the report switch, on stderr and the console.
+    let script = format!(
+        "n=0\nnetvmm() {{\n  n=$((n + 1))\n  echo \"args=$* report=$NETVMM_BOOT_REPORT\" >&2\n  \
+         while [ $# -gt 0 ]; do [ \"$1\" = --serial-log ] && printf '%s' '{BOOTED}' > \"$2\"; shift; done\n  \
+         echo noise\n  [ $n = 1 ] && {{ printf '%s' '{TRIPLE}' >&2; return 3; }}\n  return 0\n}}\n\
+         lab_run {case} --kernel k --net tap\necho \"s=$s try=$try\"\ncat /tmp/{case}.err\n"
+    );
+    let out = sh(&case, &script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reruns = stdout.lines().filter(|l| l.starts_with("rerun=")).count();
+    assert_eq!(reruns, 1, "{stdout}");
+    assert!(stdout.contains("s=0 try=2"), "{stdout}");
+    // The second try's stderr, in the file lab_try read.
+    assert!(
+        stdout.contains(&format!(
+            "args=run --kernel k --net tap --serial-log /tmp/{case}.log report=1"
+        )),
+        "{stdout}"
+    );
+    // The guest's own output (netvmm's stdout) is not the scenario's.
+    assert!(!stdout.contains("noise"), "{stdout}");
 }

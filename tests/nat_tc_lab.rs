@@ -60,14 +60,13 @@ during="during_tables=$(tables) during_uplink_fwd=$(cat /proc/sys/net/ipv4/conf/
 ping -c 2 -W 2 203.0.113.2 >/dev/null; h2g=$?
 $LAN ping -c 2 -W 2 203.0.113.2 >/dev/null; lan2g=$?
 # A second NAT VM beside the first: the next /30.
-netvmm run $G --net tap,nat --serial-log /tmp/n2.log --cmdline "quiet netvmm.ip=203.0.113.6/30 netvmm.gw=203.0.113.5 netvmm.run=\"$(ping1 198.51.100.1 lan)\"" >/dev/null 2>/tmp/n2.err
-s2=$?
+lab_run n2 $G --net tap,nat --cmdline "quiet netvmm.ip=203.0.113.6/30 netvmm.gw=203.0.113.5 netvmm.run=\"$(ping1 198.51.100.1 lan)\""
+s2=$s
 fwd_one_left=$(cat /proc/sys/net/ipv4/conf/lanA/forwarding)
 tables_one_left=$(tables)
 kill $bg1; wait $bg1
 echo "case=nat-two status=$s2 lan=$(v /tmp/n2.log lan) peer_saw_guest=$(seen 203.0.113.6) fwd_one_left=$fwd_one_left tables_one_left=$tables_one_left second_desc=$(grep -c 'host 203.0.113.5/30' /tmp/n2.err) $(left)"
-netvmm run $G --net tap,nat --serial-log /tmp/n3.log --cmdline "quiet netvmm.ip=203.0.113.2/30 netvmm.gw=203.0.113.1 netvmm.run=\"$(ping1 198.51.100.1 lan)\"" >/dev/null 2>/tmp/n3.err
-s=$?
+lab_run n3 $G --net tap,nat --cmdline "quiet netvmm.ip=203.0.113.2/30 netvmm.gw=203.0.113.1 netvmm.run=\"$(ping1 198.51.100.1 lan)\""
 echo "case=nat $during status=$s lan=$(v /tmp/n3.log lan) host_to_guest=$h2g lan_to_guest=$lan2g peer_saw_host=$(seen 198.51.100.10) peer_saw_guest=$(seen 203.0.113.2) desc=$(grep -c 'behind NAT out of lanA: host 203.0.113.1/30, guest netvmm.ip=203.0.113.2/30' /tmp/n3.err) $(left)"
 
 # error exit: the second NIC fails after the first set NAT up
@@ -99,18 +98,17 @@ lan_mac=$($LAN $IP neigh show 198.51.100.3 | sed -n 's/.*lladdr \([0-9a-f:]*\).*
 during="during_qdiscs=$(qdiscs) during_ctrA_qdisc=$(tc qdisc show dev ctrA | grep -c 'qdisc ingress')"
 # A second VM on the same NIC is refused; one on another NIC runs beside the first.
 netvmm run $G --net tc=ctrA >/dev/null 2>/tmp/t2.err; busy=$?
-netvmm run $G --net tc=ctr2A --serial-log /tmp/t3.log --cmdline "quiet netvmm.ip=198.51.100.4/24 netvmm.run=\"$(ping1 198.51.100.1 lan) $(ping1 198.51.100.3 guest)\"" >/dev/null 2>&1
-s3=$?
+lab_run t3 $G --net tc=ctr2A --cmdline "quiet netvmm.ip=198.51.100.4/24 netvmm.run=\"$(ping1 198.51.100.1 lan) $(ping1 198.51.100.3 guest)\""
+s3=$s
 kill $bg1; wait $bg1
 echo "case=tc-two busy=$busy busy_lines=$(wc -l < /tmp/t2.err) busy_msg=$(head -c 200 /tmp/t2.err | tr ' ' '_') status=$s3 lan=$(v /tmp/t3.log lan) guest=$(v /tmp/t3.log guest) $(left)"
-netvmm run $G --net tc=ctrA --serial-log /tmp/t4.log --cmdline "quiet netvmm.ip=198.51.100.3/24 netvmm.run=\"$(ping1 198.51.100.1 lan) $(ping1 198.51.100.10 host)\"" >/dev/null 2>/tmp/t4.err
-s=$?
+lab_run t4 $G --net tc=ctrA --cmdline "quiet netvmm.ip=198.51.100.3/24 netvmm.run=\"$(ping1 198.51.100.1 lan) $(ping1 198.51.100.10 host)\""
 echo "case=tc $during status=$s lan=$(v /tmp/t4.log lan) guest_to_host_lan_addr=$(v /tmp/t4.log host) host_to_guest=$h2g lan_to_guest=$lan2g peer_saw_guest=$(seen 198.51.100.3) guest_mac=$mac lan_mac=$lan_mac filter=$(sed -n 's/.*by tc (\([a-z0-9]*\) filters.*/\1/p' /tmp/t4.err) $(left)"
 # The host's address on the NIC itself: the guest's frames leave by ctrA's egress and
 # never come up ctrA's own stack.
 $IP addr add 192.0.2.10/24 dev ctrA
-netvmm run $G --net tc=ctrA --serial-log /tmp/t5.log --cmdline "quiet netvmm.ip=192.0.2.3/24 netvmm.run=\"$(ping1 192.0.2.10 nic)\"" >/dev/null 2>&1
-echo "case=tc-nic-addr guest_to_nic_addr=$(v /tmp/t5.log nic)"
+lab_run t5 $G --net tc=ctrA --cmdline "quiet netvmm.ip=192.0.2.3/24 netvmm.run=\"$(ping1 192.0.2.10 nic)\""
+echo "case=tc-nic-addr status=$s guest_to_nic_addr=$(v /tmp/t5.log nic)"
 $IP addr flush dev ctrA
 
 netvmm run $G --net tc=ctrA --net tap,nat=nosuch0 >/dev/null 2>/tmp/te.err; s=$?
@@ -140,6 +138,7 @@ fn clean(f: &dyn Fn(&str, &str) -> String, case: &str, dump: &str) {
 fn nat_and_tc_reach_the_lan_and_leave_nothing_behind() {
     let out = common::lab(SCENARIO, 1500);
     let dump = out.dump();
+    out.record_reruns("nat_and_tc_reach_the_lan_and_leave_nothing_behind");
     assert_eq!(out.status, 0, "{dump}");
     let f = |case: &str, key: &str| out.field(case, key).unwrap_or_default();
     clean(&f, "start", &dump);
@@ -200,6 +199,7 @@ fn nat_and_tc_reach_the_lan_and_leave_nothing_behind() {
         "host -> guest round the LAN switch\n{dump}"
     );
     assert_eq!(f("tc", "guest_to_host_lan_addr"), "0", "{dump}");
+    assert_eq!(f("tc-nic-addr", "status"), "0", "{dump}");
     assert_ne!(
         f("tc-nic-addr", "guest_to_nic_addr"),
         "0",

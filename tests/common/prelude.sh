@@ -28,6 +28,17 @@ lab_fault() {
   return 0
 }
 
+# lab_guest CASE ARGS...: `netvmm run ARGS...` (the scenario passes its kernel and initrd)
+# for a guest that runs its command and exits, with the exit report: its console in
+# /tmp/CASE.log and netvmm's stderr in /tmp/CASE.err, where `lab_try CASE` looks.
+lab_guest() {
+  lg_case=$1; shift
+  NETVMM_BOOT_REPORT=1 netvmm run "$@" --serial-log /tmp/$lg_case.log >/dev/null 2>/tmp/$lg_case.err
+}
+
+# lab_run CASE ARGS...: `lab_guest CASE ARGS...` through `lab_try CASE`.
+lab_run() { lab_try "$1" lab_guest "$@"; }
+
 # lab_try CASE CMD...: runs CMD (which boots one guest: netvmm's stderr in /tmp/CASE.err,
 # the guest's console in /tmp/CASE.log) and, once more, when `lab_fault` names how it ended,
 # printing the first try as rerun=CASE (the test says it and keeps it); a failed try shows

@@ -63,25 +63,23 @@ R='(iperf3 -c HOST -p 5202 -t 6 >/dev/null 2>&1 &); sleep 2;
   echo after=\$(iperf3 -c HOST -t 2 -f m | grep receiver | tr -s \" \" | cut -d \" \" -f 7)'
 report() { echo "status=$2 ping=$(v $1.log ping) up=$(v $1.log up) down=$(v $1.log down) path=$(nic $1.err datapath) frames=$(( $(nic $1.err rx_frames) + $(nic $1.err tx_frames) )) said=$(grep -c 'data path: vhost-net' $1.err)"; }
 
-NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24,vhost=on --serial-log /tmp/vt.log \
-  --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(traffic 192.0.2.1); $(printf '%s\n' "$R" | sed 's/HOST/192.0.2.1/g; s/GUEST/192.0.2.2/g')\"" \
-  >/dev/null 2>/tmp/vt.err
+lab_guest vt $G --net tap,host-ip=192.0.2.1/24,vhost=on \
+  --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(traffic 192.0.2.1); $(printf '%s\n' "$R" | sed 's/HOST/192.0.2.1/g; s/GUEST/192.0.2.2/g')\""
 s=$?
 [ $s = 0 ] || cat /tmp/vt.err
 echo "case=vhost-tap $(report /tmp/vt $s) gone=$(v /tmp/vt.log gone) reset_ping=$(v /tmp/vt.log reset_ping) after=$(v /tmp/vt.log after)"
 
 $IP link add br0 type bridge; $IP addr add 198.51.100.1/24 dev br0; $IP link set br0 up
-NETVMM_BOOT_REPORT=1 netvmm run $G --net bridge=br0,vhost=on --serial-log /tmp/vb.log \
-  --cmdline "quiet netvmm.ip=198.51.100.2/24 netvmm.run=\"$(traffic 198.51.100.1)\"" >/dev/null 2>/tmp/vb.err
+lab_guest vb $G --net bridge=br0,vhost=on \
+  --cmdline "quiet netvmm.ip=198.51.100.2/24 netvmm.run=\"$(traffic 198.51.100.1)\""
 s=$?
 [ $s = 0 ] || cat /tmp/vb.err
 echo "case=vhost-bridge $(report /tmp/vb $s)"
 $IP link del br0
 
 $IP link add vpeer0 type veth peer name vpeer1; $IP link set vpeer1 up; $IP link set vpeer0 up
-NETVMM_BOOT_REPORT=1 netvmm run $G --net macvtap=vpeer0,mode=bridge,host-access=203.0.113.1/24,vhost=on \
-  --serial-log /tmp/vm.log \
-  --cmdline "quiet netvmm.ip=203.0.113.2/24 netvmm.run=\"$(traffic 203.0.113.1)\"" >/dev/null 2>/tmp/vm.err
+lab_guest vm $G --net macvtap=vpeer0,mode=bridge,host-access=203.0.113.1/24,vhost=on \
+  --cmdline "quiet netvmm.ip=203.0.113.2/24 netvmm.run=\"$(traffic 203.0.113.1)\""
 s=$?
 [ $s = 0 ] || cat /tmp/vm.err
 echo "case=vhost-macvtap $(report /tmp/vm $s)"
@@ -106,8 +104,8 @@ mqrun_once() {
   a=$mqport; b=$((mqport + 1)); mqport=$((mqport + 2))
   iperf3 -s -D -1 -p $a >/dev/null 2>&1
   iperf3 -s -D -1 -p $b >/dev/null 2>&1
-  NETVMM_BOOT_REPORT=1 netvmm run $G0 --timeout 90 --cpus 2 --net "$2" --serial-log /tmp/$1.log \
-    --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g; s/PORTA/$a/; s/PORTB/$b/")\"" >/dev/null 2>/tmp/$1.err
+  lab_guest $1 $G0 --timeout 90 --cpus 2 --net "$2" \
+    --cmdline "quiet netvmm.ip=$3 netvmm.run=\"$(printf %s "$MQ" | sed "s/PEER/$4/g; s/FLOWS/$5/g; s/PORTA/$a/; s/PORTB/$b/")\""
 }
 mqrun() {
   lab_try $1 mqrun_once "$@"
@@ -131,10 +129,8 @@ mv /dev/vhost-net /dev/vhost-net.off
 netvmm run $G --net tap,vhost=on --cmdline 'quiet' >/dev/null 2>/tmp/vn.err
 s=$?
 echo "case=vhost-missing status=$s lines=$(wc -l < /tmp/vn.err) msg=$(head -n 1 /tmp/vn.err | tr ' ' _)"
-NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24,vhost=auto --serial-log /tmp/va.log \
-  --cmdline 'quiet netvmm.ip=192.0.2.2/24 netvmm.run="ping -c 2 -W 3 192.0.2.1 >/dev/null; echo ping=\$?"' \
-  >/dev/null 2>/tmp/va.err
-s=$?
+lab_run va $G --net tap,host-ip=192.0.2.1/24,vhost=auto \
+  --cmdline 'quiet netvmm.ip=192.0.2.2/24 netvmm.run="ping -c 2 -W 3 192.0.2.1 >/dev/null; echo ping=\$?"'
 mv /dev/vhost-net.off /dev/vhost-net
 echo "case=vhost-auto status=$s ping=$(v /tmp/va.log ping) path=$(nic /tmp/va.err datapath) notes=$(grep -c 'eth0: vhost=auto: .*userspace' /tmp/va.err)"
 "#;

@@ -18,8 +18,8 @@ ours() { ls /sys/class/net | grep -c -E '^(nvtap|vmnet1)' ; }
 aport=5300
 two_nics() {
 aport=$((aport + 1)); iperf3 -s -D -p $aport >/dev/null 2>&1
-NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24 --net tap=vmnet1,host-ip=198.51.100.1/24 \
-  --serial-log /tmp/a.log --cmdline 'quiet netvmm.ip=192.0.2.2/24 netvmm.run="
+lab_guest a $G --net tap,host-ip=192.0.2.1/24 --net tap=vmnet1,host-ip=198.51.100.1/24 \
+  --cmdline 'quiet netvmm.ip=192.0.2.2/24 netvmm.run="
     ip addr add 198.51.100.2/24 dev eth1; ip link set eth1 up;
     ping -c 2 -W 3 192.0.2.1 >/dev/null; echo ping0=\$?;
     ping -c 2 -W 3 198.51.100.1 >/dev/null; echo ping1=\$?;
@@ -27,7 +27,7 @@ NETVMM_BOOT_REPORT=1 netvmm run $G --net tap,host-ip=192.0.2.1/24 --net tap=vmne
     echo down=\$(iperf3 -c 192.0.2.1 -p '$aport' -t 3 -f m -R | grep receiver | tr -s \" \" | cut -d \" \" -f 7);
     rmmod virtio_net; insmod \$(grep virtio_net.ko /etc/netvmm-modules); sleep 1;
     ip addr add 192.0.2.2/24 dev eth0; ip link set eth0 up;
-    ping -c 2 -W 3 192.0.2.1 >/dev/null; echo reset_ping=\$?"' >/dev/null 2>/tmp/a.err
+    ping -c 2 -W 3 192.0.2.1 >/dev/null; echo reset_ping=\$?"'
 }
 lab_try a two_nics
 nic() { grep "netvmm-nic-report: $1 " /tmp/a.err | tr ' ' '\n' | sed -n "s/^$2=//p"; }

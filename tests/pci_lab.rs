@@ -52,9 +52,8 @@ pcirun_once() {
   a=$port; b=$((port + 1)); port=$((port + 2))
   iperf3 -s -D -p $a >/dev/null 2>&1
   iperf3 -s -D -p $b >/dev/null 2>&1
-  NETVMM_BOOT_REPORT=1 netvmm run $G "$@" --serial-log /tmp/$c.log \
-    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n' "$script" | sed "s/PORTA/$a/g; s/PORTB/$b/g")\"" \
-    >/dev/null 2>/tmp/$c.err
+  lab_guest $c $G "$@" \
+    --cmdline "quiet netvmm.ip=192.0.2.2/24 netvmm.run=\"$(printf '%s\n' "$script" | sed "s/PORTA/$a/g; s/PORTB/$b/g")\""
 }
 pcirun() { lab_try $1 pcirun_once "$@"; }
 # (`+0`: a guest that never reported leaves `nic` empty, and the sum still parses.)

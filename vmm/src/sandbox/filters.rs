@@ -24,28 +24,17 @@ pub const TUNSETVNETHDRSZ: u64 = 0x4004_54d8;
 pub const TUNSETQUEUE: u64 = 0x4004_54d9;
 
 const KVMIO: u32 = 0xae;
+/// `_IOW(KVMIO, nr, T)` for an argument of `size` bytes.
+const fn kvm_iow(nr: u32, size: usize) -> u64 {
+    ioctl_expr(_IOC_WRITE, KVMIO, nr, size as u32) as u64
+}
 /// <linux/kvm.h>: _IOW(KVMIO, 0x6a, struct kvm_irq_routing).
-pub const KVM_SET_GSI_ROUTING: u64 = ioctl_expr(
-    _IOC_WRITE,
-    KVMIO,
-    0x6a,
-    std::mem::size_of::<kvm_bindings::kvm_irq_routing>() as u32,
-) as u64;
+pub const KVM_SET_GSI_ROUTING: u64 =
+    kvm_iow(0x6a, std::mem::size_of::<kvm_bindings::kvm_irq_routing>());
 /// <linux/kvm.h>: _IOW(KVMIO, 0x76, struct kvm_irqfd).
-pub const KVM_IRQFD: u64 = ioctl_expr(
-    _IOC_WRITE,
-    KVMIO,
-    0x76,
-    std::mem::size_of::<kvm_bindings::kvm_irqfd>() as u32,
-) as u64;
-
+pub const KVM_IRQFD: u64 = kvm_iow(0x76, std::mem::size_of::<kvm_bindings::kvm_irqfd>());
 /// <linux/kvm.h>: _IOW(KVMIO, 0x79, struct kvm_ioeventfd).
-pub const KVM_IOEVENTFD: u64 = ioctl_expr(
-    _IOC_WRITE,
-    KVMIO,
-    0x79,
-    std::mem::size_of::<kvm_bindings::kvm_ioeventfd>() as u32,
-) as u64;
+pub const KVM_IOEVENTFD: u64 = kvm_iow(0x79, std::mem::size_of::<kvm_bindings::kvm_ioeventfd>());
 
 /// <linux/vhost.h>, the per-ring ioctls a vCPU makes when the driver activates or resets
 /// a vhost=on NIC (STATUS writes run on the vCPU thread). Opening /dev/vhost-net,

@@ -669,30 +669,39 @@ impl<B: NetBackend> Pair<B> {
         }
         // The window's first iovec is its first chain's header descriptor, which is at
         // least VNET_HDR_LEN long (checked when the chain joined).
-        let header = self.win_iovs[0].iov_base.cast::<u8>();
-        // SAFETY: the header descriptor's buffer was bounds-checked in guest memory, which
-        // stays mapped; NUM_BUFFERS_OFFSET + 2 <= VNET_HDR_LEN <= its length, and [u8; 2]
-        // needs no alignment. Volatile: the guest may be looking at the same bytes.
-        unsafe {
-            header
-                .add(NUM_BUFFERS_OFFSET as usize)
-                .cast::<[u8; 2]>()
-                .write_volatile((used as u16).to_le_bytes());
+        if let Some(header) = self.win_iovs.first() {
+            // SAFETY: the header descriptor's buffer was bounds-checked in guest memory,
+            // which stays mapped; NUM_BUFFERS_OFFSET + 2 <= VNET_HDR_LEN <= its length, and
+            // [u8; 2] needs no alignment. Volatile: the guest may be looking at the same bytes.
+            unsafe {
+                header
+                    .iov_base
+                    .cast::<u8>()
+                    .add(NUM_BUFFERS_OFFSET as usize)
+                    .cast::<[u8; 2]>()
+                    .write_volatile((used as u16).to_le_bytes());
+            }
         }
         let mut remaining = n;
-        let mut iovs_used = 0;
+        // Chains taken out of the window: those returned, and one the used ring refused.
+        let (mut taken, mut iovs_taken) = (0, 0);
+        let mut broken = false;
         for c in &self.win_chains[..used] {
             let len = remaining.min(c.capacity as usize);
             remaining -= len;
             self.win_capacity -= c.capacity as usize;
-            iovs_used += c.iovs;
+            taken += 1;
+            iovs_taken += c.iovs;
             if ring.push_used(c.head, len as u32).is_err() {
-                return Direct::Broken;
+                broken = true;
+                break;
             }
         }
-        self.win_chains.drain(..used);
-        self.win_iovs.drain(..iovs_used);
-        if ring.publish_used().is_err() {
+        // Out of the window before anything returns: releasing it gives back to the ring
+        // exactly the chains it still holds.
+        self.win_chains.drain(..taken);
+        self.win_iovs.drain(..iovs_taken);
+        if broken || ring.publish_used().is_err() {
             return Direct::Broken;
         }
         self.stats.rx_frames += 1;

@@ -169,8 +169,6 @@ fn what_each_backend_reaches() {
     );
     for m in ["bridge", "private", "vepa"] {
         assert_eq!(f(&format!("macvtap-{m}"), "hairpin_status"), "0", "{dump}");
-    }
-    for m in ["bridge", "private", "vepa"] {
         assert_eq!(
             f(&format!("macvtap-{m}"), "left"),
             "0",
